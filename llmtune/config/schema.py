@@ -1,0 +1,129 @@
+"""Typed, frozen run configuration: the only shape a composed Hydra config may take.
+
+Every section is a dataclass; `config/build.py` turns a composed DictConfig into a
+`RunConfig`, refusing unknown keys and invalid values before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. `family` picks the wiring (bert: post-LN encoder, gpt: pre-LN decoder)."""
+
+    family: str = "gpt"  # "bert" | "gpt"
+    vocab_size: int = 0  # 0 = take it from the tokenizer
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 512
+    max_seq_len: int = 128  # training/eval sequence length; must fit in n_positions
+    n_positions: int = 512  # size of the learned position table
+    dropout: float = 0.1  # hidden and embedding dropout
+    attn_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12  # BERT uses 1e-12, GPT-2 uses 1e-5
+    type_vocab_size: int = 2  # BERT token types; ignored by gpt
+    tie_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How the run gets its tokenizer: trained on the run's corpus, or loaded from a file."""
+
+    kind: str = "auto"  # auto (wordpiece for bert, bpe for gpt) | wordpiece | bpe | file
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True  # wordpiece only; byte-level BPE is always case-preserving
+    path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
+    train_docs: int = 0  # train on at most this many documents (0 = all)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where text comes from and how it is cleaned and split."""
+
+    source: str = "builtin"  # builtin | files | hub
+    train: str = ""  # files: path or glob
+    validation: str = ""  # files: path or glob; empty = carve validation_fraction out of train
+    test: str = ""
+    text_column: str = "text"
+    name: str = ""  # hub: dataset name
+    config: str = ""  # hub: dataset config
+    split: str = "train"  # hub: split used for training
+    validation_fraction: float = 0.05
+    min_chars: int = 1  # drop documents shorter than this after stripping
+    dedupe: bool = False  # drop exact duplicate documents
+    max_docs: int = 0  # 0 = all
+    cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
+    num_proc: int = 1
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Training objective, chosen by registered name. Fields unused by a name are ignored."""
+
+    name: str = "auto"  # auto (the family's native objective) | mlm | clm | mlm_nsp
+    mask_prob: float = 0.15
+    mask_token_frac: float = 0.8  # of chosen positions: replaced by [MASK]
+    random_token_frac: float = 0.1  # replaced by a random token; the rest stay unchanged
+    nsp_prob: float = 0.5  # mlm_nsp: share of pairs whose B segment is random
+    separate_documents: bool = True  # clm: packed documents never attend to each other
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine/linear decay to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    threads: int = 0  # CPU threads for torch; 0 = all cores
+    compile: bool = False
+    num_workers: int = 0
+    world_size: int = 1  # set by the launcher; used to check batch divisibility
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 100
+    max_tokens: int = 0  # 0 = no limit
+    max_time: str = ""  # e.g. "90s", "10m", "2h"; empty = no limit
+    global_batch_size: int = 16
+    micro_batch_size: int = 16
+    eval_every: int = 50
+    eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
+    save_every: int = 100
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    resume: str = "auto"  # auto | never | <path to a step folder>
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    command: str = "pretrain"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
