@@ -1,0 +1,107 @@
+"""The `llmtune` entrypoint: pop the subcommand, hand the rest of argv to Hydra.
+
+User errors (bad config, missing files, bad checkpoints) end as one line on stderr
+and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+from llmtune.errors import UserError
+
+COMMANDS = {
+    "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
+}
+USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
+
+
+def _print_help() -> None:
+    lines = [USAGE, "", "commands:"]
+    for name, (what, example) in COMMANDS.items():
+        lines.append(f"  {name:<10} {what}")
+        lines.append(f"  {'':<10} e.g. {example}")
+    lines += ["", "`llmtune <command> --help` lists its config groups and keys."]
+    print("\n".join(lines))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    print(f"llmtune: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# Hydra flags that take the next argument as their value.
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
+
+
+def _without_flags(args: list[str]) -> list[str]:
+    """The key=value overrides in argv, without Hydra's flags and their values."""
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def _hydra_task(command: str) -> Callable[[], None]:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path="configs", config_name=command)
+    def task(cfg: DictConfig) -> None:
+        from llmtune.config import from_hydra
+
+        try:
+            config, run_dir = from_hydra(cfg)
+            run = importlib.import_module(f"llmtune.commands.{command}").run
+            run(config, run_dir)
+        except UserError as exc:
+            fail(str(exc), exc.exit_code)
+
+    return task
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `llmtune <command> [overrides]`; `argv` excludes the program name."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        _print_help()
+        raise SystemExit(0 if args else 2)
+    command, overrides = args[0], args[1:]
+    if command not in COMMANDS:
+        from llmtune.config.build import suggestion
+
+        fail(f"unknown command '{command}'{suggestion(command, COMMANDS)}")
+    from llmtune.config.overrides import check_overrides
+
+    try:
+        check_overrides(_without_flags(overrides))
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+    saved_argv = sys.argv
+    sys.argv = [f"llmtune {command}", *overrides]
+    try:
+        _hydra_task(command)()
+    finally:
+        sys.argv = saved_argv

@@ -1,0 +1,155 @@
+"""Value checks across a `RunConfig`, run before any data or model is touched."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from llmtune.config.schema import RunConfig
+from llmtune.errors import ConfigError
+
+FAMILIES = ("bert", "gpt")
+NATIVE_OBJECTIVE = {"bert": "mlm", "gpt": "clm"}
+OBJECTIVE_FAMILIES = {"mlm": ("bert",), "mlm_nsp": ("bert",), "clm": ("gpt",)}
+NATIVE_TOKENIZER = {"bert": "wordpiece", "gpt": "bpe"}
+TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
+DATA_SOURCES = ("builtin", "files", "hub")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '2h', '1.5d' or a bare number of seconds -> seconds; '' -> 0 (no limit)."""
+    if not text:
+        return 0.0
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"train.max_time={text!r}: expected a duration like 90s, 10m or 2h")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def resolve_auto(config: RunConfig) -> RunConfig:
+    """Replace 'auto' objective and tokenizer choices by the family's native ones."""
+    family = config.model.family
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family={family!r}: expected one of {', '.join(FAMILIES)}")
+    objective, tokenizer = config.objective, config.tokenizer
+    if objective.name == "auto":
+        objective = dataclasses.replace(objective, name=NATIVE_OBJECTIVE[family])
+    if tokenizer.kind == "auto":
+        tokenizer = dataclasses.replace(tokenizer, kind=NATIVE_TOKENIZER[family])
+    return dataclasses.replace(config, objective=objective, tokenizer=tokenizer)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_model(config: RunConfig) -> None:
+    m = config.model
+    for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
+        _require(getattr(m, key) > 0, f"model.{key}={getattr(m, key)}: must be positive")
+    _require(m.vocab_size >= 0, f"model.vocab_size={m.vocab_size}: must be >= 0 (0 = tokenizer's)")
+    _require(
+        m.d_model % m.n_heads == 0,
+        f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}",
+    )
+    _require(
+        m.max_seq_len <= m.n_positions,
+        f"model.max_seq_len={m.max_seq_len} exceeds the position table "
+        f"(model.n_positions={m.n_positions})",
+    )
+    for key in ("dropout", "attn_dropout"):
+        _require(0 <= getattr(m, key) < 1, f"model.{key}={getattr(m, key)}: must be in [0, 1)")
+
+
+def _check_objective(config: RunConfig) -> None:
+    o, family = config.objective, config.model.family
+    families = OBJECTIVE_FAMILIES.get(o.name)
+    _require(
+        families is not None,
+        f"objective.name={o.name!r}: expected one of {', '.join(OBJECTIVE_FAMILIES)}",
+    )
+    _require(
+        family in families,
+        f"objective={o.name} needs a {'/'.join(families)} model, but model.family={family}",
+    )
+    _require(0 < o.mask_prob < 1, f"objective.mask_prob={o.mask_prob}: must be in (0, 1)")
+    for key in ("mask_token_frac", "random_token_frac"):
+        _require(0 <= getattr(o, key) <= 1, f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
+    _require(
+        o.mask_token_frac + o.random_token_frac <= 1,
+        "objective.mask_token_frac + objective.random_token_frac must be <= 1",
+    )
+    _require(0 <= o.nsp_prob <= 1, f"objective.nsp_prob={o.nsp_prob}: must be in [0, 1]")
+
+
+def _check_training(config: RunConfig) -> None:
+    t, o, h = config.train, config.optim, config.hardware
+    _require(o.lr > 0, f"optim.lr={o.lr}: must be positive")
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps}: must be >= 0")
+    _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]")
+    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 disables)")
+    _one_of("optim.name", o.name, ("adamw",))
+    _one_of("optim.schedule", o.schedule, SCHEDULES)
+    _one_of("hardware.precision", h.precision, PRECISIONS)
+    _one_of("hardware.device", h.device, DEVICES)
+    for key in (
+        "max_steps",
+        "global_batch_size",
+        "micro_batch_size",
+        "eval_every",
+        "save_every",
+        "log_every",
+    ):
+        _require(getattr(t, key) > 0, f"train.{key}={getattr(t, key)}: must be positive")
+    _require(t.max_tokens >= 0, f"train.max_tokens={t.max_tokens}: must be >= 0")
+    per_step = t.micro_batch_size * h.world_size
+    _require(
+        t.global_batch_size % per_step == 0,
+        f"train.global_batch_size={t.global_batch_size} is not divisible by "
+        f"train.micro_batch_size={t.micro_batch_size} x world size {h.world_size}",
+    )
+    parse_duration(t.max_time)
+    _require(
+        config.checkpoint.keep_last >= 1,
+        f"checkpoint.keep_last={config.checkpoint.keep_last}: must be >= 1",
+    )
+
+
+def _check_data(config: RunConfig) -> None:
+    d, tok = config.data, config.tokenizer
+    _one_of("data.source", d.source, DATA_SOURCES)
+    _require(
+        d.source != "files" or bool(d.train),
+        "data.train is required with data=files; set data.train=<path or glob>",
+    )
+    _require(d.source != "hub" or bool(d.name), "data.name is required with data=hub")
+    _require(
+        0 < d.validation_fraction < 1,
+        f"data.validation_fraction={d.validation_fraction}: must be in (0, 1)",
+    )
+    _one_of("tokenizer.kind", tok.kind, TOKENIZER_KINDS)
+    _require(tok.kind != "file" or bool(tok.path), "tokenizer.path is required with tokenizer=file")
+    _require(
+        tok.kind == "file" or tok.vocab_size >= 300,
+        f"tokenizer.vocab_size={tok.vocab_size}: must be >= 300 to train a tokenizer",
+    )
+
+
+def validate(config: RunConfig) -> None:
+    """Raise ConfigError naming the first invalid key."""
+    _check_model(config)
+    _check_objective(config)
+    _check_training(config)
+    _check_data(config)
