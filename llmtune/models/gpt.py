@@ -1,0 +1,76 @@
+"""The GPT-2 backbone: token + learned position embeddings, pre-LN causal blocks, final LayerNorm.
+
+Packed sequences pass `doc_ids` so documents neither see each other nor share positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmtune.config.schema import ModelConfig
+from llmtune.models.blocks import Block
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids [B,T] that restart at 0 wherever `doc_ids` [B,T] changes value.
+
+    Assumes each document is contiguous (packing concatenates whole documents).
+    """
+    t = doc_ids.shape[1]
+    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    # running max of "index where the current document began" gives each token its start
+    begin = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - begin
+
+
+def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean [B,1,T,T] mask, True where query i may attend key j: j <= i and same document."""
+    t = doc_ids.shape[1]
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # [B,T,T]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same_doc & causal).unsqueeze(1)  # [B,1,T,T]: broadcast over heads
+
+
+class GPTBackbone(nn.Module):
+    """GPT-2 transformer without its LM head. `forward` returns hidden states [B,T,D]."""
+
+    input_names = ("input_ids", "doc_ids")
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents."""
+        t = input_ids.shape[1]
+        if t > self.pos_emb.num_embeddings:
+            raise ValueError(
+                f"sequence length {t} exceeds n_positions {self.pos_emb.num_embeddings}"
+            )
+        if doc_ids is None:
+            # no mask tensor lets SDPA take its fused causal kernel
+            pos = torch.arange(t, device=input_ids.device).unsqueeze(0)  # [1,T]
+            mask, is_causal = None, True
+        else:
+            pos = document_positions(doc_ids)
+            mask, is_causal = document_causal_mask(doc_ids), False
+        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x, mask, is_causal)
+        return self.ln_f(x)
+
+    def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
+
+        A causal model has seen the whole sequence only at its last token.
+        """
+        if last_index is None:
+            return hidden[:, -1]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
