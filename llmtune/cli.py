@@ -51,17 +51,23 @@ _FLAGS_WITH_VALUE = {
 }
 
 
-def _without_flags(args: list[str]) -> list[str]:
-    """The key=value overrides in argv, without Hydra's flags and their values."""
-    overrides, skip = [], False
-    for arg in args:
+def _flag_positions(args: list[str]) -> list[int]:
+    """Indices in argv of Hydra's flags and their values (everything not an override)."""
+    positions, skip = [], False
+    for i, arg in enumerate(args):
         if skip:
+            positions.append(i)
             skip = False
         elif arg.startswith("-"):
-            skip = arg in _FLAGS_WITH_VALUE
-        else:
-            overrides.append(arg)
-    return overrides
+            positions.append(i)
+            skip = arg in _FLAGS_WITH_VALUE and "=" not in arg
+    return positions
+
+
+def _without_flags(args: list[str]) -> list[str]:
+    """The key=value overrides in argv, without Hydra's flags and their values."""
+    flags = set(_flag_positions(args))
+    return [arg for i, arg in enumerate(args) if i not in flags]
 
 
 def _hydra_task(command: str) -> Callable[[], None]:
@@ -96,9 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     from llmtune.config.overrides import check_overrides
 
     try:
-        check_overrides(_without_flags(overrides))
+        checked = iter(check_overrides(_without_flags(overrides)))
     except UserError as exc:
         fail(str(exc), exc.exit_code)
+    flags = set(_flag_positions(overrides))
+    overrides = [arg if i in flags else next(checked) for i, arg in enumerate(overrides)]
     saved_argv = sys.argv
     sys.argv = [f"llmtune {command}", *overrides]
     try:

@@ -1,5 +1,79 @@
-"""`llmtune pretrain` (placeholder while the parts land)."""
+"""`llmtune pretrain`: corpus -> tokenizer -> examples -> model -> the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
 from pathlib import Path
+
+import torch
+
 from llmtune.config.schema import RunConfig
+from llmtune.data import (
+    cache_root,
+    get_tokenizer,
+    load_corpus,
+    tokenize_corpus,
+    tokenizer_info,
+)
+from llmtune.errors import ConfigError, DataError
+from llmtune.models import build_model
+from llmtune.objectives import build_objective
+from llmtune.train.hardware import resolve_runtime
+from llmtune.train.loop import Trainer, TrainSetup
+
+log = logging.getLogger(__name__)
+
+
+def _with_vocab(config: RunConfig, tokenizer_vocab: int) -> RunConfig:
+    """Size the embedding table from the tokenizer unless model.vocab_size says otherwise."""
+    vocab = config.model.vocab_size or tokenizer_vocab
+    if vocab < tokenizer_vocab:
+        raise ConfigError(
+            f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens; "
+            "set model.vocab_size=0 to use the tokenizer's size"
+        )
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab))
+
+
 def run(config: RunConfig, run_dir: Path) -> None:
-    print(config, run_dir)
+    runtime = resolve_runtime(config.hardware)
+    torch.manual_seed(config.seed)
+    family, seq_len = config.model.family, config.model.max_seq_len
+    cache = cache_root(config.data)
+    corpus = load_corpus(config.data, config.seed)
+    tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, family)
+    config = _with_vocab(config, info.vocab_size)
+    objective = build_objective(config.objective, info)
+    examples = {}
+    for split in ("train", "validation"):
+        token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
+        examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
+        n = len(examples[split]["input_ids"])
+        if n == 0:
+            raise DataError(
+                f"data.{split}: no training example of {seq_len} tokens could be built; "
+                "add text or lower model.max_seq_len"
+            )
+    model = build_model(config.model, objective.heads)
+    n_params = model.num_parameters()
+    print(
+        f"{family} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
+        f"{len(examples['train']['input_ids'])} train / "
+        f"{len(examples['validation']['input_ids'])} validation examples of {seq_len} tokens, "
+        f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
+    )
+    setup = TrainSetup(
+        config=config,
+        model=model,
+        objective=objective,
+        train_examples=examples["train"],
+        val_examples=examples["validation"],
+        tokenizer_json=tokenizer.to_str(),
+        run_dir=run_dir,
+        runtime=runtime,
+        cache_dir=cache,
+        meta={"family": family, "heads": list(objective.heads), "objective": objective.name},
+    )
+    Trainer(setup).fit()

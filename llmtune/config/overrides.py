@@ -53,25 +53,35 @@ def _check_key(key: str) -> None:
             raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section")
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Raise ConfigError for an override naming an unknown group option or key."""
+def check_overrides(overrides: list[str]) -> list[str]:
+    """Check overrides against the shipped groups and the schema; return them for Hydra.
+
+    A key the schema knows is passed as `++key=value`: a chosen option's YAML need not
+    list every field of its section (the dataclass supplies defaults), so Hydra's own
+    "not in struct" check would wrongly refuse it.
+    """
     if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
-        return  # user config directories may add options we cannot see here
+        return overrides  # user config directories may add options we cannot see here
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"cannot parse overrides: {first}") from None
     groups = set(config_groups())
-    for override in parsed:
+    checked = []
+    for text, override in zip(overrides, parsed):
         key = override.key_or_group
         if key.startswith("hydra") or override.package is not None:
-            continue
-        if key in groups:
+            checked.append(text)
+        elif key in groups:
             if override.is_sweep_override():
                 values = list(override.sweep_string_iterator())
             else:
                 values = [str(override.value())]
             _check_group_choice(key, values)
+            checked.append(text)
         else:
             _check_key(key)
+            is_plain = override.type.name in ("CHANGE", "ADD")
+            checked.append("++" + text.lstrip("+") if is_plain else text)
+    return checked

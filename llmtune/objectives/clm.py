@@ -1,0 +1,40 @@
+"""Causal LM on packed documents: predict every next token inside a fixed-length block."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llmtune.data import pack_documents
+from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+
+
+class CausalLM:
+    name = "clm"
+    heads = ("lm",)
+    lm_term = "clm"
+
+    def __init__(self, eos_id: int, separate_documents: bool = True) -> None:
+        self.eos_id = eos_id
+        self.separate_documents = separate_documents
+
+    def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
+        return pack_documents(token_ids, seq_len, self.eos_id)
+
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        return batch  # targets are the inputs shifted by one; nothing random
+
+    def count(self, batch: Batch) -> dict[str, Tensor]:
+        ids = batch["input_ids"]
+        return {"clm": torch.tensor(ids.shape[0] * (ids.shape[1] - 1))}
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        ids = batch["input_ids"]
+        doc_ids = batch.get("doc_ids") if self.separate_documents else None
+        hidden = model.backbone(ids, doc_ids=doc_ids)  # [B, T, D]
+        logits = model.heads["lm"](hidden[:, :-1])  # [B, T-1, V]
+        targets = ids[:, 1:]
+        return {"clm": sum_cross_entropy(logits.flatten(0, 1), targets.flatten())}
+
+    def input_tokens(self, batch: Batch) -> int:
+        return batch["input_ids"].numel()

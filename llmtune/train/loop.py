@@ -1,0 +1,309 @@
+"""THE training loop, shared by pretrain and finetune.
+
+Per step: set the LR; draw targets for every micro-batch and count them; forward and
+backward each micro-batch with its loss terms divided by the step's total counts; clip;
+step; then log, evaluate and checkpoint on their schedules; stop on steps, tokens or time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from llmtune import checkpoint
+from llmtune.config import to_yaml
+from llmtune.config.schema import RunConfig
+from llmtune.config.validate import parse_duration
+from llmtune.data import BatchIterator, iter_eval_batches
+from llmtune.errors import UserError
+from llmtune.objectives import Objective
+from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
+from llmtune.train.hardware import Runtime
+from llmtune.train.optim import build_optimizer, lr_at
+from llmtune.train.report import Reporter
+from llmtune.train.resume import check_resumable, restore_rng, rng_state
+
+Batch = dict[str, Tensor]
+
+
+class TrainingError(UserError):
+    """Training cannot continue (e.g. the loss became NaN or infinite)."""
+
+
+@dataclass
+class TrainSetup:
+    config: RunConfig
+    model: torch.nn.Module
+    objective: Objective
+    train_examples: Batch
+    val_examples: Batch
+    tokenizer_json: str
+    run_dir: Path
+    runtime: Runtime
+    cache_dir: Path
+    meta: dict = field(default_factory=dict)  # extra fields for meta.json (e.g. heads)
+
+
+@dataclass
+class Progress:
+    """Everything that advances during training and must survive a resume."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+
+
+def micro_batch_rng(seed: int, step: int, micro: int) -> torch.Generator:
+    """A generator per (seed, step, micro-batch): targets are reproducible after a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + micro)
+
+
+class Trainer:
+    def __init__(self, setup: TrainSetup) -> None:
+        self.s = setup
+        cfg = setup.config
+        self.model = setup.model.to(setup.runtime.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.accum = cfg.train.global_batch_size // (
+            cfg.train.micro_batch_size * cfg.hardware.world_size
+        )
+        self.batches = BatchIterator(setup.train_examples, cfg.train.micro_batch_size, cfg.seed)
+        self.progress = Progress()
+        self.ckpt_root = setup.run_dir / "checkpoints"
+        self.max_time = parse_duration(cfg.train.max_time)
+        self.peak = device_peak_flops(
+            setup.runtime.device, setup.runtime.precision, setup.cache_dir
+        )
+        self.seq_len = next(iter(setup.train_examples.values())).shape[1]
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Train until a stop condition; return the final metrics."""
+        cfg = self.s.config.train
+        if self._resume() and self.progress.step >= cfg.max_steps:
+            print(f"run already finished at step {self.progress.step}; nothing to do")
+            return {}
+        report = Reporter(self.s.run_dir, cfg.max_steps, self.progress.step)
+        start, last_log = time.perf_counter(), time.perf_counter()
+        window = _new_window()
+        val: dict[str, float] = {}
+        saved_at = -1
+        try:
+            while not self._should_stop(start):
+                self._train_step(window)
+                step = self.progress.step
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    report.log(self._train_record(window, time.perf_counter() - last_log))
+                    window = _new_window()
+                    last_log = time.perf_counter()
+                if step % cfg.eval_every == 0:
+                    val = self._evaluate_and_log(report)
+                if step % cfg.save_every == 0:
+                    self._save(val)
+                    saved_at = step
+            if self.progress.step != saved_at:
+                if not val or val.get("step") != self.progress.step:
+                    val = self._evaluate_and_log(report)
+                self._save(val)
+        finally:
+            report.close(self._summary(val, time.perf_counter() - start))
+        return val
+
+    def _should_stop(self, start: float) -> bool:
+        t = self.s.config.train
+        return (
+            self.progress.step >= t.max_steps
+            or (t.max_tokens > 0 and self.progress.tokens >= t.max_tokens)
+            or (self.max_time > 0 and time.perf_counter() - start >= self.max_time)
+        )
+
+    def _next_micro_batches(self) -> list[Batch]:
+        seed, step = self.s.config.seed, self.progress.step
+        return [
+            self.s.objective.prepare(next(self.batches), micro_batch_rng(seed, step, i))
+            for i in range(self.accum)
+        ]
+
+    def _train_step(self, window: dict) -> None:
+        lr = lr_at(self.progress.step, self.s.config.optim, self.s.config.train.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        waited = time.perf_counter()
+        micro_batches = self._next_micro_batches()
+        window["wait"] += time.perf_counter() - waited
+        counts = _total_counts(self.s.objective, micro_batches)
+        device, step_loss = self.s.runtime.device, torch.zeros((), device=self.s.runtime.device)
+        step_tokens = 0
+        for batch in micro_batches:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with self.s.runtime.autocast():
+                terms = self.s.objective.losses(self.model, batch)
+            loss = sum(terms[name].loss_sum / counts[name] for name in terms)
+            loss.backward()
+            step_loss += loss.detach()
+            step_tokens += self.s.objective.input_tokens(batch)
+            window["flops"] += self._flops(batch, counts_in=self.s.objective.count(batch))
+        self._optimizer_step()
+        self.progress.step += 1
+        self.progress.tokens += step_tokens
+        window["tokens"] += step_tokens
+        window["loss"] = window["loss"] + step_loss.cpu()
+        window["steps"] += 1
+
+    def _optimizer_step(self) -> None:
+        clip = self.s.config.optim.grad_clip or math.inf
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not torch.isfinite(norm):
+            raise TrainingError(
+                f"non-finite gradient norm at step {self.progress.step + 1}; lower optim.lr "
+                "or use hardware.precision=fp32 (the last checkpoint is intact)"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _flops(self, batch: Batch, counts_in: dict[str, Tensor]) -> float:
+        positions = batch["input_ids"].numel()
+        lm_targets = float(counts_in[self.s.objective.lm_term])
+        cfg = self.s.model.config
+        return positions * body_flops_per_position(cfg, self.seq_len) + lm_targets * (
+            head_flops_per_target(cfg)
+        )
+
+    def _train_record(self, window: dict, seconds: float) -> dict:
+        flops_per_s = window["flops"] / max(seconds, 1e-9)
+        return {
+            "step": self.progress.step,
+            "loss": float(window["loss"]) / max(1, window["steps"]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens": self.progress.tokens,
+            "tokens_per_s": window["tokens"] / max(seconds, 1e-9),
+            "tflops_per_s": flops_per_s / 1e12,
+            "mfu": flops_per_s / self.peak if self.peak else None,
+            "data_wait_share": window["wait"] / max(seconds, 1e-9),
+        }
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss per term, perplexity and accuracies on fixed targets."""
+        objective, cfg = self.s.objective, self.s.config
+        self.model.eval()
+        # The same generator every evaluation: identical masks, so evaluations compare.
+        generator = torch.Generator().manual_seed(cfg.seed + 7919)
+        sums: dict[str, float] = {}
+        eval_batches = iter_eval_batches(
+            self.s.val_examples, cfg.train.micro_batch_size, cfg.train.eval_batches
+        )
+        for batch in eval_batches:
+            batch = objective.prepare(batch, generator)
+            counts = objective.count(batch)
+            batch = {k: v.to(self.s.runtime.device) for k, v in batch.items()}
+            with self.s.runtime.autocast():
+                terms = objective.losses(self.model, batch)
+            for name, term in terms.items():
+                sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
+                sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
+                sums[f"{name}_count"] = sums.get(f"{name}_count", 0.0) + float(counts[name])
+        self.model.train()
+        return _eval_metrics(sums, objective.lm_term)
+
+    def _evaluate_and_log(self, report: Reporter) -> dict[str, float]:
+        metrics = {"step": self.progress.step, **self.evaluate()}
+        report.log(metrics)
+        return metrics
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save(self, val: dict[str, float]) -> None:
+        model = self.model
+        tied = set(model.tied_parameter_names())
+        weights = {k: v for k, v in model.state_dict().items() if k not in tied}
+        val_loss = val.get("val_loss", math.inf) if val.get("step") == self.progress.step else None
+        if val_loss is not None and val_loss < self.progress.best_val_loss:
+            self.progress.best_val_loss, self.progress.best_step = val_loss, self.progress.step
+        train_state = {
+            "progress": vars(self.progress).copy(),
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": rng_state(),
+        }
+        contents = checkpoint.CheckpointContents(
+            config_yaml=to_yaml(self.s.config),
+            tokenizer_json=self.s.tokenizer_json,
+            train_state=train_state,
+            meta={**self.s.meta, "metrics": {k: v for k, v in val.items() if k != "step"}},
+        )
+        step_dir = checkpoint.save(self.ckpt_root, self.progress.step, weights, contents)
+        if self.progress.best_step == self.progress.step:
+            checkpoint.mark_best(self.ckpt_root, step_dir)
+        checkpoint.prune(self.ckpt_root, self.s.config.checkpoint.keep_last)
+
+    def _resume(self) -> bool:
+        """Continue from a checkpoint when checkpoint.resume asks for one; True if resumed."""
+        mode = self.s.config.checkpoint.resume
+        if mode == "never":
+            return False
+        if mode == "auto":
+            step_dir = checkpoint.read_pointer(self.ckpt_root, "latest")
+            if step_dir is None:
+                return False
+        else:
+            step_dir = checkpoint.resolve(mode)
+        checkpoint.verify(step_dir)
+        check_resumable(step_dir, self.s.config, self.s.tokenizer_json)
+        weights = checkpoint.load_weights(step_dir)
+        self.model.load_state_dict(weights, strict=False)
+        state = checkpoint.load_train_state(step_dir)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["data"])
+        self.progress = Progress(**state["progress"])
+        restore_rng(state["rng"])
+        print(f"resumed from {step_dir} (step {self.progress.step})")
+        return True
+
+    def _summary(self, val: dict[str, float], seconds: float) -> dict:
+        summary = {
+            "steps": self.progress.step,
+            "tokens": self.progress.tokens,
+            "wall time (s)": round(seconds, 1),
+        }
+        summary.update({k: v for k, v in val.items() if k != "step"})
+        if self.progress.best_step >= 0:
+            summary["best step"] = self.progress.best_step
+        summary["run dir"] = str(self.s.run_dir)
+        return summary
+
+
+def _new_window() -> dict:
+    return {"loss": torch.zeros(()), "steps": 0, "tokens": 0, "flops": 0.0, "wait": 0.0}
+
+
+def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str, Tensor]:
+    """Targets per loss term over the whole step (at least 1, so an empty term adds 0)."""
+    totals: dict[str, Tensor] = {}
+    for batch in micro_batches:
+        for name, n in objective.count(batch).items():
+            totals[name] = totals.get(name, 0) + n
+    return {name: n.clamp(min=1).float() for name, n in totals.items()}
+
+
+def _eval_metrics(sums: dict[str, float], lm_term: str) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    names = [k[: -len("_loss")] for k in sums if k.endswith("_loss")]
+    total = 0.0
+    for name in names:
+        count = max(sums[f"{name}_count"], 1.0)
+        mean = sums[f"{name}_loss"] / count
+        total += mean
+        metrics[f"val_{name}_loss"] = mean
+        metrics[f"val_{name}_accuracy"] = sums[f"{name}_correct"] / count
+    metrics["val_loss"] = total
+    if lm_term in names:
+        metrics["val_perplexity"] = math.exp(min(metrics[f"val_{lm_term}_loss"], 50.0))
+    return metrics

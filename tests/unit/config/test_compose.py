@@ -1,0 +1,57 @@
+"""Every shipped preset and experiment composes and validates into a RunConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from llmtune.config import build_run_config
+from llmtune.config.overrides import CONFIG_DIR, group_options
+
+EXPERIMENTS = group_options("experiment")
+
+
+def composed(command: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=overrides)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    if values["data"].get("train") == "???":  # experiments on a user's file need a path
+        values["data"]["train"] = "corpus.txt"
+    return build_run_config(values)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name: str):
+    first_lines = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    comment = next(line for line in first_lines if not line.startswith("# @package"))
+    command = comment.lstrip("# ").split(":")[0]
+    assert comment.startswith("# ") and command in ("pretrain",), comment
+    config = composed(command, [f"experiment={name}"])
+    assert config.command == command
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_model_presets_compose_with_native_objective(model: str):
+    config = composed("pretrain", [f"model={model}"])
+    assert config.objective.name == {"bert": "mlm", "gpt": "clm"}[config.model.family]
+    assert config.tokenizer.kind == {"bert": "wordpiece", "gpt": "bpe"}[config.model.family]
+
+
+def test_presets_match_the_published_shapes():
+    shapes = {
+        "bert-small": (4, 512, 8, 2048),
+        "bert-base": (12, 768, 12, 3072),
+        "gpt2-small": (12, 768, 12, 3072),
+    }
+    for name, shape in shapes.items():
+        m = composed("pretrain", [f"model={name}"]).model
+        assert (m.n_layers, m.d_model, m.n_heads, m.d_ff) == shape
+
+
+def test_every_yaml_starts_with_a_comment():
+    for path in Path(CONFIG_DIR).rglob("*.yaml"):
+        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("# @package")]
+        assert lines[0].startswith("# "), path

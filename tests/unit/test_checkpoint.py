@@ -1,0 +1,96 @@
+"""Checkpoint folders: atomic save, pointers, pruning that spares latest/best, corruption refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmtune import checkpoint
+from llmtune.errors import CheckpointError
+
+
+def save(root, step, value=1.0, train_state=True):
+    contents = checkpoint.CheckpointContents(
+        config_yaml="seed: 0\n",
+        tokenizer_json="{}",
+        train_state={"progress": {"step": step}} if train_state else None,
+        meta={"heads": ["lm"]},
+    )
+    return checkpoint.save(root, step, {"w": torch.full((3,), value)}, contents)
+
+
+def test_folder_contents_and_latest(tmp_path):
+    step_dir = save(tmp_path, 20)
+    assert step_dir.name == "step-00000020"
+    assert sorted(p.name for p in step_dir.iterdir()) == sorted(
+        ["model.safetensors", "config.yaml", "tokenizer.json", "train_state.pt", "meta.json"]
+    )
+    assert (tmp_path / "latest").read_text().strip() == "step-00000020"
+    meta = checkpoint.verify(step_dir)
+    assert meta["step"] == 20 and meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(meta["files"]) == {
+        "model.safetensors",
+        "config.yaml",
+        "tokenizer.json",
+        "train_state.pt",
+    }
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_prune_keeps_latest_and_best(tmp_path):
+    dirs = [save(tmp_path, s) for s in (10, 20, 30, 40)]
+    checkpoint.mark_best(tmp_path, dirs[0])
+    checkpoint.prune(tmp_path, keep_last=1)
+    remaining = sorted(p.name for p in tmp_path.glob("step-*"))
+    assert remaining == ["step-00000010", "step-00000040"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    step_dir = save(tmp_path, 5)
+    weights = step_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "truncate":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        weights.unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        checkpoint.verify(step_dir)
+
+
+def test_resolve_prefers_best_then_latest(tmp_path):
+    run = tmp_path / "run"
+    root = run / "checkpoints"
+    a, b = save(root, 1), save(root, 2)
+    assert checkpoint.resolve(run) == b
+    checkpoint.mark_best(root, a)
+    assert checkpoint.resolve(run) == a
+    assert checkpoint.resolve(b) == b
+    with pytest.raises(CheckpointError, match="no such"):
+        checkpoint.resolve(tmp_path / "nope")
+
+
+def test_train_state_refuses_pickled_code(tmp_path):
+    step_dir = save(tmp_path, 3)
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pwned')",))
+
+    torch.save({"x": Evil()}, step_dir / "train_state.pt")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        checkpoint.load_train_state(step_dir)
+
+
+def test_wrong_format_version_refused(tmp_path):
+    step_dir = save(tmp_path, 3)
+    meta = json.loads((step_dir / "meta.json").read_text())
+    meta["format_version"] = 99
+    (step_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        checkpoint.verify(step_dir)
