@@ -2,7 +2,7 @@
 
 
 class UserError(Exception):
-    """A problem the user can fix (bad config, missing file, bad checkpoint). Printed as one line."""
+    """A problem the user can fix (bad config, missing file, bad checkpoint); shown as one line."""
 
     exit_code = 2
 

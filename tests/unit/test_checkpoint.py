@@ -1,4 +1,4 @@
-"""Checkpoint folders: atomic save, pointers, pruning that spares latest/best, corruption refused."""
+"""Checkpoint folders: atomic save, pointers, pruning that spares latest/best, bad files."""
 
 from __future__ import annotations
 
