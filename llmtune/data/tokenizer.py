@@ -198,6 +198,8 @@ def _wordpiece_from_vocab(folder: Path, lowercase: bool) -> Tokenizer:
     if "[UNK]" not in vocab:
         raise DataError(f"tokenizer.path: '{folder / 'vocab.txt'}' has no [UNK]; not a BERT vocab")
     tok = _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"), lowercase)
+    # Registered as special so "[MASK]" in text stays one token and decode() can skip them.
+    tok.add_special_tokens([t for t in BERT_SPECIALS if t in vocab])
     if "[CLS]" in vocab and "[SEP]" in vocab:
         _add_bert_template(tok)
     return tok
