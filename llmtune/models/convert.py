@@ -146,8 +146,8 @@ def key_map(config: ModelConfig, heads: Sequence[str], prefix: str, pooler: bool
 def to_hf_state_dict(model: LanguageModel, include_tied: bool = True) -> dict[str, torch.Tensor]:
     """The model's weights under Hugging Face keys (fresh tensors; tied keys share one tensor).
 
-    `include_tied=False` leaves out keys HF re-ties on load (lm_head / decoder weight, decoder
-    bias), as safetensors files must store shared tensors once.
+    `include_tied=False` leaves out keys HF re-ties on load (lm_head / decoder weight, and the
+    decoder bias when tied) and shares no storage, as safetensors files require.
     """
     config, heads = model.config, tuple(model.heads)
     arch = hf_architecture(config.family, heads)
@@ -166,8 +166,10 @@ def to_hf_state_dict(model: LanguageModel, include_tied: bool = True) -> dict[st
         for e in entries:
             if e.ours in tied:
                 out[e.hf[0]] = out[hf_of[tied[e.ours]]]
-        if "mlm" in heads:
-            out[_HF_BIAS_ALIAS[0]] = out[_HF_BIAS_ALIAS[1]]
+    if "mlm" in heads and (include_tied or not config.tie_embeddings):
+        # HF re-ties decoder.bias on load only when the embeddings are tied; else it is read
+        bias = out[_HF_BIAS_ALIAS[1]]
+        out[_HF_BIAS_ALIAS[0]] = bias if include_tied else bias.clone()
     return out
 
 
@@ -191,6 +193,9 @@ def from_hf_state_dict(
     be absent (the caller keeps their init); anything else missing, or any unknown key, raises
     CheckpointError. Weights of HF heads not asked for are dropped.
     """
+    if _HF_BIAS_ALIAS[0] in hf_sd:
+        # HF adds decoder.bias in forward; untied (transformers >= 5) it is not cls.predictions.bias
+        hf_sd = {**hf_sd, _HF_BIAS_ALIAS[1]: hf_sd[_HF_BIAS_ALIAS[0]]}
     prefix = _backbone_prefix(hf_sd, config.family)
     entries = key_map(config, heads, prefix, pooler=True)
     tied = set(TIED_HEAD_KEYS) if config.tie_embeddings else set()
