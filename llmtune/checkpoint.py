@@ -184,6 +184,32 @@ def verify(step_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to store: tied aliases dropped, so shared weights are stored once."""
+    tied = set(model.tied_parameter_names())
+    return {k: v for k, v in model.state_dict().items() if k not in tied}
+
+
+def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights strictly: only tied aliases may be absent; names and shapes must match."""
+    expected = model.state_dict()
+    tied = set(model.tied_parameter_names())
+    missing = sorted(set(expected) - set(weights) - tied)
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{source}: weights do not fit this model ({'; '.join(parts)}); "
+            "is it a checkpoint of another architecture?"
+        )
+    model.load_state_dict(weights, strict=False)
+
+
 def load_weights(step_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(step_dir / WEIGHTS)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import datasets
 import torch
 
 from llmtune.config.schema import RunConfig
@@ -37,6 +38,8 @@ def _with_vocab(config: RunConfig, tokenizer_vocab: int) -> RunConfig:
 
 
 def run(config: RunConfig, run_dir: Path) -> None:
+    datasets.disable_progress_bars()  # our own progress display is the one that matters
+    datasets.logging.set_verbosity_error()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
     family, seq_len = config.model.family, config.model.max_seq_len

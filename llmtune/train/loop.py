@@ -137,24 +137,33 @@ class Trainer:
         waited = time.perf_counter()
         micro_batches = self._next_micro_batches()
         window["wait"] += time.perf_counter() - waited
-        counts = _total_counts(self.s.objective, micro_batches)
-        device, step_loss = self.s.runtime.device, torch.zeros((), device=self.s.runtime.device)
-        step_tokens = 0
-        for batch in micro_batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with self.s.runtime.autocast():
-                terms = self.s.objective.losses(self.model, batch)
-            loss = sum(terms[name].loss_sum / counts[name] for name in terms)
-            loss.backward()
-            step_loss += loss.detach()
-            step_tokens += self.s.objective.input_tokens(batch)
-            window["flops"] += self._flops(batch, counts_in=self.s.objective.count(batch))
+        step_loss, step_tokens, step_flops = self.accumulate_gradients(micro_batches)
         self._optimizer_step()
         self.progress.step += 1
         self.progress.tokens += step_tokens
         window["tokens"] += step_tokens
+        window["flops"] += step_flops
         window["loss"] = window["loss"] + step_loss.cpu()
         window["steps"] += 1
+
+    def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[Tensor, int, float]:
+        """Backward every micro-batch with each loss term divided by the step's total count.
+
+        Returns the step's loss (a tensor: no device sync), input tokens and model FLOPs.
+        """
+        objective, device = self.s.objective, self.s.runtime.device
+        counts = _total_counts(objective, micro_batches)
+        step_loss, step_tokens, step_flops = torch.zeros((), device=device), 0, 0.0
+        for batch in micro_batches:
+            step_flops += self._flops(batch, objective.count(batch))
+            step_tokens += objective.input_tokens(batch)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with self.s.runtime.autocast():
+                terms = objective.losses(self.model, batch)
+            loss = sum(terms[name].loss_sum / counts[name] for name in terms)
+            loss.backward()
+            step_loss += loss.detach()
+        return step_loss, step_tokens, step_flops
 
     def _optimizer_step(self) -> None:
         clip = self.s.config.optim.grad_clip or math.inf
@@ -168,9 +177,9 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _flops(self, batch: Batch, counts_in: dict[str, Tensor]) -> float:
+    def _flops(self, batch: Batch, counts: dict[str, Tensor]) -> float:
         positions = batch["input_ids"].numel()
-        lm_targets = float(counts_in[self.s.objective.lm_term])
+        lm_targets = float(counts[self.s.objective.lm_term])
         cfg = self.s.model.config
         return positions * body_flops_per_position(cfg, self.seq_len) + lm_targets * (
             head_flops_per_target(cfg)
@@ -221,9 +230,7 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save(self, val: dict[str, float]) -> None:
-        model = self.model
-        tied = set(model.tied_parameter_names())
-        weights = {k: v for k, v in model.state_dict().items() if k not in tied}
+        weights = checkpoint.model_weights(self.model)
         val_loss = val.get("val_loss", math.inf) if val.get("step") == self.progress.step else None
         if val_loss is not None and val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss, self.progress.best_step = val_loss, self.progress.step
@@ -257,8 +264,7 @@ class Trainer:
             step_dir = checkpoint.resolve(mode)
         checkpoint.verify(step_dir)
         check_resumable(step_dir, self.s.config, self.s.tokenizer_json)
-        weights = checkpoint.load_weights(step_dir)
-        self.model.load_state_dict(weights, strict=False)
+        checkpoint.load_into(self.model, checkpoint.load_weights(step_dir), step_dir)
         state = checkpoint.load_train_state(step_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["data"])

@@ -61,7 +61,11 @@ class Reporter:
             if not self.live:
                 self.console.print(f"step {record['step']}  {stats}")
         else:
-            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "step")
+            shown = "  ".join(
+                f"{k.removeprefix('val_')} {_fmt(v)}"
+                for k, v in record.items()
+                if k != "step" and not k.endswith("_loss") or k == "val_loss"
+            )
             self.console.print(f"eval step {record['step']}  {shown}")
 
     def close(self, summary: dict[str, Any]) -> None:

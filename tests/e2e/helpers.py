@@ -1,0 +1,53 @@
+"""Drive `llmtune` in-process with tiny settings and read back what a run wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmtune.cli import main
+
+TINY_GPT = [
+    "model=gpt-tiny",
+    "model.d_model=64",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "model.max_seq_len=32",
+    "tokenizer.vocab_size=400",
+]
+TINY_BERT = [
+    "model=bert-tiny",
+    "model.d_model=64",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "model.max_seq_len=32",
+    "tokenizer.vocab_size=400",
+]
+FAST = [
+    "train.global_batch_size=8",
+    "train.micro_batch_size=8",
+    "train.log_every=1",
+    "train.eval_batches=4",
+    "optim.lr=2e-3",
+    "optim.warmup_steps=2",
+    "hardware=cpu",
+]
+
+
+def pretrain(run_dir: Path, corpus: Path, *overrides: str) -> None:
+    main(
+        [
+            "pretrain",
+            f"hydra.run.dir={run_dir}",
+            "data=files",
+            f"data.train={corpus}",
+            *FAST,
+            *overrides,
+        ]
+    )
+
+
+def metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) from metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
