@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from llmtune import __version__
 from llmtune.errors import CheckpointError
+from llmtune.faults import fault_point
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE, META = (
@@ -80,16 +81,10 @@ def read_pointer(root: Path, name: str) -> Path | None:
     return root / target if target else None
 
 
-def save(
-    root: Path, step: int, weights: dict[str, torch.Tensor], contents: CheckpointContents
-) -> Path:
-    """Write step folder `root/step-XXXXXXXX` atomically and make it `latest`."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_name(step)
-    tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def _write_step(tmp: Path, step: int, weights: dict[str, torch.Tensor], contents) -> None:
+    """Fill a temporary step folder with every file and meta.json's checksums."""
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
+    fault_point("checkpoint.after_weights")
     (tmp / CONFIG).write_text(contents.config_yaml)
     (tmp / TOKENIZER).write_text(contents.tokenizer_json)
     if contents.train_state is not None:
@@ -106,12 +101,63 @@ def save(
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     for path in tmp.iterdir():
         _fsync(path)
+    fault_point("checkpoint.before_rename")
+
+
+def save(
+    root: Path, step: int, weights: dict[str, torch.Tensor], contents: CheckpointContents
+) -> Path:
+    """Write step folder `root/step-XXXXXXXX` atomically and make it `latest`.
+
+    Everything is written into a temporary folder first; a failure leaves the previous
+    checkpoints and pointers untouched and removes the partial folder.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_name(step)
+    tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_step(tmp, step, weights, contents)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({exc.strerror or exc}); earlier checkpoints "
+            "are intact and nothing was pruned; free disk space and resume"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(root)
+    fault_point("checkpoint.before_latest")
     _write_pointer(root, "latest", final.name)
     return final
+
+
+def move_aside_partial(root: Path) -> list[Path]:
+    """Move temporary folders left by a killed save into `root/incomplete/`; return them."""
+    moved = []
+    for tmp in sorted(root.glob(".tmp-*")):
+        aside = root / "incomplete" / f"{tmp.name.lstrip('.')}-{int(time.time())}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(tmp, aside)
+        moved.append(aside)
+    return moved
+
+
+def complete_steps(root: Path) -> list[Path]:
+    """Step folders that pass verification, newest first (for an explicit fallback)."""
+    good = []
+    for path in sorted(root.glob("step-*"), reverse=True):
+        try:
+            verify(path)
+        except CheckpointError:
+            continue
+        good.append(path)
+    return good
 
 
 def mark_best(root: Path, step_dir: Path) -> None:

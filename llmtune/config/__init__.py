@@ -20,13 +20,15 @@ def from_hydra(cfg: DictConfig) -> tuple[RunConfig, Path]:
     """The validated RunConfig of a Hydra job, and the job's output (run) directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} is required; set it with {missing[0]}=<value>")
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} is required; set it with {missing[0]}=<value>")
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot resolve the config: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}cannot resolve ({str(exc).splitlines()[0]})") from None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return build_run_config(container), run_dir
 

@@ -113,6 +113,7 @@ class TrainConfig:
 class CheckpointConfig:
     resume: str = "auto"  # auto | never | <path to a step folder>
     keep_last: int = 3
+    fallback: bool = False  # auto resume: use the newest intact checkpoint if `latest` is damaged
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from llmtune.config import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
 from llmtune.data import BatchIterator, iter_eval_batches
-from llmtune.errors import UserError
+from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
 from llmtune.train.hardware import Runtime
@@ -257,12 +257,12 @@ class Trainer:
         if mode == "never":
             return False
         if mode == "auto":
-            step_dir = checkpoint.read_pointer(self.ckpt_root, "latest")
+            step_dir = self._auto_resume_dir()
             if step_dir is None:
                 return False
         else:
             step_dir = checkpoint.resolve(mode)
-        checkpoint.verify(step_dir)
+            checkpoint.verify(step_dir)
         check_resumable(step_dir, self.s.config, self.s.tokenizer_json)
         checkpoint.load_into(self.model, checkpoint.load_weights(step_dir), step_dir)
         state = checkpoint.load_train_state(step_dir)
@@ -272,6 +272,27 @@ class Trainer:
         restore_rng(state["rng"])
         print(f"resumed from {step_dir} (step {self.progress.step})")
         return True
+
+    def _auto_resume_dir(self) -> Path | None:
+        """The checkpoint `latest` names, verified; partial folders of a killed save set aside."""
+        if not self.ckpt_root.is_dir():
+            return None
+        for aside in checkpoint.move_aside_partial(self.ckpt_root):
+            print(f"moved an incomplete checkpoint left by an interrupted save to {aside}")
+        step_dir = checkpoint.read_pointer(self.ckpt_root, "latest")
+        if step_dir is None:
+            return None
+        try:
+            checkpoint.verify(step_dir)
+            return step_dir
+        except CheckpointError as exc:
+            intact = checkpoint.complete_steps(self.ckpt_root)
+            if not self.s.config.checkpoint.fallback or not intact:
+                raise CheckpointError(
+                    f"{exc}; or set checkpoint.fallback=true to resume from the newest intact one"
+                ) from None
+            print(f"warning: {exc}; falling back to {intact[0]}")
+            return intact[0]
 
     def _summary(self, val: dict[str, float], seconds: float) -> dict:
         summary = {

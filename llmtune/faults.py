@@ -1,0 +1,38 @@
+"""Fault injection for reliability tests, off unless LLMTUNE_FAULT is set.
+
+LLMTUNE_FAULT="<point>[@<n>]:<action>" acts the n-th time (default 1st) the named point is
+reached: `kill` sends SIGKILL to this process, `disk_full` raises OSError(ENOSPC),
+`error` raises RuntimeError. Points are named where `fault_point` is called.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def _parse(spec: str) -> tuple[str, int, str]:
+    where, _, action = spec.partition(":")
+    point, _, nth = where.partition("@")
+    return point, int(nth or 1), action or "kill"
+
+
+def fault_point(name: str) -> None:
+    """Act as LLMTUNE_FAULT says if it names this point; otherwise do nothing."""
+    spec = os.environ.get("LLMTUNE_FAULT")
+    if not spec:
+        return
+    point, nth, action = _parse(spec)
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] != nth:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "disk_full":
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    raise RuntimeError(f"injected fault at {name}")
