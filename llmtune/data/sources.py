@@ -15,6 +15,7 @@ import numpy as np
 
 from llmtune.config.schema import DataConfig
 from llmtune.data.builtin import load_builtin
+from llmtune.data.diagnose import explain
 from llmtune.errors import DataError
 
 # File extension -> `datasets` packaged builder. Compressed files are read through by datasets.
@@ -127,6 +128,7 @@ def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
     builder = builders.pop()
     # .txt: read blank-line-separated paragraphs; _clean splits them further on blank lines.
     extra = {"sample_by": "paragraph"} if builder == "text" else {}
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # failures are reported below
     try:
         ds = datasets.load_dataset(
             builder,
@@ -136,6 +138,10 @@ def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
             **extra,
         )
     except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
+        for name in files:
+            problem = explain(Path(name))
+            if problem:
+                raise DataError(f"data.{key}: '{name}': {problem}") from None
         raise DataError(f"data.{key}: cannot read {_describe(files)}: {_one_line(exc)}") from exc
     if builder == "text":
         return ds, True
