@@ -59,6 +59,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
                 f"data.{split}: no training example of {seq_len} tokens could be built; "
                 "add text or lower model.max_seq_len"
             )
+    torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()
     print(

@@ -44,8 +44,9 @@ def head_flops_per_target(cfg: ModelConfig) -> float:
 
 
 def _measure_cpu_peak(dtype: torch.dtype, size: int = 2048, reps: int = 4) -> float:
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # never touch the global RNG: it drives dropout
+    a = torch.randn(size, size, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, dtype=dtype, generator=gen)
     torch.mm(a, b)  # warm-up
     start = time.perf_counter()
     for _ in range(reps):

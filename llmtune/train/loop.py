@@ -86,7 +86,11 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until a stop condition; return the final metrics."""
         cfg = self.s.config.train
-        if self._resume() and self.progress.step >= cfg.max_steps:
+        resumed = self._resume()
+        if not resumed:
+            # Dropout draws from the global RNG: start it from the seed whatever ran before.
+            torch.manual_seed(self.s.config.seed)
+        if resumed and self.progress.step >= cfg.max_steps:
             print(f"run already finished at step {self.progress.step}; nothing to do")
             return {}
         report = Reporter(self.s.run_dir, cfg.max_steps, self.progress.step)
