@@ -94,3 +94,21 @@ def test_wrong_format_version_refused(tmp_path):
     (step_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="format_version 99"):
         checkpoint.verify(step_dir)
+
+
+def test_malformed_safetensors_is_refused(tmp_path):
+    step_dir = save(tmp_path, 4)
+    # A header length pointing far past the end of the file.
+    (step_dir / "model.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        checkpoint.load_weights(step_dir)
+
+
+def test_config_in_a_checkpoint_cannot_name_code_to_run(tmp_path):
+    from llmtune.config import load_yaml
+    from llmtune.errors import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("model:\n  _target_: os.system\n  family: gpt\n")
+    with pytest.raises(ConfigError, match="unknown key 'model._target_'"):
+        load_yaml(path)
