@@ -112,3 +112,14 @@ def test_config_in_a_checkpoint_cannot_name_code_to_run(tmp_path):
     path.write_text("model:\n  _target_: os.system\n  family: gpt\n")
     with pytest.raises(ConfigError, match="unknown key 'model._target_'"):
         load_yaml(path)
+
+
+@pytest.mark.parametrize("point", ["checkpoint.after_weights", "checkpoint.before_rename"])
+def test_exception_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, point):
+    first = save(tmp_path, 1)
+    monkeypatch.setenv("LLMTUNE_FAULT", f"{point}:error")
+    with pytest.raises(RuntimeError, match="injected"):
+        save(tmp_path, 2)
+    assert (tmp_path / "latest").read_text().strip() == first.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", first.name]
+    checkpoint.verify(first)
