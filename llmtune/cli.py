@@ -14,6 +14,10 @@ from llmtune.errors import UserError
 
 COMMANDS = {
     "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
+    "evaluate": (
+        "score a checkpoint on data or complete prompts",
+        "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",
+    ),
 }
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
 

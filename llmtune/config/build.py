@@ -37,6 +37,9 @@ def _coerce(path: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a section of keys, got {value!r}")
         return _build(path, value, kind)
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a list, or one value as a 1-list
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(f"{path}[{i}]", item, str) for i, item in enumerate(items))
     if kind is bool:
         if isinstance(value, bool):
             return value

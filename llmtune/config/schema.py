@@ -49,6 +49,13 @@ class DataConfig:
     validation: str = ""  # files: path or glob; empty = carve validation_fraction out of train
     test: str = ""
     text_column: str = "text"
+    # labelled data (finetune and evaluate): which column holds what
+    text_pair_column: str = ""  # seq_cls on pairs: the second text
+    label_column: str = "label"  # seq_cls / zero-shot labels; absent in a file = predict only
+    tokens_column: str = "tokens"  # token_cls: a list of words
+    tags_column: str = "tags"  # token_cls: a list of tags, one per word
+    instruction_column: str = "instruction"  # sft
+    response_column: str = "response"  # sft
     name: str = ""  # hub: dataset name
     config: str = ""  # hub: dataset config
     split: str = "train"  # hub: split used for training
@@ -117,6 +124,24 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """`llmtune evaluate`: batching, sampling for generation, zero/few-shot label scoring."""
+
+    batch_size: int = 16
+    max_examples: int = 0  # evaluate at most this many test examples (0 = all)
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy decoding; > 0 samples from softmax(logits / T)
+    top_k: int = 0  # sample among the k likeliest tokens only (0 = all)
+    top_p: float = 1.0  # sample from the smallest set holding this much probability (1 = all)
+    stop_at_eos: bool = True
+    # zero/few-shot classification with a decoder: score " <word>" after the filled template
+    label_words: tuple[str, ...] = ()  # one word (or phrase) per label
+    label_names: tuple[str, ...] = ()  # the data's label per word; empty = the words themselves
+    template: str = "{text}\nAnswer:"  # {text} (and {text_pair}) are filled from the data
+    few_shot: int = 0  # labelled examples from data.train put before each prompt
+
+
+@dataclass(frozen=True)
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
@@ -128,3 +153,6 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ckpt: str = ""  # evaluate: a step folder or a run directory (its best, else latest)
+    prompts: tuple[str, ...] = ()  # evaluate: prompts to complete, or files of one per line
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -130,8 +130,9 @@ def _check_training(config: RunConfig) -> None:
 def _check_data(config: RunConfig) -> None:
     d, tok = config.data, config.tokenizer
     _one_of("data.source", d.source, DATA_SOURCES)
+    # evaluate reads data.test only (data.train just for few-shot examples)
     _require(
-        d.source != "files" or bool(d.train),
+        d.source != "files" or bool(d.train) or config.command == "evaluate",
         "data.train is required with data=files; set data.train=<path or glob>",
     )
     _require(d.source != "hub" or bool(d.name), "data.name is required with data=hub")
@@ -147,9 +148,35 @@ def _check_data(config: RunConfig) -> None:
     )
 
 
+def _check_evaluate(config: RunConfig) -> None:
+    e, d = config.evaluate, config.data
+    _require(bool(config.ckpt), "ckpt is required; set ckpt=<step folder or run directory>")
+    _require(
+        bool(config.prompts) or bool(d.test),
+        "nothing to evaluate; set data=files data.test=<path> and/or prompts=<file or list>",
+    )
+    for key in ("batch_size", "max_new_tokens"):
+        _require(getattr(e, key) > 0, f"evaluate.{key}={getattr(e, key)}: must be positive")
+    for key in ("max_examples", "top_k", "few_shot"):
+        _require(getattr(e, key) >= 0, f"evaluate.{key}={getattr(e, key)}: must be >= 0")
+    _require(e.temperature >= 0, f"evaluate.temperature={e.temperature}: must be >= 0 (0 = greedy)")
+    _require(0 < e.top_p <= 1, f"evaluate.top_p={e.top_p}: must be in (0, 1]")
+    _require(
+        not e.label_names or len(e.label_names) == len(e.label_words),
+        f"evaluate.label_names has {len(e.label_names)} entries but evaluate.label_words has "
+        f"{len(e.label_words)}; give one name per word",
+    )
+    _require(
+        not e.few_shot or bool(d.train),
+        "evaluate.few_shot needs labelled examples; set data.train=<path>",
+    )
+
+
 def validate(config: RunConfig) -> None:
     """Raise ConfigError naming the first invalid key."""
     _check_model(config)
     _check_objective(config)
     _check_training(config)
     _check_data(config)
+    if config.command == "evaluate":
+        _check_evaluate(config)

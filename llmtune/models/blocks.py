@@ -11,6 +11,9 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 
+# One layer's attention keys and values, each [B, H, positions, D/H].
+KV = tuple[torch.Tensor, torch.Tensor]
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused q/k/v projection, computed by SDPA.
@@ -31,21 +34,52 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
-        """x [B,T,D]; mask is boolean, True = may attend, broadcastable to [B,H,T,T]."""
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past: KV | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+        """x [B,T,D]; mask is boolean, True = may attend, broadcastable to [B,H,T,T].
+
+        `past` = (k, v) [B,H,P,D/H] of P earlier positions (a generation cache, or learned
+        prefixes), attended by every query; `mask` covers the T new keys only. With
+        `use_cache` returns (y, (k, v)) where k, v include `past`.
+        """
         b, t, d = x.shape
         # [B,T,3D] -> 3 x [B,T,D] -> [B,H,T,D/H]: SDPA wants heads before time
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
         # dropout only while training: SDPA applies dropout_p unconditionally
         p = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
         )
         # [B,H,T,D/H] -> [B,T,H,D/H] -> [B,T,D]
-        y = y.transpose(1, 2).reshape(b, t, d)
-        return self.proj(y)
+        y = self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return (y, (k, v)) if use_cache else y
+
+
+def _mask_with_past(
+    mask: torch.Tensor | None, is_causal: bool, t: int, n_past: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """Extend a [.., T, T] mask (or the causal rule) to T + n_past keys; past keys are visible.
+
+    SDPA's `is_causal` aligns the triangle to the top-left corner, which is wrong once there
+    are more keys than queries, so the causal rule becomes an explicit mask offset by n_past.
+    """
+    if mask is None and not is_causal:
+        return None, False
+    if mask is None:
+        if t == 1:  # one new query sees every key: no mask at all
+            return None, False
+        return torch.ones(t, t + n_past, dtype=torch.bool, device=device).tril(n_past), False
+    seen = torch.ones((*mask.shape[:-1], n_past), dtype=torch.bool, device=device)
+    return torch.cat([seen, mask.bool()], dim=-1), False
 
 
 class MLP(nn.Module):
@@ -78,10 +112,19 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past: KV | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+        """x [B,T,D]; `past`/`use_cache` as in `Attention.forward` (returns (x, (k, v)))."""
+        a, kv = self.attn(self.ln_attn(x) if self.pre_ln else x, mask, is_causal, past, True)
         if self.pre_ln:
-            x = x + self.dropout(self.attn(self.ln_attn(x), mask, is_causal))
-            return x + self.dropout(self.mlp(self.ln_mlp(x)))
-        x = self.ln_attn(x + self.dropout(self.attn(x, mask, is_causal)))
-        return self.ln_mlp(x + self.dropout(self.mlp(x)))
+            x = x + self.dropout(a)
+            x = x + self.dropout(self.mlp(self.ln_mlp(x)))
+        else:
+            x = self.ln_attn(x + self.dropout(a))
+            x = self.ln_mlp(x + self.dropout(self.mlp(x)))
+        return (x, kv) if use_cache else x

@@ -5,11 +5,13 @@ Packed sequences pass `doc_ids` so documents neither see each other nor share po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
-from llmtune.models.blocks import Block
+from llmtune.models.blocks import KV, Block
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -47,24 +49,39 @@ class GPTBackbone(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None = None,
+        past: Sequence[KV] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents.
+
+        `past` holds one (k, v) per block for P earlier positions: the new tokens take
+        positions P..P+T-1 and attend to them. With `use_cache` returns (hidden, cache),
+        the cache being the per-block (k, v) including `past`, to pass back as `past`.
+        """
         t = input_ids.shape[1]
-        if t > self.pos_emb.num_embeddings:
+        start = 0 if past is None else past[0][0].shape[2]
+        if start + t > self.pos_emb.num_embeddings:
             raise ValueError(
-                f"sequence length {t} exceeds n_positions {self.pos_emb.num_embeddings}"
+                f"sequence length {start + t} exceeds n_positions {self.pos_emb.num_embeddings}"
             )
         if doc_ids is None:
             # no mask tensor lets SDPA take its fused causal kernel
-            pos = torch.arange(t, device=input_ids.device).unsqueeze(0)  # [1,T]
+            pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
             mask, is_causal = None, True
         else:
-            pos = document_positions(doc_ids)
+            pos = document_positions(doc_ids) + start
             mask, is_causal = document_causal_mask(doc_ids), False
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x, mask, is_causal)
-        return self.ln_f(x)
+        cache: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, mask, is_causal, None if past is None else past[i], use_cache=True)
+            cache.append(kv)
+        x = self.ln_f(x)
+        return (x, cache) if use_cache else x
 
     def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
         """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.

@@ -18,7 +18,8 @@ def composed(command: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=command, overrides=overrides)
     values = OmegaConf.to_container(cfg, resolve=True)
-    if values["data"].get("train") == "???":  # experiments on a user's file need a path
+    # experiments on a user's file need a path (files.yaml leaves data.train empty)
+    if values["data"].get("source") == "files" and values["data"].get("train") in ("???", ""):
         values["data"]["train"] = "corpus.txt"
     return build_run_config(values)
 

@@ -1,0 +1,136 @@
+"""`llmtune evaluate`: a checkpoint -> metrics on data.test and/or completions of prompts.
+
+data.test is scored by what the checkpoint is: a language model gets perplexity (gpt) or
+masked-LM loss (bert); with evaluate.label_words a gpt does zero/few-shot classification.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from rich.console import Console
+
+from llmtune.config.schema import RunConfig
+from llmtune.errors import ConfigError, DataError
+from llmtune.evaluation.data import labelled_rows, read_prompts
+from llmtune.evaluation.generation import generate
+from llmtune.evaluation.language_model import evaluate_language_model
+from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
+from llmtune.evaluation.metrics import classification_report
+from llmtune.evaluation.report import (
+    GENERATIONS,
+    PREDICTIONS,
+    RESULTS,
+    show_generations,
+    show_results,
+    write_json,
+    write_jsonl,
+)
+from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
+from llmtune.train.hardware import resolve_runtime
+
+TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft")
+
+
+def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Classify data.test by label-word likelihood; metrics when it has labels."""
+    cfg, labels = config.evaluate, LabelWords.from_config(config.evaluate)
+    rows, has_labels = labelled_rows(config.data, "test")
+    rows = rows[: cfg.max_examples] if cfg.max_examples else rows
+    prefix = ""
+    if cfg.few_shot:
+        train_rows, train_labelled = labelled_rows(config.data, "train")
+        if not train_labelled:
+            raise DataError(
+                f"data.train: no label column '{config.data.label_column}' for few-shot "
+                "examples; set data.label_column"
+            )
+        prefix = few_shot_block(train_rows, labels, cfg, config.seed)
+    prompts = [prefix + fill(cfg.template, row) for row in rows]
+    settings = (loaded.info.pad_id, cfg.batch_size)
+    predicted, scores = classify(loaded.model, loaded.tokenizer, prompts, labels, settings)
+    names = labels.names
+    predictions = [
+        {**row, "prediction": names[p], "scores": dict(zip(names, s))}
+        for row, p, s in zip(rows, predicted, scores)
+    ]
+    write_jsonl(run_dir / PREDICTIONS, predictions)
+    results: dict[str, Any] = {"task": "zero_shot" if not cfg.few_shot else "few_shot"}
+    if not has_labels:  # batch inference: nothing to compare with
+        return {**results, "n_examples": len(rows), "predictions_file": PREDICTIONS}
+    truth = [names[labels.index(row["label"], "data.test")] for row in rows]
+    report = classification_report(truth, [names[p] for p in predicted], names)
+    return {**results, **report, "predictions_file": PREDICTIONS}
+
+
+def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    objective = loaded.meta.get("objective", loaded.config.objective.name)
+    if objective in TASK_OBJECTIVES:
+        raise ConfigError(
+            f"ckpt={config.ckpt}: evaluating {objective} checkpoints is not available yet; "
+            "use a pretrained checkpoint or prompts="
+        )
+    if config.evaluate.label_words:
+        if loaded.family != "gpt":
+            raise ConfigError(
+                "evaluate.label_words: zero/few-shot scoring needs a gpt checkpoint; "
+                f"{loaded.step_dir} is a {loaded.family} model"
+            )
+        return _zero_shot(loaded, config, run_dir)
+    return evaluate_language_model(loaded, config.data, config.evaluate, config.seed)
+
+
+def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -> list[dict]:
+    generator = torch.Generator().manual_seed(config.seed)
+    eos = loaded.info.eos_id
+    rows = []
+    for prompt in prompts:
+        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
+        out = generate(loaded.model, ids, config.evaluate, eos, generator)
+        text_ids = [t for t in out.token_ids if t != eos]
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": loaded.tokenizer.decode(text_ids),
+                "new_tokens": len(out.token_ids),
+                "prompt_tokens": out.prompt_tokens,
+                "stop": out.stop_reason,
+            }
+        )
+    return rows
+
+
+def run(config: RunConfig, run_dir: Path) -> None:
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    # read prompts before loading anything: a missing file should fail in a second
+    prompts = read_prompts(config.prompts) if config.prompts else []
+    runtime = resolve_runtime(config.hardware)
+    torch.manual_seed(config.seed)
+    loaded = load_checkpoint(config.ckpt, runtime.device)
+    if prompts and (loaded.family != "gpt" or "lm" not in loaded.model.heads):
+        raise ConfigError(
+            f"prompts: generation needs a gpt checkpoint with an lm head; {loaded.step_dir} is "
+            f"a {loaded.family} model with heads {', '.join(loaded.model.heads)}"
+        )
+    console = Console(highlight=False)
+    results: dict[str, Any] = {
+        "ckpt": str(loaded.step_dir),
+        "step": loaded.meta.get("step"),
+        "family": loaded.family,
+        "objective": loaded.meta.get("objective", loaded.config.objective.name),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.data.test:
+        results.update(_evaluate_data(loaded, config, run_dir))
+    if prompts:
+        rows = _generate(loaded, config, prompts)
+        write_jsonl(run_dir / GENERATIONS, rows)
+        results.update({"n_prompts": len(rows), "generations_file": GENERATIONS})
+        show_generations(console, rows)
+    write_json(run_dir / RESULTS, results)
+    show_results(console, f"evaluate {loaded.step_dir}", results)
+    console.print(f"results: {run_dir / RESULTS}")

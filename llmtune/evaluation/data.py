@@ -1,0 +1,98 @@
+"""Evaluation inputs: prompts (lists or files), the test split as text documents (LM) or as
+rows of labelled columns (zero-shot classification), and few-shot rows from data.train."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from llmtune.config.schema import DataConfig
+from llmtune.data import load_corpus
+from llmtune.data.sources import cache_root
+from llmtune.errors import DataError
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_PATH_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".md")
+
+
+class PromptsError(DataError):
+    """The prompts= value names a file that cannot be read, or holds no prompt."""
+
+
+def read_prompts(values: tuple[str, ...]) -> list[str]:
+    """Prompts from `prompts=`: an existing file gives one prompt per non-empty line; any
+    other value is a prompt itself, unless it is the only value and looks like a path."""
+    prompts: list[str] = []
+    for value in values:
+        path = Path(value).expanduser()
+        if path.is_file():
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PromptsError(f"prompts={value}: cannot read the file ({exc})") from None
+            prompts.extend(line.rstrip("\r") for line in lines if line.strip())
+        elif len(values) == 1 and ("/" in value or value.lower().endswith(_PATH_SUFFIXES)):
+            raise PromptsError(
+                f"prompts={value}: no such file; give an existing file of one prompt per line "
+                "or a list like prompts='[Once upon a time,Hello]'"
+            )
+        else:
+            prompts.append(value)
+    if not prompts:
+        raise PromptsError(f"prompts={','.join(values)}: no prompt found (the file is empty)")
+    return prompts
+
+
+def test_documents(cfg: DataConfig, seed: int) -> datasets.Dataset:
+    """data.test as cleaned text documents (column "text"), read exactly as pretraining
+    reads its splits (.txt paragraphs, data.text_column of JSONL/CSV/parquet)."""
+    # load_corpus loads `train` and a validation split; point both at the test files
+    as_train = dataclasses.replace(cfg, train=cfg.test, validation=cfg.test, test="")
+    return load_corpus(as_train, seed)["train"]
+
+
+def _read_files(pattern: str, key: str, cache: Path) -> datasets.Dataset:
+    files = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+    if not files:
+        raise DataError(f"data.{key}: no files match '{pattern}'; check the path")
+    suffixes = {Path(f.removesuffix(".gz")).suffix.lower() for f in files}
+    builder = {_BUILDERS.get(s) for s in suffixes}
+    if len(builder) != 1 or None in builder:
+        raise DataError(
+            f"data.{key}: labelled data must be one of .jsonl, .json, .csv or .parquet "
+            f"(got {', '.join(sorted(suffixes))})"
+        )
+    try:
+        return datasets.load_dataset(
+            builder.pop(), data_files={"x": files}, split="x", cache_dir=str(cache / "datasets")
+        )
+    except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"data.{key}: cannot read '{files[0]}': {first}") from exc
+
+
+def labelled_rows(cfg: DataConfig, key: str) -> tuple[list[dict[str, Any]], bool]:
+    """Rows {"text", "text_pair"?, "label"?} of data.<key>; the flag says whether the
+    label column is present (absent: predict only)."""
+    ds = _read_files(getattr(cfg, key), key, cache_root(cfg))
+    columns = {"text": cfg.text_column, "text_pair": cfg.text_pair_column}
+    for name, column in columns.items():
+        if column and column not in ds.column_names:
+            raise DataError(
+                f"data.{key}: no column '{column}' (available: {', '.join(ds.column_names)}); "
+                f"set data.{name}_column"
+            )
+    has_labels = cfg.label_column in ds.column_names
+    if cfg.max_docs:
+        ds = ds.select(range(min(cfg.max_docs, len(ds))))
+    rows = []
+    for raw in ds:
+        row = {name: raw[column] for name, column in columns.items() if column}
+        if has_labels:
+            row["label"] = raw[cfg.label_column]
+        rows.append(row)
+    return rows, has_labels

@@ -1,0 +1,69 @@
+"""Language-model quality on data.test: causal perplexity for GPT checkpoints, masked-LM
+loss/perplexity with fixed-seed masks for BERT checkpoints (not pseudo-perplexity)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from llmtune.config.schema import DataConfig, EvaluateConfig
+from llmtune.data import iter_eval_batches, tokenize_corpus
+from llmtune.data.sources import cache_root
+from llmtune.errors import DataError
+from llmtune.evaluation.data import test_documents
+from llmtune.evaluation.likelihood import perplexity
+from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.objectives import build_objective
+
+
+@torch.no_grad()
+def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, seed: int) -> dict:
+    """Mean masked-LM loss over masks drawn once from `seed` (so reruns compare exactly),
+    with the checkpoint's own masking settings."""
+    objective_cfg = dataclasses.replace(loaded.config.objective, name="mlm")
+    objective = build_objective(objective_cfg, loaded.info)
+    examples = objective.make_examples(token_ids, loaded.config.model.max_seq_len, seed)
+    if len(examples["input_ids"]) == 0:
+        raise DataError("data.test: too little text for one masked-LM example; add text")
+    generator = torch.Generator().manual_seed(seed)
+    device = next(loaded.model.parameters()).device
+    loss_sum, correct, count = 0.0, 0.0, 0
+    for batch in iter_eval_batches(examples, cfg.batch_size):
+        batch = objective.prepare(batch, generator)
+        count += int(objective.count(batch)["mlm"])
+        terms = objective.losses(loaded.model, {k: v.to(device) for k, v in batch.items()})
+        loss_sum += float(terms["mlm"].loss_sum)
+        correct += float(terms["mlm"].n_correct)
+    loss = loss_sum / max(count, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "mlm_accuracy": correct / max(count, 1),
+        "n_targets": count,
+        "n_sequences": len(examples["input_ids"]),
+        "note": f"masked-LM loss at mask_prob={objective_cfg.mask_prob} with masks fixed by "
+        f"seed={seed}; not pseudo-perplexity",
+    }
+
+
+def evaluate_language_model(
+    loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig, seed: int
+) -> dict[str, Any]:
+    """Perplexity (gpt) or masked-LM loss (bert) of the checkpoint on data.test."""
+    documents = test_documents(data, seed)
+    if cfg.max_examples and len(documents) > cfg.max_examples:
+        documents = documents.select(range(cfg.max_examples))
+    token_ids = tokenize_corpus(documents, loaded.tokenizer, cache_root(data), data.num_proc)
+    if loaded.family == "gpt":
+        results = perplexity(
+            loaded.model, token_ids["input_ids"], loaded.info.eos_id, cfg.batch_size
+        )
+        return {"task": "causal_lm", **results}
+    return {
+        "task": "masked_lm",
+        "n_examples": len(documents),
+        **masked_lm_loss(loaded, token_ids, cfg, seed),
+    }
