@@ -14,6 +14,10 @@ from llmtune.errors import UserError
 
 COMMANDS = {
     "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
+    "plan": (
+        "estimate parameters, FLOPs, memory and step time of a pretrain run",
+        "llmtune plan model=gpt2-small train.micro_batch_size=8",
+    ),
     "evaluate": (
         "score a checkpoint on data or complete prompts",
         "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",

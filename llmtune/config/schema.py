@@ -98,7 +98,9 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     threads: int = 0  # CPU threads for torch; 0 = all cores
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone and heads (first steps compile)
+    # recompute each block's activations in backward: ~1/3 more compute, far less memory
+    activation_checkpointing: bool = False
     num_workers: int = 0
     world_size: int = 1  # set by the launcher; used to check batch divisibility
 

@@ -68,6 +68,10 @@ class GPTBackbone(nn.Module):
             raise ValueError(
                 f"sequence length {start + t} exceeds n_positions {self.pos_emb.num_embeddings}"
             )
+        if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
+            # every row lies inside one document (documents are contiguous): the document mask
+            # equals the causal one, and without a mask SDPA takes its fused causal kernel
+            doc_ids = None
         if doc_ids is None:
             # no mask tensor lets SDPA take its fused causal kernel
             pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from llmtune.data import pack_documents
+from llmtune.models.heads import LMHead
 from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.chunked_ce import linear_cross_entropy
 
 
 class CausalLM:
@@ -32,8 +34,15 @@ class CausalLM:
         ids = batch["input_ids"]
         doc_ids = batch.get("doc_ids") if self.separate_documents else None
         hidden = model.backbone(ids, doc_ids=doc_ids)  # [B, T, D]
-        logits = model.heads["lm"](hidden[:, :-1])  # [B, T-1, V]
         targets = ids[:, 1:]
+        head = model.heads["lm"]
+        if isinstance(head, LMHead):
+            # projection fused with the loss in chunks: the [B*(T-1), V] logits never exist
+            loss, correct = linear_cross_entropy(
+                hidden[:, :-1].flatten(0, 1), head.weight, targets.flatten()
+            )
+            return {"clm": TermResult(loss, correct)}
+        logits = head(hidden[:, :-1])  # [B, T-1, V]
         return {"clm": sum_cross_entropy(logits.flatten(0, 1), targets.flatten())}
 
     def input_tokens(self, batch: Batch) -> int:

@@ -43,15 +43,36 @@ def head_flops_per_target(cfg: ModelConfig) -> float:
     return 6.0 * params
 
 
-def _measure_cpu_peak(dtype: torch.dtype, size: int = 2048, reps: int = 4) -> float:
-    gen = torch.Generator().manual_seed(0)  # never touch the global RNG: it drives dropout
-    a = torch.randn(size, size, dtype=dtype, generator=gen)
-    b = torch.randn(size, size, dtype=dtype, generator=gen)
-    torch.mm(a, b)  # warm-up
+def model_flops_per_token(cfg: ModelConfig, seq_len: int, targets_per_position: float) -> float:
+    """Training FLOPs per input position: the body, plus the vocabulary head at the share of
+    positions that carry a target (GPT: (T-1)/T; BERT MLM: the masking rate)."""
+    return body_flops_per_position(cfg, seq_len) + targets_per_position * head_flops_per_target(cfg)
+
+
+def _time_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
     start = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * size**3 * reps / (time.perf_counter() - start)
+    torch.mm(a, b)
+    return time.perf_counter() - start
+
+
+def _measure_cpu_peak(dtype: torch.dtype, trials: int = 3, min_seconds: float = 0.2) -> float:
+    """Best FLOP/s of square matmuls on all threads.
+
+    The size grows until one product takes `min_seconds` (timer noise and threading overhead
+    then vanish) or reaches 4096, so a slow dtype (bf16 without hardware support can be 100x
+    slower than fp32) costs about a second instead of minutes. The best of a few trials,
+    because a busy machine only ever makes a trial slower.
+    """
+    size = 256
+    while True:
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        torch.mm(a, b)  # warm-up: thread pool, kernel selection
+        if _time_matmul(a, b) >= min_seconds or size >= 4096:
+            break
+        size *= 2
+    best = min(_time_matmul(a, b) for _ in range(trials))
+    return 2 * size**3 / best
 
 
 def _cpu_name() -> str:

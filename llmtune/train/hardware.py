@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from llmtune.config.schema import HardwareConfig
 from llmtune.errors import ConfigError
@@ -47,3 +49,23 @@ def resolve_runtime(cfg: HardwareConfig) -> Runtime:
     threads = cfg.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     return Runtime(device=device, precision=precision, threads=threads)
+
+
+def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Module:
+    """Apply hardware.activation_checkpointing and hardware.compile to a built model, in place.
+
+    Both act on submodules without wrapping them, so parameter names (checkpoint keys)
+    stay as they are: no `_orig_mod.` or `_checkpoint_wrapped_module.` prefixes.
+    """
+    backbone = getattr(model, "backbone", None)
+    if cfg.activation_checkpointing and backbone is not None:
+        for block in backbone.blocks:
+            # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    if cfg.compile:
+        # objectives call model.backbone and model.heads directly, so compile those modules;
+        # Module.compile() compiles in place and keeps state_dict keys unchanged
+        targets = [backbone, *getattr(model, "heads", {}).values()] if backbone else [model]
+        for module in targets:
+            module.compile()
+    return model

@@ -23,7 +23,7 @@ from llmtune.data import BatchIterator, iter_eval_batches
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
-from llmtune.train.hardware import Runtime
+from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable, restore_rng, rng_state
@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, setup: TrainSetup) -> None:
         self.s = setup
         cfg = setup.config
-        self.model = setup.model.to(setup.runtime.device)
+        self.model = prepare_model(setup.model.to(setup.runtime.device), cfg.hardware)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.accum = cfg.train.global_batch_size // (
             cfg.train.micro_batch_size * cfg.hardware.world_size
@@ -103,14 +103,18 @@ class Trainer:
                 self._train_step(window)
                 step = self.progress.step
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    report.log(self._train_record(window, time.perf_counter() - last_log))
+                    seconds = time.perf_counter() - last_log - window["paused"]
+                    report.log(self._train_record(window, seconds))
                     window = _new_window()
                     last_log = time.perf_counter()
+                paused = time.perf_counter()
                 if step % cfg.eval_every == 0:
                     val = self._evaluate_and_log(report)
                 if step % cfg.save_every == 0:
                     self._save(val)
                     saved_at = step
+                # evaluating and saving are not training: keep them out of tokens/s and MFU
+                window["paused"] += time.perf_counter() - paused
             if self.progress.step != saved_at:
                 if not val or val.get("step") != self.progress.step:
                     val = self._evaluate_and_log(report)
@@ -312,7 +316,14 @@ class Trainer:
 
 
 def _new_window() -> dict:
-    return {"loss": torch.zeros(()), "steps": 0, "tokens": 0, "flops": 0.0, "wait": 0.0}
+    return {
+        "loss": torch.zeros(()),
+        "steps": 0,
+        "tokens": 0,
+        "flops": 0.0,
+        "wait": 0.0,
+        "paused": 0.0,
+    }
 
 
 def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str, Tensor]:

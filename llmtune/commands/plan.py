@@ -1,0 +1,150 @@
+"""`llmtune plan`: what a pretraining run will cost, printed before anything large exists.
+
+Composes the same config as `llmtune pretrain`; builds the model on the meta device (exact
+parameter count, no memory), and loads no data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from llmtune.config.schema import RunConfig
+from llmtune.data import cache_root
+from llmtune.models import build_model
+from llmtune.train.flops import device_peak_flops, model_flops_per_token
+from llmtune.train.hardware import resolve_runtime
+from llmtune.train.memory import (
+    ActivationShape,
+    MemoryEstimate,
+    available_memory,
+    estimate_memory,
+    gib,
+)
+
+HEADS = {"mlm": ("mlm",), "mlm_nsp": ("mlm", "nsp"), "clm": ("lm",)}
+NATIVE_HEADS = {"bert": ("mlm",), "gpt": ("lm",)}
+# MFU a step reaches, as a share of the device peak: measured on a 2-core CPU in fp32 for the
+# bench workloads (scripts/bench_vs_hf.py); for GPUs what well-tuned small-model runs reach.
+ASSUMED_MFU = {"cpu": 0.5, "cuda": 0.4}
+
+
+def _vocab_size(config: RunConfig) -> tuple[int, str]:
+    """The embedding rows: model.vocab_size, a tokenizer file's size, or the size to train."""
+    if config.model.vocab_size:
+        return config.model.vocab_size, "model.vocab_size"
+    if config.tokenizer.kind == "file":
+        from tokenizers import Tokenizer
+
+        path = Path(config.tokenizer.path)
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if path.exists():
+            return Tokenizer.from_file(str(path)).get_vocab_size(), str(path)
+    return config.tokenizer.vocab_size, "tokenizer.vocab_size (at most)"
+
+
+def _targets_share(config: RunConfig) -> float:
+    """Share of positions that reach the vocabulary head."""
+    if config.model.family == "gpt":
+        return (config.model.max_seq_len - 1) / config.model.max_seq_len
+    return config.objective.mask_prob
+
+
+def _memory(config: RunConfig, model: torch.nn.Module, device: torch.device, precision: str):
+    shape = ActivationShape(
+        batch=config.train.micro_batch_size,
+        seq_len=config.model.max_seq_len,
+        half=precision in ("bf16", "fp16"),
+        # SDPA's fused kernels: always on a GPU; on the CPU only without attention dropout
+        flash=device.type == "cuda" or config.model.attn_dropout == 0,
+        checkpointing=config.hardware.activation_checkpointing,
+        lm_rows_share=_targets_share(config),
+    )
+    n_params = model.num_parameters()
+    n_trainable = model.num_parameters(trainable_only=True)
+    return estimate_memory(config.model, n_params, n_trainable, shape, device.type)
+
+
+def _memory_table(estimate: MemoryEstimate, free: int | None) -> Table:
+    table = Table(title="memory per device (estimate)", show_header=False)
+    rows = [
+        ("weights", estimate.weights),
+        ("gradients", estimate.gradients),
+        ("optimizer state (AdamW m, v)", estimate.optimizer),
+        ("activations", estimate.activations),
+        ("vocabulary head and loss", estimate.head),
+    ]
+    if estimate.runtime:
+        rows.append(("runtime (torch, data)", estimate.runtime))
+    for name, value in rows:
+        table.add_row(name, gib(value))
+    table.add_row("[bold]total", f"[bold]{gib(estimate.total)}")
+    table.add_row("available", "unknown" if free is None else gib(free))
+    return table
+
+
+def _speed_rows(config: RunConfig, peak: float | None, device: str) -> list[tuple[str, str]]:
+    seq_len = config.model.max_seq_len
+    per_token = model_flops_per_token(config.model, seq_len, _targets_share(config))
+    tokens = config.train.global_batch_size * seq_len // config.hardware.world_size
+    rows = [
+        ("FLOPs per token (train)", f"{per_token / 1e6:,.1f} M"),
+        ("tokens per step per device", f"{tokens:,}"),
+    ]
+    if not peak:
+        return [*rows, ("device peak", "unknown: no step-time estimate")]
+    step_s = tokens * per_token / (peak * ASSUMED_MFU[device])
+    hours = step_s * config.train.max_steps / 3600
+    return [
+        *rows,
+        ("device peak", f"{peak / 1e12:.3f} TFLOP/s"),
+        ("assumed MFU", f"{ASSUMED_MFU[device]:.0%}"),
+        ("step time", f"{step_s:.2f} s ({tokens / step_s:,.0f} tokens/s)"),
+        (f"{config.train.max_steps} steps", f"{hours:.2f} h"),
+    ]
+
+
+def _warn_slow_bf16(console: Console, runtime, peak: float | None, config: RunConfig) -> None:
+    """CPUs without bf16 matmul instructions emulate it, often far slower than fp32."""
+    if runtime.device.type != "cpu" or runtime.precision != "bf16" or not peak:
+        return
+    fp32 = device_peak_flops(runtime.device, "fp32", cache_root(config.data))
+    if fp32 and fp32 > peak:
+        console.print(
+            f"[bold yellow]note:[/] bf16 matmuls reach {peak / 1e9:.1f} GFLOP/s on this CPU, "
+            f"fp32 {fp32 / 1e9:.1f}: hardware.precision=fp32 will be faster"
+        )
+
+
+def run(config: RunConfig, run_dir: Path) -> None:
+    console = Console(highlight=False)
+    runtime = resolve_runtime(config.hardware)
+    vocab, vocab_from = _vocab_size(config)
+    model_cfg = dataclasses.replace(config.model, vocab_size=vocab)
+    config = dataclasses.replace(config, model=model_cfg)
+    heads = HEADS.get(config.objective.name, NATIVE_HEADS[model_cfg.family])
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model(model_cfg, heads)
+    summary = Table(title=f"llmtune plan: {model_cfg.family} pretraining", show_header=False)
+    summary.add_row("parameters", f"{model.num_parameters():,}")
+    summary.add_row("  without embeddings", f"{model.num_parameters(exclude_embeddings=True):,}")
+    summary.add_row("vocabulary", f"{vocab:,} (from {vocab_from})")
+    summary.add_row("device", f"{runtime.device.type} {runtime.precision} x{runtime.threads}")
+    peak = device_peak_flops(runtime.device, runtime.precision, cache_root(config.data))
+    for name, value in _speed_rows(config, peak, runtime.device.type):
+        summary.add_row(name, value)
+    console.print(summary)
+    _warn_slow_bf16(console, runtime, peak, config)
+    estimate = _memory(config, model, runtime.device, runtime.precision)
+    free = available_memory(runtime.device)
+    console.print(_memory_table(estimate, free))
+    if free is not None and estimate.total > free:
+        console.print(
+            f"[bold red]warning:[/] the run needs about {gib(estimate.total)} but "
+            f"{gib(free)} is available; lower train.micro_batch_size (accumulation keeps "
+            "the global batch), set hardware.activation_checkpointing=true, or use bf16"
+        )

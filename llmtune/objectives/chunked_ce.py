@@ -1,0 +1,85 @@
+"""Vocabulary projection fused with cross-entropy, in row chunks, never holding all logits.
+
+A GPT step of 8 x 256 tokens over a 50k vocabulary makes [2048, 50257] fp32 logits (412 MB),
+then as much again for log-softmax and for each gradient. Here one chunk buffer is reused:
+logits -> softmax in place -> (softmax - one-hot) -> gradients for that chunk, during the
+forward; backward only scales the stored gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
+# (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.
+CHUNK_ELEMENTS = 2**25
+
+
+def _compute_dtype(device: torch.device, weight: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """loss_sum, n_correct = CE(hidden @ weight.T, targets), ignore_index -100, summed."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = _compute_dtype(hidden.device, weight)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            n, v = hidden.shape[0], weight.shape[0]
+            rows = max(1, min(n, CHUNK_ELEMENTS // v))
+            buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if needs_grad else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+            for start in range(0, n, rows):
+                h = hidden[start : start + rows].to(dtype)
+                t = targets[start : start + rows]
+                logits = buf[: h.shape[0]]
+                if dtype == torch.float32:
+                    torch.mm(h, w.t(), out=logits)
+                else:
+                    logits.copy_(h @ w.t())
+                valid = t != -100
+                safe_t = torch.where(valid, t, 0)
+                lse = torch.logsumexp(logits, dim=1)  # [c]
+                picked = logits.gather(1, safe_t[:, None]).squeeze(1)
+                loss += torch.where(valid, lse - picked, 0.0).sum()
+                correct += ((logits.argmax(dim=1) == t) & valid).sum()
+                if not needs_grad:
+                    continue
+                # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
+                grad.mul_(valid[:, None])
+                g = grad.to(dtype)
+                if dtype == torch.float32:
+                    torch.mm(g, w, out=grad_h[start : start + rows])
+                    grad_w.addmm_(g.t(), h)
+                else:
+                    grad_h[start : start + rows] = g @ w
+                    grad_w += g.t() @ h
+        # intermediates, not inputs or outputs: kept on ctx, scaled in place by backward
+        ctx.grads = (grad_h, grad_w)
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_correct: Tensor):
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # the graph is not kept (scaling in place forbids a second backward)
+        grad_hidden = grad_h.mul_(grad_loss) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_w.mul_(grad_loss) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy of `hidden` [N, D] projected by `weight` [V, D] (no bias) against
+    `targets` [N] (-100 = ignored), and how many argmax predictions were right."""
+    return _LinearCrossEntropy.apply(hidden, weight, targets)

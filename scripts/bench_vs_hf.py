@@ -1,0 +1,356 @@
+"""Benchmark llmtune's pretraining loop against the Hugging Face Trainer on the same model.
+
+Each arm runs in its own subprocess (so peak RSS is its own), arms interleave A B A B, and
+the table shows median tokens/s after warm-up, the ratio llmtune/HF, peak RSS and MFU.
+
+    python scripts/bench_vs_hf.py --workload bert gpt --precision fp32 bf16 --steps 10
+
+llmtune runs through its real CLI (`llmtune.cli.main(["pretrain", ...])`); the Trainer gets
+the very same token ids from llmtune's data pipeline (same corpus, tokenizer and examples).
+Needs the `bench` extra (transformers, accelerate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+THREADS = 2
+LR = 5e-4
+
+# name -> model shape, sequence length and batch size (the issue's two workloads + gpt2-small)
+WORKLOADS = {
+    "bert": dict(family="bert", layers=4, d=512, heads=8, ff=2048, vocab=30522, seq=128, batch=16),
+    "gpt": dict(family="gpt", layers=6, d=512, heads=8, ff=2048, vocab=50257, seq=256, batch=8),
+    "gpt2-small": dict(
+        family="gpt", layers=12, d=768, heads=12, ff=3072, vocab=50257, seq=512, batch=2
+    ),
+}
+PRESET = {"bert": "bert-small", "gpt": "gpt-mini"}
+
+
+# ---- shared: the llmtune config both arms use ------------------------------------------------
+def overrides(w: dict, corpus: Path, precision: str, total_steps: int) -> list[str]:
+    """The `llmtune pretrain` overrides of one workload (the HF arm composes the same ones)."""
+    return [
+        f"model={PRESET[w['family']]}",
+        f"model.n_layers={w['layers']}",
+        f"model.d_model={w['d']}",
+        f"model.n_heads={w['heads']}",
+        f"model.d_ff={w['ff']}",
+        f"model.vocab_size={w['vocab']}",
+        f"model.max_seq_len={w['seq']}",
+        "model.n_positions=1024" if w["family"] == "gpt" else "model.n_positions=512",
+        "data=files",
+        f"data.train={corpus}",
+        f"train.micro_batch_size={w['batch']}",
+        f"train.global_batch_size={w['batch']}",
+        f"train.max_steps={total_steps}",
+        "train.log_every=1",
+        "train.eval_every=1000000",
+        "train.save_every=1000000",
+        "train.eval_batches=1",
+        f"optim.lr={LR}",
+        "optim.warmup_steps=0",
+        "hardware.device=cpu",
+        f"hardware.precision={precision}",
+        f"hardware.threads={THREADS}",
+        "checkpoint.resume=never",
+    ]
+
+
+def llmtune_examples(args: argparse.Namespace):
+    """Training examples and tokenizer exactly as `llmtune pretrain` builds them."""
+    from llmtune.commands.pretrain import _with_vocab
+    from llmtune.config import load_yaml
+    from llmtune.data import (
+        cache_root,
+        get_tokenizer,
+        load_corpus,
+        tokenize_corpus,
+        tokenizer_info,
+    )
+    from llmtune.objectives import build_objective
+
+    config = load_yaml(Path(args.config))
+    cache = cache_root(config.data)
+    corpus = load_corpus(config.data, config.seed)
+    tokenizer = get_tokenizer(config.tokenizer, config.model.family, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, config.model.family)
+    config = _with_vocab(config, info.vocab_size)
+    objective = build_objective(config.objective, info)
+    token_ids = tokenize_corpus(corpus["train"], tokenizer, cache, config.data.num_proc)
+    examples = objective.make_examples(token_ids, config.model.max_seq_len, config.seed)
+    return examples, tokenizer, config
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- child: llmtune ---------------------------------------------------------------------------
+def run_llmtune(args: argparse.Namespace, total_steps: int) -> Path:
+    """`llmtune pretrain` through its CLI, in this process; returns the run directory."""
+    from llmtune.cli import main
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-llmtune-"))
+    ovr = overrides(WORKLOADS[args.workload], Path(args.corpus), args.precision, total_steps)
+    main(["pretrain", *ovr, f"hydra.run.dir={run_dir}"])
+    return run_dir
+
+
+def child_prepare(args: argparse.Namespace) -> dict:
+    """One untimed step: builds the tokenizer and token caches, measures the CPU peak, and
+    leaves the resolved config that the Trainer arm reads."""
+    run_dir = run_llmtune(args, 1)
+    return {"config": str(next(run_dir.glob("checkpoints/step-*/config.yaml")))}
+
+
+def child_llmtune(args: argparse.Namespace) -> dict:
+    run_dir = run_llmtune(args, args.warmup + args.steps)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "tokens_per_s" in r]
+    seconds, prev = [], 0
+    for r in rows:  # log_every=1: one row per step; its seconds = its tokens / tokens_per_s
+        seconds.append((r["tokens"] - prev) / r["tokens_per_s"])
+        prev = r["tokens"]
+    measured = rows[args.warmup :]
+    return {
+        "step_s": seconds[args.warmup :],
+        "mfu": statistics.median(r["mfu"] for r in measured),
+        "tflops": statistics.median(r["tflops_per_s"] for r in measured),
+        "data_wait": statistics.median(r["data_wait_share"] for r in measured),
+        "reported_tok_s": statistics.median(r["tokens_per_s"] for r in measured),
+    }
+
+
+# ---- child: Hugging Face Trainer -----------------------------------------------------------
+def hf_model(w: dict):
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    if w["family"] == "bert":
+        cfg = BertConfig(
+            vocab_size=w["vocab"],
+            hidden_size=w["d"],
+            num_hidden_layers=w["layers"],
+            num_attention_heads=w["heads"],
+            intermediate_size=w["ff"],
+            max_position_embeddings=512,
+            layer_norm_eps=1e-12,
+        )
+        return BertForMaskedLM(cfg)
+    cfg = GPT2Config(
+        vocab_size=w["vocab"],
+        n_positions=1024,
+        n_embd=w["d"],
+        n_layer=w["layers"],
+        n_head=w["heads"],
+        n_inner=w["ff"],
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def hf_data(w: dict, examples: dict, tokenizer):
+    """(dataset, collator): MLM masking by DataCollatorForLanguageModeling, as HF users do."""
+    import datasets
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+    from transformers.data.data_collator import default_data_collator
+
+    if w["family"] == "bert":
+        keys = ("input_ids", "token_type_ids", "attention_mask")
+        ds = datasets.Dataset.from_dict({k: examples[k].tolist() for k in keys})
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        return ds, DataCollatorForLanguageModeling(fast, mlm=True, mlm_probability=0.15)
+    ids = examples["input_ids"].tolist()
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    return ds, default_data_collator
+
+
+def child_hf(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    torch.set_num_threads(THREADS)
+    w = WORKLOADS[args.workload]
+    examples, tokenizer, config = llmtune_examples(args)
+    torch.manual_seed(0)
+    model = hf_model(w)
+    dataset, collator = hf_data(w, examples, tokenizer)
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    targs = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench-hf-"),
+        per_device_train_batch_size=w["batch"],
+        max_steps=args.warmup + args.steps,
+        learning_rate=LR,
+        weight_decay=config.optim.weight_decay,
+        bf16=args.precision == "bf16",
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]
+    )
+    trainer.train()
+    step_s = [b - a for a, b in zip(marks, marks[1:])]
+    return {"step_s": step_s[args.warmup :]}
+
+
+# ---- parent ------------------------------------------------------------------------------------
+def make_corpus(out: Path) -> Path:
+    """Real text from the shared corpus when present, else generated long documents."""
+    shared = Path(os.environ.get("LLMTUNE_REAL_DATA", REPO.parent / "shared" / "data"))
+    real = shared / "corpus" / "wiki_articles.jsonl"
+    if real.exists():
+        return real
+    rng = random.Random(0)
+    syllable = "{}{}{}".format
+    words = [
+        syllable(rng.choice("bcdfglmnprst"), rng.choice("aeiou"), rng.choice("nrst"))
+        for _ in range(3000)
+    ]
+    path = out / "corpus.jsonl"
+    with path.open("w") as f:
+        for _ in range(400):
+            text = " ".join(rng.choice(words) for _ in range(1500))
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def run_child(arm: str, args: argparse.Namespace, workload: str, precision: str) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bench-")) / "result.json"
+    config = ["--config", args.config] if arm == "hf" else []
+    cmd = [
+        sys.executable,
+        __file__,
+        *config,
+        "--child",
+        arm,
+        "--workload",
+        workload,
+        "--precision",
+        precision,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--corpus",
+        str(args.corpus),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("LLMTUNE_CACHE", str(args.cache))
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+    return json.loads(out.read_text())
+
+
+def bench(args: argparse.Namespace, workload: str, precision: str) -> dict:
+    w = WORKLOADS[workload]
+    args.config = run_child("prepare", args, workload, precision)["config"]
+    results: dict[str, list[dict]] = {"llmtune": [], "hf": []}
+    for _ in range(args.rounds):
+        for arm in ("llmtune", "hf"):
+            results[arm].append(run_child(arm, args, workload, precision))
+    tokens = w["batch"] * w["seq"]
+    row = {"workload": workload, "precision": precision}
+    for arm, runs in results.items():
+        steps = [s for r in runs for s in r["step_s"]]
+        row[f"{arm}_tok_s"] = tokens / statistics.median(steps)
+        row[f"{arm}_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    row["ratio"] = row["llmtune_tok_s"] / row["hf_tok_s"]
+    for key in ("mfu", "tflops", "data_wait", "reported_tok_s"):
+        row[key] = statistics.median(r[key] for r in results["llmtune"])
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'workload':<11}{'prec':<6}{'llmtune tok/s':>14}{'HF tok/s':>10}{'ratio':>7}"
+        f"{'llmtune RSS':>13}{'HF RSS':>9}{'MFU':>7}{'TFLOP/s':>9}{'data wait':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['workload']:<11}{r['precision']:<6}{r['llmtune_tok_s']:>14.0f}"
+            f"{r['hf_tok_s']:>10.0f}{r['ratio']:>6.2f}x{r['llmtune_rss_mib']:>9.0f} MiB"
+            f"{r['hf_rss_mib']:>5.0f} MiB{100 * r['mfu']:>6.1f}%{r['tflops']:>9.3f}"
+            f"{100 * r['data_wait']:>9.1f}%"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", nargs="+", default=["bert", "gpt"], choices=sorted(WORKLOADS))
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    p.add_argument("--warmup", type=int, default=2, help="steps dropped before measuring")
+    p.add_argument("--rounds", type=int, default=2, help="A B rounds (interleaved)")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--quiet", action="store_true", help="hide the children's output")
+    p.add_argument("--child", choices=["llmtune", "hf", "prepare"], help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        args.workload, args.precision = args.workload[0], args.precision[0]
+        if args.child == "prepare":
+            result = child_prepare(args)
+        else:
+            result = child_llmtune(args) if args.child == "llmtune" else child_hf(args)
+        result["peak_rss_mib"] = peak_rss_mib()
+        args.out.write_text(json.dumps(result))
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-vs-hf-"))
+    args.corpus, args.cache = make_corpus(work), work / "cache"
+    rows = []
+    for workload in args.workload:
+        for precision in args.precision:
+            rows.append(bench(args, workload, precision))
+            print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    print(f"\ncorpus {args.corpus}; {args.steps} steps after {args.warmup} warm-up, ")
+    print(f"{args.rounds} interleaved rounds, {THREADS} threads; tok/s = batch x seq / median step")
+
+
+if __name__ == "__main__":
+    main()

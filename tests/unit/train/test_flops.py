@@ -1,0 +1,108 @@
+"""Model FLOPs follow DESIGN.md's convention; the loop reports them; the CPU peak is cached."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from llmtune.config.schema import ModelConfig
+from llmtune.models import build_model
+from llmtune.train import flops
+from llmtune.train.flops import (
+    body_flops_per_position,
+    device_peak_flops,
+    head_flops_per_target,
+    model_flops_per_token,
+)
+from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
+
+GPT = ModelConfig(family="gpt", vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
+BERT = ModelConfig(family="bert", vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
+
+
+def _block_matmul_params(cfg: ModelConfig) -> int:
+    model = build_model(cfg, ("lm",) if cfg.family == "gpt" else ("mlm",))
+    return sum(
+        m.weight.numel() for m in model.backbone.blocks.modules() if isinstance(m, torch.nn.Linear)
+    )
+
+
+@pytest.mark.parametrize("cfg", [GPT, BERT], ids=["gpt", "bert"])
+def test_body_flops_are_6n_plus_attention(cfg):
+    seq_len = 32
+    expected = 6 * _block_matmul_params(cfg) + 12 * cfg.n_layers * seq_len * cfg.d_model
+    assert body_flops_per_position(cfg, seq_len) == expected
+
+
+def test_head_flops_count_the_projection_and_berts_transform():
+    assert head_flops_per_target(GPT) == 6 * GPT.vocab_size * GPT.d_model
+    assert head_flops_per_target(BERT) == 6 * (BERT.vocab_size * BERT.d_model + BERT.d_model**2)
+
+
+def test_per_token_flops_count_the_head_only_where_it_runs():
+    body = body_flops_per_position(BERT, 32)
+    head = head_flops_per_target(BERT)
+    assert model_flops_per_token(BERT, 32, 0.15) == pytest.approx(body + 0.15 * head)
+    assert model_flops_per_token(BERT, 32, 0.0) == body
+
+
+def test_cpu_peak_is_quick_and_positive():
+    start = time.perf_counter()
+    peak = flops._measure_cpu_peak(torch.float32, trials=2, min_seconds=0.01)
+    assert peak > 1e8
+    assert time.perf_counter() - start < 30
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(flops, "_measure_cpu_peak", lambda dtype: calls.append(dtype) or 5e10)
+    cpu = torch.device("cpu")
+    assert device_peak_flops(cpu, "fp32", tmp_path) == 5e10
+    assert device_peak_flops(cpu, "fp32", tmp_path) == 5e10
+    assert device_peak_flops(cpu, "bf16", tmp_path) == 5e10
+    assert calls == [torch.float32, torch.bfloat16]
+    assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("family", "tiny"), [("gpt", TINY_GPT), ("bert", TINY_BERT)], ids=["gpt", "bert"]
+)
+def test_loop_reports_consistent_throughput(tmp_path, jsonl_corpus, family, tiny):
+    run = tmp_path / "run"
+    pretrain(run, jsonl_corpus, *tiny, "train.max_steps=3", "train.eval_every=100")
+    train, _ = metrics(run)
+    assert [r["step"] for r in train] == [1, 2, 3]
+    cfg = ModelConfig(family=family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
+    body = body_flops_per_position(cfg, 32)
+    for r in train:
+        assert r["tokens_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
+        assert r["mfu"] == pytest.approx(r["tflops_per_s"] * 1e12 / _cached_peak(), rel=1e-6)
+        flops_per_token = r["tflops_per_s"] * 1e12 / r["tokens_per_s"]
+        if family == "gpt":  # every position but the last has a target
+            expected = body + 31 / 32 * head_flops_per_target(cfg)
+            assert flops_per_token == pytest.approx(expected, rel=1e-6)
+        else:  # ~15% of the real tokens are masked; padding still runs through the body
+            assert body < flops_per_token < 2 * body + 0.5 * head_flops_per_target(cfg)
+
+
+def _cached_peak() -> float:
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ["LLMTUNE_CACHE"]) / "cpu_peak_flops.json"
+    values = json.loads(path.read_text())
+    key = next(k for k in values if k.endswith(f"threads={torch.get_num_threads()}|fp32"))
+    return float(values[key])
+
+
+@pytest.mark.gpu
+def test_gpu_peak_comes_from_the_table(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    name = torch.cuda.get_device_name(0)
+    peak = device_peak_flops(torch.device("cuda"), "bf16", tmp_path)
+    known = any(fragment in name for fragment in flops.GPU_PEAKS)
+    assert (peak is not None) == known

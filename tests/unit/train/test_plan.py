@@ -1,0 +1,156 @@
+"""`llmtune plan` and its memory estimates, checked against what the model really allocates."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from llmtune.cli import main
+from llmtune.commands import plan
+from llmtune.config.schema import HardwareConfig, ModelConfig
+from llmtune.models import build_model
+from llmtune.objectives.clm import CausalLM
+from llmtune.train.hardware import prepare_model
+from llmtune.train.memory import (
+    ActivationShape,
+    activation_bytes,
+    available_memory,
+    head_activation_bytes,
+)
+
+TINY = ["model=gpt-tiny", "model.vocab_size=1000", "train.micro_batch_size=4", "hardware=cpu"]
+
+
+def _number(text: str, label: str) -> int:
+    return int(re.search(rf"{label}\s*│\s*([\d,]+)", text).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize(
+    ("model", "heads"), [("gpt-tiny", ("lm",)), ("bert-tiny", ("mlm",))], ids=["gpt", "bert"]
+)
+def test_plan_counts_the_parameters_build_model_makes(capsys, model, heads):
+    main(["plan", f"model={model}", "model.vocab_size=1000", "hardware=cpu"])
+    out = capsys.readouterr().out
+    cfg = ModelConfig(
+        family=model.split("-")[0],
+        vocab_size=1000,
+        d_model=128,
+        n_layers=2,
+        n_heads=2,
+        d_ff=512,
+        n_positions=1024 if model.startswith("gpt") else 512,
+    )
+    built = build_model(cfg, heads)
+    assert _number(out, "parameters") == built.num_parameters()
+    assert _number(out, "without embeddings") == built.num_parameters(exclude_embeddings=True)
+    assert "memory per device" in out and "step time" in out
+
+
+def test_plan_warns_when_the_run_does_not_fit(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "available_memory", lambda device: 1024)
+    main(["plan", *TINY])
+    out = capsys.readouterr().out
+    assert "warning" in out and "activation_checkpointing" in out
+
+
+def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["plan", *TINY])
+    assert list(tmp_path.iterdir()) == []
+
+
+def _saved_bytes(model: torch.nn.Module, step) -> int:
+    """Bytes autograd saves for backward (parameters excluded), each storage once."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("batch", [2, 4])
+def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
+    cfg = ModelConfig(
+        family=family, vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
+        max_seq_len=64, dropout=dropout, attn_dropout=dropout,
+    )  # fmt: skip
+    model = build_model(cfg, ("lm",) if family == "gpt" else ("mlm",))
+    ids = torch.randint(500, (batch, 64))
+    measured = _saved_bytes(model, lambda: model.backbone(ids))
+    shape = ActivationShape(batch=batch, seq_len=64, half=False, flash=dropout == 0)
+    estimate = activation_bytes(cfg, shape)
+    assert 0.75 < estimate / measured < 1.33
+
+
+def test_fused_head_estimate_is_far_below_full_logits():
+    cfg = ModelConfig(family="gpt", vocab_size=50257, d_model=512, n_layers=1, n_heads=8)
+    shape = ActivationShape(batch=8, seq_len=256, half=False, flash=True, lm_rows_share=255 / 256)
+    full = ActivationShape(**{**vars(shape), "fused_lm_loss": False})
+    assert head_activation_bytes(cfg, shape) < head_activation_bytes(cfg, full) / 3
+
+
+def test_estimates_grow_with_batch_and_shrink_with_checkpointing():
+    cfg = ModelConfig(family="gpt", vocab_size=1000, d_model=128, n_layers=4, n_heads=4)
+    sizes = [
+        activation_bytes(cfg, ActivationShape(batch=b, seq_len=128, half=False, flash=False))
+        for b in (1, 2, 4, 8)
+    ]
+    assert sizes == sorted(sizes) and sizes[-1] > 6 * sizes[0]
+    full = ActivationShape(batch=8, seq_len=128, half=False, flash=False)
+    ckpt = ActivationShape(batch=8, seq_len=128, half=False, flash=False, checkpointing=True)
+    assert activation_bytes(cfg, ckpt) < activation_bytes(cfg, full) / 2
+    half = ActivationShape(batch=8, seq_len=128, half=True, flash=False)
+    assert activation_bytes(cfg, half) < activation_bytes(cfg, full)
+
+
+def test_available_memory_is_known_on_linux():
+    free = available_memory(torch.device("cpu"))
+    assert free is None or free > 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    ids = {"input_ids": torch.randint(300, (2, 16))}
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg, ("lm",))
+        model.eval()  # no dropout: both runs draw nothing random
+        prepare_model(model, HardwareConfig(activation_checkpointing=checkpointing))
+        CausalLM(eos_id=0).losses(model, ids)["clm"].loss_sum.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        keys = set(model.state_dict())
+        assert not any("checkpoint" in k or "_orig_mod" in k for k in keys)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_compile_trains_a_tiny_model_on_cpu():
+    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    model = prepare_model(build_model(cfg, ("lm",)), HardwareConfig(compile=True))
+    ids = {"input_ids": torch.randint(300, (2, 16))}
+    loss = CausalLM(eos_id=0).losses(model, ids)["clm"].loss_sum
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all("_orig_mod" not in k for k in model.state_dict())
+
+
+@pytest.mark.gpu
+def test_plan_reads_free_gpu_memory(capsys):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    assert available_memory(torch.device("cuda")) > 0
+    main(["plan", "model=gpt-tiny", "model.vocab_size=1000", "hardware.device=cuda"])
+    assert "cuda bf16" in capsys.readouterr().out
