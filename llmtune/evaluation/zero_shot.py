@@ -46,7 +46,11 @@ class LabelWords:
 
 
 def fill(template: str, row: dict[str, Any]) -> str:
-    """The template with {text} / {text_pair} from a row; other braces are left alone."""
+    """The template with {text} / {text_pair} from a row; other braces are left alone.
+
+    A literal backslash-n means a newline: a command-line override cannot carry a real one.
+    """
+    template = template.replace("\\n", "\n")
     return template.replace("{text}", str(row.get("text", ""))).replace(
         "{text_pair}", str(row.get("text_pair", ""))
     )

@@ -94,6 +94,7 @@ def test_label_words_map_names_and_integer_labels():
 
 def test_template_and_few_shot_block():
     assert fill("{text} / {text_pair}?", {"text": "a", "text_pair": "b"}) == "a / b?"
+    assert fill("{text}\\nLabel:", {"text": "a"}) == "a\nLabel:"  # as an override passes it
     rows = [{"text": "t1", "label": "pos"}, {"text": "t2", "label": "neg"}]
     labels = LabelWords(("neg", "pos"), ("bad", "good"))
     cfg = EvaluateConfig(template="{text} =", few_shot=2)
