@@ -2,7 +2,8 @@
 
 LLMTUNE_FAULT="<point>[@<n>]:<action>" acts the n-th time (default 1st) the named point is
 reached: `kill` sends SIGKILL to this process, `disk_full` raises OSError(ENOSPC),
-`error` raises RuntimeError. Points are named where `fault_point` is called.
+`error` raises RuntimeError. Points are named where `fault_point` is called;
+LLMTUNE_FAULT_RANK limits the fault to one rank of a multi-process job.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ def fault_point(name: str) -> None:
     point, nth, action = _parse(spec)
     if point != name:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] != nth:
+    # LLMTUNE_FAULT_RANK=r: only the worker of that rank acts (multi-process tests).
+    only = os.environ.get("LLMTUNE_FAULT_RANK")
+    if only is not None and only != os.environ.get("RANK", "0"):
+        return
+    # Counted per spec: an in-process test that sets another spec starts from zero.
+    _hits[spec] = _hits.get(spec, 0) + 1
+    if _hits[spec] != nth:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
