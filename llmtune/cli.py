@@ -83,17 +83,33 @@ def _hydra_task(command: str) -> Callable[[], None]:
     from omegaconf import DictConfig
 
     @hydra.main(version_base="1.3", config_path="configs", config_name=command)
-    def task(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> float | None:
         from llmtune.config import from_hydra
+        from llmtune.config.sweep_summary import final_metrics
+        from llmtune.train.launch import run_command
 
         try:
             config, run_dir = from_hydra(cfg)
             run = importlib.import_module(f"llmtune.commands.{command}").run
-            run(config, run_dir)
+            run_command(run, command, config, run_dir)  # one process, or hardware.nproc workers
         except UserError as exc:
             fail(str(exc), exc.exit_code)
+        # What a sweeper that optimises (Optuna) minimises: the final validation loss.
+        return final_metrics(run_dir).get("val_loss")
 
     return task
+
+
+def _worker(args: list[str]) -> None:
+    """A worker started by `hardware.nproc=N` (train/launch.py): its config is resolved already."""
+    from llmtune.train.launch import worker_main
+
+    command, config_path, run_dir = args
+    try:
+        run = importlib.import_module(f"llmtune.commands.{command}").run
+        worker_main(run, command, config_path, run_dir)
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         _print_help()
         raise SystemExit(0 if args else 2)
     command, overrides = args[0], args[1:]
+    if command == "_worker":
+        return _worker(overrides)
     if command not in COMMANDS:
         from llmtune.config.build import suggestion
 

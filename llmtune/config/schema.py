@@ -103,6 +103,9 @@ class HardwareConfig:
     activation_checkpointing: bool = False
     num_workers: int = 0
     world_size: int = 1  # set by the launcher; used to check batch divisibility
+    strategy: str = "none"  # none | ddp | fsdp (used when more than one process runs)
+    nproc: int = 1  # local worker processes llmtune starts itself (or use torchrun)
+    timeout: str = "5m"  # collective timeout: a dead or stuck rank ends the job after this
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class TrainConfig:
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
     save_every: int = 100
     log_every: int = 10
+    on_nonfinite: str = "stop"  # NaN/inf loss or gradients: stop | skip (the step, counted)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,15 @@ def _check_training(config: RunConfig) -> None:
         f"train.micro_batch_size={t.micro_batch_size} x world size {h.world_size}",
     )
     parse_duration(t.max_time)
+    _one_of("train.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
+    _one_of("hardware.strategy", h.strategy, ("none", "ddp", "fsdp"))
+    _require(h.nproc >= 1, f"hardware.nproc={h.nproc}: must be >= 1")
+    _require(
+        h.strategy != "none" or max(h.nproc, h.world_size) == 1,
+        f"{max(h.nproc, h.world_size)} processes need hardware=ddp or hardware=fsdp "
+        "(hardware.strategy=none trains one process alone)",
+    )
+    _require(parse_duration(h.timeout) > 0, f"hardware.timeout={h.timeout!r}: must be positive")
     _require(
         config.checkpoint.keep_last >= 1,
         f"checkpoint.keep_last={config.checkpoint.keep_last}: must be >= 1",

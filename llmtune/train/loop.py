@@ -19,9 +19,10 @@ from llmtune import checkpoint
 from llmtune.config import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
-from llmtune.data import BatchIterator, iter_eval_batches
+from llmtune.data import iter_eval_batches
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
+from llmtune.train import distributed, parallel, preemption
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
@@ -47,6 +48,7 @@ class TrainSetup:
     runtime: Runtime
     cache_dir: Path
     meta: dict = field(default_factory=dict)  # extra fields for meta.json (e.g. heads)
+    trainable_only: bool = False  # adapter runs: checkpoints hold only the trained weights
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Progress:
     tokens: int = 0
     best_val_loss: float = math.inf
     best_step: int = -1
+    skipped_steps: int = 0  # steps skipped for non-finite gradients (train.on_nonfinite=skip)
 
 
 def micro_batch_rng(seed: int, step: int, micro: int) -> torch.Generator:
@@ -69,15 +72,17 @@ class Trainer:
         self.s = setup
         cfg = setup.config
         self.model = prepare_model(setup.model.to(setup.runtime.device), cfg.hardware)
+        # DDP/FSDP wrap the model before the optimizer sees its (possibly sharded) parameters.
+        self.parallel = parallel.Parallel(self.model, setup.objective, cfg.hardware.strategy)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.accum = cfg.train.global_batch_size // (
             cfg.train.micro_batch_size * cfg.hardware.world_size
         )
-        self.batches = BatchIterator(setup.train_examples, cfg.train.micro_batch_size, cfg.seed)
+        self.batches = self.parallel.batches(setup.train_examples, cfg)
         self.progress = Progress()
         self.ckpt_root = setup.run_dir / "checkpoints"
         self.max_time = parse_duration(cfg.train.max_time)
-        self.peak = device_peak_flops(
+        self.peak = self.parallel.info.world_size * device_peak_flops(
             setup.runtime.device, setup.runtime.precision, setup.cache_dir
         )
         self.seq_len = next(iter(setup.train_examples.values())).shape[1]
@@ -93,7 +98,8 @@ class Trainer:
         if resumed and self.progress.step >= cfg.max_steps:
             print(f"run already finished at step {self.progress.step}; nothing to do")
             return {}
-        report = Reporter(self.s.run_dir, cfg.max_steps, self.progress.step)
+        report = distributed.reporter(self.s.run_dir, cfg.max_steps, self.progress.step)
+        restore_signals = preemption.install()
         start, last_log = time.perf_counter(), time.perf_counter()
         window = _new_window()
         val: dict[str, float] = {}
@@ -116,25 +122,33 @@ class Trainer:
                 # evaluating and saving are not training: keep them out of tokens/s and MFU
                 window["paused"] += time.perf_counter() - paused
             if self.progress.step != saved_at:
-                if not val or val.get("step") != self.progress.step:
+                if not self.preempted and (not val or val.get("step") != self.progress.step):
                     val = self._evaluate_and_log(report)
                 self._save(val)
         finally:
+            restore_signals()
             report.close(self._summary(val, time.perf_counter() - start))
+        if self.preempted:
+            preemption.stop(self.progress.step, str(self.ckpt_root / "latest"))
         return val
 
     def _should_stop(self, start: float) -> bool:
         t = self.s.config.train
+        late = self.max_time > 0 and time.perf_counter() - start >= self.max_time
+        # Clocks and signals differ per rank: agree, or one rank would wait for the others.
+        late, self.preempted = distributed.any_rank(late, preemption.requested())  # save, exit
         return (
             self.progress.step >= t.max_steps
             or (t.max_tokens > 0 and self.progress.tokens >= t.max_tokens)
-            or (self.max_time > 0 and time.perf_counter() - start >= self.max_time)
+            or late
+            or self.preempted
         )
 
     def _next_micro_batches(self) -> list[Batch]:
         seed, step = self.s.config.seed, self.progress.step
+        first = self.parallel.info.rank * self.accum  # ranks draw distinct targets (MLM masks)
         return [
-            self.s.objective.prepare(next(self.batches), micro_batch_rng(seed, step, i))
+            self.s.objective.prepare(next(self.batches), micro_batch_rng(seed, step, first + i))
             for i in range(self.accum)
         ]
 
@@ -146,6 +160,7 @@ class Trainer:
         micro_batches = self._next_micro_batches()
         window["wait"] += time.perf_counter() - waited
         step_loss, step_tokens, step_flops = self.accumulate_gradients(micro_batches)
+        step_tokens, step_flops = distributed.global_counts(step_tokens, step_flops)
         self._optimizer_step()
         self.progress.step += 1
         self.progress.tokens += step_tokens
@@ -162,26 +177,27 @@ class Trainer:
         objective, device = self.s.objective, self.s.runtime.device
         counts = _total_counts(objective, micro_batches)
         step_loss, step_tokens, step_flops = torch.zeros((), device=device), 0, 0.0
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             step_flops += self._flops(batch, objective.count(batch))
             step_tokens += objective.input_tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with self.s.runtime.autocast():
-                terms = objective.losses(self.model, batch)
-            loss = sum(terms[name].loss_sum / counts[name] for name in terms)
-            loss.backward()
+            with self.parallel.sync(last=i == len(micro_batches) - 1):
+                with self.s.runtime.autocast():
+                    terms = self.parallel.losses(batch)
+                loss = sum(terms[name].loss_sum / counts[name] for name in terms)
+                loss.backward()
             step_loss += loss.detach()
         return step_loss, step_tokens, step_flops
 
     def _optimizer_step(self) -> None:
         clip = self.s.config.optim.grad_clip or math.inf
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        # Gradients are already reduced across ranks, so every rank sees the same norm.
+        norm = self.parallel.clip_grad_norm(params, clip)
         if not torch.isfinite(norm):
-            raise TrainingError(
-                f"non-finite gradient norm at step {self.progress.step + 1}; lower optim.lr "
-                "or use hardware.precision=fp32 (the last checkpoint is intact)"
-            )
+            preemption.skip_nonfinite(self.s.config.train.on_nonfinite, self.progress)
+            self.optimizer.zero_grad(set_to_none=True)  # skipped: the parameters never see NaN
+            return
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -197,7 +213,7 @@ class Trainer:
         flops_per_s = window["flops"] / max(seconds, 1e-9)
         return {
             "step": self.progress.step,
-            "loss": float(window["loss"]) / max(1, window["steps"]),
+            "loss": float(distributed.all_sum(window["loss"])) / max(1, window["steps"]),
             "lr": self.optimizer.param_groups[0]["lr"],
             "tokens": self.progress.tokens,
             "tokens_per_s": window["tokens"] / max(seconds, 1e-9),
@@ -223,7 +239,7 @@ class Trainer:
             counts = objective.count(batch)
             batch = {k: v.to(self.s.runtime.device) for k, v in batch.items()}
             with self.s.runtime.autocast():
-                terms = objective.losses(self.model, batch)
+                terms = self.parallel.losses(batch)
             for name, term in terms.items():
                 sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
                 sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
@@ -238,16 +254,19 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save(self, val: dict[str, float]) -> None:
-        weights = checkpoint.model_weights(self.model)
+        weights = self.parallel.model_weights(self.s.trainable_only)
         val_loss = val.get("val_loss", math.inf) if val.get("step") == self.progress.step else None
         if val_loss is not None and val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss, self.progress.best_step = val_loss, self.progress.step
         train_state = {
             "progress": vars(self.progress).copy(),
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.batches.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.optimizer),
+            "data": self.parallel.data_state(self.batches),
             "rng": rng_state(),
         }
+        if not self.parallel.is_main:
+            distributed.barrier()  # rank 0 writes alone; no rank exits before it is done
+            return
         contents = checkpoint.CheckpointContents(
             config_yaml=to_yaml(self.s.config),
             tokenizer_json=self.s.tokenizer_json,
@@ -258,6 +277,7 @@ class Trainer:
         if self.progress.best_step == self.progress.step:
             checkpoint.mark_best(self.ckpt_root, step_dir)
         checkpoint.prune(self.ckpt_root, self.s.config.checkpoint.keep_last)
+        distributed.barrier()
 
     def _resume(self) -> bool:
         """Continue from a checkpoint when checkpoint.resume asks for one; True if resumed."""
@@ -272,10 +292,11 @@ class Trainer:
             step_dir = checkpoint.resolve(mode)
             checkpoint.verify(step_dir)
         check_resumable(step_dir, self.s.config, self.s.tokenizer_json)
-        checkpoint.load_into(self.model, checkpoint.load_weights(step_dir), step_dir)
+        weights = checkpoint.load_weights(step_dir)
+        self.parallel.load_weights(weights, step_dir, self.s.trainable_only)
         state = checkpoint.load_train_state(step_dir)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.batches.load_state_dict(state["data"])
+        self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
+        self.batches.load_state_dict(self.parallel.data_position(state["data"]))
         self.progress = Progress(**state["progress"])
         restore_rng(state["rng"])
         print(f"resumed from {step_dir} (step {self.progress.step})")
@@ -285,7 +306,7 @@ class Trainer:
         """The checkpoint `latest` names, verified; partial folders of a killed save set aside."""
         if not self.ckpt_root.is_dir():
             return None
-        for aside in checkpoint.move_aside_partial(self.ckpt_root):
+        for aside in distributed.main_only(checkpoint.move_aside_partial, self.ckpt_root):
             print(f"moved an incomplete checkpoint left by an interrupted save to {aside}")
         step_dir = checkpoint.read_pointer(self.ckpt_root, "latest")
         if step_dir is None:
@@ -327,11 +348,12 @@ def _new_window() -> dict:
 
 
 def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str, Tensor]:
-    """Targets per loss term over the whole step (at least 1, so an empty term adds 0)."""
+    """Targets per loss term over the whole step and all ranks (at least 1: empty adds 0)."""
     totals: dict[str, Tensor] = {}
     for batch in micro_batches:
         for name, n in objective.count(batch).items():
             totals[name] = totals.get(name, 0) + n
+    totals = distributed.sum_counts(totals)  # over ranks: every rank divides by the global count
     return {name: n.clamp(min=1).float() for name, n in totals.items()}
 
 
