@@ -230,15 +230,37 @@ def verify(step_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to store: tied aliases dropped, so shared weights are stored once."""
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def model_weights(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict to store: tied aliases dropped, so shared weights are stored once.
+
+    `trainable_only` keeps just the parameters that train (adapter checkpoints: the frozen
+    rest is the base checkpoint, referenced from meta.json).
+    """
     tied = set(model.tied_parameter_names())
-    return {k: v for k, v in model.state_dict().items() if k not in tied}
+    keep = _trainable_names(model) if trainable_only else None
+    return {
+        k: v for k, v in model.state_dict().items() if k not in tied and (keep is None or k in keep)
+    }
 
 
-def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
-    """Load weights strictly: only tied aliases may be absent; names and shapes must match."""
+def load_into(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    source: Path,
+    trainable_only: bool = False,
+) -> None:
+    """Load weights strictly: only tied aliases may be absent; names and shapes must match.
+
+    `trainable_only`: the weights are exactly the model's trainable parameters (an adapter).
+    """
     expected = model.state_dict()
+    if trainable_only:
+        keep = _trainable_names(model)
+        expected = {k: v for k, v in expected.items() if k in keep}
     tied = set(model.tied_parameter_names())
     missing = sorted(set(expected) - set(weights) - tied)
     unexpected = sorted(set(weights) - set(expected))

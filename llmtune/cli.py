@@ -22,6 +22,10 @@ COMMANDS = {
         "score a checkpoint on data or complete prompts",
         "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",
     ),
+    "finetune": (
+        "adapt a checkpoint to a task (full, freeze, lora, prefix, prompt)",
+        "llmtune finetune init_from=runs/pretrain/<time> objective=seq_cls data.train=train.jsonl",
+    ),
 }
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
 

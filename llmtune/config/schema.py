@@ -77,6 +77,9 @@ class ObjectiveConfig:
     random_token_frac: float = 0.1  # replaced by a random token; the rest stay unchanged
     nsp_prob: float = 0.5  # mlm_nsp: share of pairs whose B segment is random
     separate_documents: bool = True  # clm: packed documents never attend to each other
+    class_weights: str = "none"  # seq_cls/token_cls: none | balanced (inverse label frequency)
+    # sft: the prompt before each response; {instruction} is filled from data.instruction_column
+    prompt_template: str = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,11 @@ class TrainConfig:
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
     save_every: int = 100
     log_every: int = 10
+    # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, ... (loss/perplexity: lower
+    # is better, anything else: higher); judged at saved steps
+    best_metric: str = "val_loss"
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: stop | skip (the step, counted)
+    patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = off
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,21 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MethodConfig:
+    """How finetune adapts the weights: full | freeze | lora | prefix | prompt."""
+
+    name: str = "full"
+    freeze_layers: int = -1  # freeze: embeddings + this many bottom blocks; -1 = all but heads
+    rank: int = 8  # lora
+    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    dropout: float = 0.0  # lora: dropout on the adapter's input
+    targets: tuple[str, ...] = ("qkv", "proj")  # lora: Linear names (qkv, proj, fc, attn.proj)
+    n_tokens: int = 16  # prefix: key/value positions per layer; prompt: soft prompt length
+    prompt_encoder: str = "none"  # prompt: none | mlp | lstm (P-tuning's reparametrisation)
+    encoder_hidden: int = 0  # prompt encoder / prefix MLP width; 0 = model width
+
+
+@dataclass(frozen=True)
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
@@ -162,3 +184,5 @@ class RunConfig:
     ckpt: str = ""  # evaluate: a step folder or a run directory (its best, else latest)
     prompts: tuple[str, ...] = ()  # evaluate: prompts to complete, or files of one per line
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
+    method: MethodConfig = field(default_factory=MethodConfig)

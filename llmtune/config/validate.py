@@ -10,7 +10,18 @@ from llmtune.errors import ConfigError
 
 FAMILIES = ("bert", "gpt")
 NATIVE_OBJECTIVE = {"bert": "mlm", "gpt": "clm"}
-OBJECTIVE_FAMILIES = {"mlm": ("bert",), "mlm_nsp": ("bert",), "clm": ("gpt",)}
+OBJECTIVE_FAMILIES = {
+    "mlm": ("bert",),
+    "mlm_nsp": ("bert",),
+    "clm": ("gpt",),
+    "seq_cls": FAMILIES,
+    "token_cls": FAMILIES,
+    "sft": ("gpt",),
+}
+TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft")  # labelled data: finetune only
+METHODS = ("full", "freeze", "lora", "prefix", "prompt")
+PROMPT_ENCODERS = ("none", "mlp", "lstm")
+CLASS_WEIGHTS = ("none", "balanced")
 NATIVE_TOKENIZER = {"bert": "wordpiece", "gpt": "bpe"}
 TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
 DATA_SOURCES = ("builtin", "files", "hub")
@@ -78,10 +89,16 @@ def _check_objective(config: RunConfig) -> None:
         families is not None,
         f"objective.name={o.name!r}: expected one of {', '.join(OBJECTIVE_FAMILIES)}",
     )
+    # finetune takes its model from the checkpoint: `check_model_fits` runs once it is known
     _require(
-        family in families,
+        config.command == "finetune" or family in families,
         f"objective={o.name} needs a {'/'.join(families)} model, but model.family={family}",
     )
+    _require(
+        o.name not in TASK_OBJECTIVES or config.command != "pretrain",
+        f"objective={o.name} needs labelled data; use `llmtune finetune` for it",
+    )
+    _one_of("objective.class_weights", o.class_weights, CLASS_WEIGHTS)
     _require(0 < o.mask_prob < 1, f"objective.mask_prob={o.mask_prob}: must be in (0, 1)")
     for key in ("mask_token_frac", "random_token_frac"):
         _require(0 <= getattr(o, key) <= 1, f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
@@ -181,9 +198,45 @@ def _check_evaluate(config: RunConfig) -> None:
     )
 
 
+def _check_finetune(config: RunConfig) -> None:
+    m, t = config.method, config.train
+    _require(
+        bool(config.init_from),
+        "init_from is required; set init_from=<checkpoint step folder or run dir> or hf:<folder>",
+    )
+    _one_of("method.name", m.name, METHODS)
+    _one_of("method.prompt_encoder", m.prompt_encoder, PROMPT_ENCODERS)
+    _require(m.freeze_layers >= -1, f"method.freeze_layers={m.freeze_layers}: -1 (all) or >= 0")
+    for key in ("rank", "n_tokens"):
+        _require(getattr(m, key) > 0, f"method.{key}={getattr(m, key)}: must be positive")
+    _require(m.alpha > 0, f"method.alpha={m.alpha}: must be positive")
+    _require(0 <= m.dropout < 1, f"method.dropout={m.dropout}: must be in [0, 1)")
+    _require(m.encoder_hidden >= 0, f"method.encoder_hidden={m.encoder_hidden}: must be >= 0")
+    _require(bool(m.targets), "method.targets is empty; name Linear layers, e.g. [qkv,proj]")
+    _require(t.patience >= 0, f"train.patience={t.patience}: must be >= 0 (0 = off)")
+    _require(
+        config.model.max_seq_len >= 0,
+        f"model.max_seq_len={config.model.max_seq_len}: must be >= 0 (0 = the checkpoint's)",
+    )
+
+
+def check_model_fits(config: RunConfig) -> None:
+    """Model checks, and that the objective suits the family (finetune: once the model is known)."""
+    _check_model(config)
+    families = OBJECTIVE_FAMILIES[config.objective.name]
+    _require(
+        config.model.family in families,
+        f"objective={config.objective.name} needs a {'/'.join(families)} model, "
+        f"but the checkpoint is a {config.model.family} model",
+    )
+
+
 def validate(config: RunConfig) -> None:
     """Raise ConfigError naming the first invalid key."""
-    _check_model(config)
+    if config.command == "finetune":
+        _check_finetune(config)
+    else:
+        _check_model(config)
     _check_objective(config)
     _check_training(config)
     _check_data(config)

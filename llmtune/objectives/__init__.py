@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
-from llmtune.config.schema import ObjectiveConfig
+from tokenizers import Tokenizer
+
+from llmtune.config.schema import DataConfig, ObjectiveConfig
 from llmtune.data import TokenizerInfo
 from llmtune.errors import ConfigError
 from llmtune.objectives.base import Objective, TermResult
 from llmtune.objectives.clm import CausalLM
 from llmtune.objectives.masking import MaskingSpec
 from llmtune.objectives.mlm import MaskedLM
+from llmtune.objectives.seq_cls import SequenceClassification
+from llmtune.objectives.sft import InstructionTuning
+from llmtune.objectives.token_cls import TokenClassification
 
-__all__ = ["Objective", "TermResult", "build_objective", "OBJECTIVE_NAMES"]
+__all__ = [
+    "Objective",
+    "TermResult",
+    "build_objective",
+    "build_task",
+    "OBJECTIVE_NAMES",
+    "TASK_OBJECTIVES",
+    "TASKS",
+]
 
-OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm")
+OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm", "seq_cls", "token_cls", "sft")
+# Objectives on labelled data, built by `build_task`; each class offers columns(data) and
+# label_values(split, data) before it is built (the labels are needed to build it).
+TASKS = {
+    "seq_cls": SequenceClassification,
+    "token_cls": TokenClassification,
+    "sft": InstructionTuning,
+}
+TASK_OBJECTIVES = tuple(TASKS)
+
+
+def build_task(
+    cfg: ObjectiveConfig,
+    info: TokenizerInfo,
+    tokenizer: Tokenizer,
+    data: DataConfig,
+    labels: list | None = None,
+) -> SequenceClassification | TokenClassification | InstructionTuning:
+    """A task objective on labelled data; `labels` (seq_cls, token_cls) index = class id."""
+    if cfg.name == "sft":
+        return InstructionTuning(info, tokenizer, data, cfg.prompt_template)
+    if cfg.name not in ("seq_cls", "token_cls") or not labels:
+        raise ConfigError(f"objective.name={cfg.name!r}: not a task with labels")
+    task = SequenceClassification if cfg.name == "seq_cls" else TokenClassification
+    return task(info, list(labels), tokenizer, data)
 
 
 def build_objective(cfg: ObjectiveConfig, info: TokenizerInfo) -> Objective:

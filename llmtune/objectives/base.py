@@ -21,6 +21,10 @@ class TermResult:
 
     loss_sum: Tensor
     n_correct: Tensor
+    # classification terms also return their argmax predictions and targets (rows whose
+    # target is -100 removed), so evaluation can compute F1 without a second forward
+    predicted: Tensor | None = None
+    target: Tensor | None = None
 
 
 class Objective(Protocol):
@@ -43,11 +47,28 @@ class Objective(Protocol):
     def input_tokens(self, batch: Batch) -> int:
         """Real (non-padding) input tokens in a micro-batch, for tokens/s."""
 
+    # Task objectives (seq_cls, token_cls, sft) also offer, beyond the protocol:
+    #   labels: list            label names, index = class id (seq_cls, token_cls)
+    #   encode(split, seq_len) -> Encoded   token rows + truncation counts of a Dataset split
+    #   make_examples(split, seq_len, seed) takes that Dataset split instead of token ids
+    #   predictions(model, batch) -> (predicted, target)   1-D class ids for a prepared batch,
+    #       positions without a label removed; used for F1 by the loop and by evaluate
 
-def sum_cross_entropy(logits: Tensor, targets: Tensor) -> TermResult:
-    """Summed cross-entropy over rows whose target is not -100, and the count right."""
+
+def sum_cross_entropy(
+    logits: Tensor, targets: Tensor, weight: Tensor | None = None, keep: bool = False
+) -> TermResult:
+    """Summed cross-entropy over rows whose target is not -100, and the count right.
+
+    `weight` rescales each class's terms (class weights); `keep` also returns predictions.
+    """
     logits = logits.float()
-    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits, targets, weight=weight, ignore_index=-100, reduction="sum"
+    )
     valid = targets != -100
-    correct = ((logits.argmax(-1) == targets) & valid).sum()
-    return TermResult(loss, correct)
+    predicted = logits.argmax(-1)
+    correct = ((predicted == targets) & valid).sum()
+    if not keep:
+        return TermResult(loss, correct)
+    return TermResult(loss, correct, predicted[valid], targets[valid])

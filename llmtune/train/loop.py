@@ -22,7 +22,7 @@ from llmtune.config.validate import parse_duration
 from llmtune.data import iter_eval_batches
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
-from llmtune.train import distributed, parallel, preemption
+from llmtune.train import distributed, parallel, preemption, selection
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
@@ -57,9 +57,13 @@ class Progress:
 
     step: int = 0
     tokens: int = 0
+    # score of train.best_metric at the best saved step (lower is better: see selection.score);
+    # named for the default metric, kept so older checkpoints resume
     best_val_loss: float = math.inf
     best_step: int = -1
     skipped_steps: int = 0  # steps skipped for non-finite gradients (train.on_nonfinite=skip)
+    eval_best: float = math.inf  # best score at any evaluation (early stopping)
+    evals_since_best: int = 0
 
 
 def micro_batch_rng(seed: int, step: int, micro: int) -> torch.Generator:
@@ -116,6 +120,7 @@ class Trainer:
                 paused = time.perf_counter()
                 if step % cfg.eval_every == 0:
                     val = self._evaluate_and_log(report)
+                    self._track_patience(val, report)
                 if step % cfg.save_every == 0:
                     self._save(val)
                     saved_at = step
@@ -142,7 +147,21 @@ class Trainer:
             or (t.max_tokens > 0 and self.progress.tokens >= t.max_tokens)
             or late
             or self.preempted
+            or (t.patience > 0 and self.progress.evals_since_best >= t.patience)
         )
+
+    def _track_patience(self, val: dict[str, float], report: Reporter) -> None:
+        """Count evaluations since train.best_metric last improved (early stopping)."""
+        value = selection.score(val, self.s.config.train.best_metric)
+        if value < self.progress.eval_best:
+            self.progress.eval_best, self.progress.evals_since_best = value, 0
+            return
+        self.progress.evals_since_best += 1
+        if self.progress.evals_since_best == self.s.config.train.patience:
+            report.message(
+                f"early stopping: {self.s.config.train.best_metric} has not improved for "
+                f"{self.progress.evals_since_best} evaluations"
+            )
 
     def _next_micro_batches(self) -> list[Batch]:
         seed, step = self.s.config.seed, self.progress.step
@@ -231,6 +250,7 @@ class Trainer:
         # The same generator every evaluation: identical masks, so evaluations compare.
         generator = torch.Generator().manual_seed(cfg.seed + 7919)
         sums: dict[str, float] = {}
+        predictions: dict[str, list] = {}
         eval_batches = iter_eval_batches(
             self.s.val_examples, cfg.train.micro_batch_size, cfg.train.eval_batches
         )
@@ -244,8 +264,11 @@ class Trainer:
                 sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
                 sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
                 sums[f"{name}_count"] = sums.get(f"{name}_count", 0.0) + float(counts[name])
+                if term.predicted is not None:
+                    predictions.setdefault(name, []).append((term.predicted, term.target))
         self.model.train()
-        return _eval_metrics(sums, objective.lm_term)
+        metrics = _eval_metrics(sums, objective.lm_term)
+        return {**metrics, **selection.classification_metrics(predictions, metrics)}
 
     def _evaluate_and_log(self, report: Reporter) -> dict[str, float]:
         metrics = {"step": self.progress.step, **self.evaluate()}
@@ -255,9 +278,11 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def _save(self, val: dict[str, float]) -> None:
         weights = self.parallel.model_weights(self.s.trainable_only)
-        val_loss = val.get("val_loss", math.inf) if val.get("step") == self.progress.step else None
-        if val_loss is not None and val_loss < self.progress.best_val_loss:
-            self.progress.best_val_loss, self.progress.best_step = val_loss, self.progress.step
+        metric = self.s.config.train.best_metric
+        current = val.get("step") == self.progress.step
+        value = selection.score(val, metric) if current else None
+        if value is not None and value < self.progress.best_val_loss:
+            self.progress.best_val_loss, self.progress.best_step = value, self.progress.step
         train_state = {
             "progress": vars(self.progress).copy(),
             "optimizer": self.parallel.optimizer_state(self.optimizer),

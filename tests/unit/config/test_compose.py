@@ -29,7 +29,7 @@ def test_experiment_composes(name: str):
     first_lines = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
     comment = next(line for line in first_lines if not line.startswith("# @package"))
     command = comment.lstrip("# ").split(":")[0]
-    assert comment.startswith("# ") and command in ("pretrain",), comment
+    assert comment.startswith("# ") and command in ("pretrain", "finetune"), comment
     config = composed(command, [f"experiment={name}"])
     assert config.command == command
 

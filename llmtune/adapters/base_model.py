@@ -1,0 +1,176 @@
+"""Where fine-tuning starts: the weights of an llmtune checkpoint or a Hugging Face folder
+(`hf:<dir>`, through the export key map), loaded strictly into a new model's backbone,
+with a table of what was loaded, created and dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from llmtune import checkpoint
+from llmtune.config import load_yaml
+from llmtune.config.schema import ModelConfig, RunConfig
+from llmtune.data.tokenizer import load_tokenizer_file
+from llmtune.errors import CheckpointError
+from llmtune.models import from_hf_state_dict, heads_from_hf, model_config_from_hf
+
+HF_PREFIX = "hf:"
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class Base:
+    """A model to start from: its architecture, tokenizer and weights under our key names."""
+
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    weights: dict[str, torch.Tensor]
+    ref: dict  # {"path", "sha256"}: how an adapter checkpoint names this base
+    run_config: RunConfig | None = None  # llmtune bases only
+    meta: dict = field(default_factory=dict)  # the base checkpoint's meta.json ({} for hf)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_base(init_from: str, expected_sha256: str = "") -> Base:
+    """The base named by `init_from` (a step folder, a run dir, or hf:<folder>).
+
+    With `expected_sha256` (an adapter checkpoint's record) a changed weights file is refused.
+    """
+    if init_from.startswith(HF_PREFIX):
+        base = _read_hf(Path(init_from[len(HF_PREFIX) :]).expanduser())
+    else:
+        base = _read_llmtune(init_from)
+    if expected_sha256 and base.ref["sha256"] != expected_sha256:
+        raise CheckpointError(
+            f"{base.ref['path']}: the base weights changed since the adapter was trained "
+            "(sha256 differs); restore that base checkpoint or fine-tune again"
+        )
+    return base
+
+
+def _read_llmtune(path: str) -> Base:
+    step_dir = checkpoint.resolve(path).resolve()
+    meta = checkpoint.verify(step_dir)
+    if meta.get("base"):
+        raise CheckpointError(
+            f"init_from={path}: an adapter checkpoint ({meta.get('method')}); start from its "
+            f"base ({meta['base']['path']}) or from a full (method=full/freeze) checkpoint"
+        )
+    config = load_yaml(step_dir / checkpoint.CONFIG)
+    tokenizer = Tokenizer.from_file(str(step_dir / checkpoint.TOKENIZER))
+    weights_path = step_dir / checkpoint.WEIGHTS
+    ref = {"path": str(step_dir), "sha256": sha256_file(weights_path)}
+    weights = checkpoint.load_weights(step_dir)
+    return Base(config.model, tokenizer, weights, ref, config, meta)
+
+
+def _read_hf(folder: Path) -> Base:
+    """A Hugging Face BERT/GPT-2 folder: config.json, weights, tokenizer.json or vocab.txt."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"init_from=hf:{folder}: no config.json; point it at a model folder")
+    config_json = json.loads(config_path.read_text())
+    model_config = model_config_from_hf(config_json)
+    weights_path = next((folder / n for n in _HF_WEIGHTS if (folder / n).is_file()), None)
+    if weights_path is None:
+        raise CheckpointError(f"init_from=hf:{folder}: no {' or '.join(_HF_WEIGHTS)}")
+    try:
+        if weights_path.suffix == ".safetensors":
+            hf_sd = load_file(weights_path)
+        else:  # weights_only: a downloaded pickle must not run code
+            hf_sd = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{weights_path}: unreadable ({first})") from None
+    weights = from_hf_state_dict(hf_sd, model_config, heads_from_hf(config_json))
+    tokenizer = load_tokenizer_file(str(folder), model_config.family)
+    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": sha256_file(weights_path)}
+    return Base(model_config, tokenizer, weights, ref)
+
+
+def _mismatch_table(source: str, missing: list, unexpected: list, wrong: list) -> Table:
+    table = Table(title=f"weights of {source} do not fit the model", show_lines=False)
+    for column in ("problem", "key", "checkpoint shape", "model shape"):
+        table.add_column(column)
+    for key in missing[:20]:
+        table.add_row("missing", key, "-", "")
+    for key in unexpected[:20]:
+        table.add_row("unexpected", key, "", "-")
+    for key, got, want in wrong[:20]:
+        table.add_row("mismatched", key, str(tuple(got)), str(tuple(want)))
+    return table
+
+
+def _check_backbone(model: torch.nn.Module, weights: dict, expected: dict, source: str) -> None:
+    """Strict on the backbone (only BERT's pooler may be absent); a table, then exit code 2."""
+    want = {k for k in expected if k.startswith("backbone.")}
+    have = {k for k in weights if k.startswith("backbone.")}
+    missing = sorted(k for k in want - have if not k.startswith("backbone.pooler."))
+    unexpected = sorted(have - want)
+    wrong = sorted(
+        (k, weights[k].shape, expected[k].shape)
+        for k in want & have
+        if weights[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong:
+        Console(stderr=True).print(_mismatch_table(source, missing, unexpected, wrong))
+        raise CheckpointError(
+            f"{source}: weights do not fit the model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} mismatched keys; see the table above)"
+        )
+
+
+def load_base_weights(
+    model: torch.nn.Module, weights: dict, source: str, reuse_heads: Collection[str]
+) -> list[tuple[str, str, int]]:
+    """Load the backbone strictly and the heads in `reuse_heads` that fit; new heads keep
+    their initialisation. Returns rows (action, part, parameters) for `load_table`."""
+    tied = set(model.tied_parameter_names())
+    expected = {k: v for k, v in model.state_dict().items() if k not in tied}
+    _check_backbone(model, weights, expected, source)
+    chosen = {k: weights[k] for k in expected if k.startswith("backbone.") and k in weights}
+    rows = [("loaded", "backbone", sum(t.numel() for t in chosen.values()))]
+    pooler = [k for k in expected if k.startswith("backbone.pooler.") and k not in weights]
+    if pooler:
+        rows.append(("created", "backbone.pooler", sum(expected[k].numel() for k in pooler)))
+    for head in model.heads:
+        keys = [k for k in expected if k.startswith(f"heads.{head}.")]
+        size = sum(expected[k].numel() for k in keys)
+        fits = all(k in weights and weights[k].shape == expected[k].shape for k in keys)
+        if head in reuse_heads and fits:
+            chosen.update({k: weights[k] for k in keys})
+            rows.append(("loaded", f"head {head}" + ("" if keys else " (tied)"), size))
+        else:
+            rows.append(("created", f"head {head}", size))
+    for head in sorted({k.split(".")[1] for k in weights if k.startswith("heads.")}):
+        if head not in model.heads:
+            size = sum(t.numel() for k, t in weights.items() if k.startswith(f"heads.{head}."))
+            rows.append(("dropped", f"head {head}", size))
+    model.load_state_dict(chosen, strict=False)
+    return rows
+
+
+def load_table(rows: list[tuple[str, str, int]], source: str) -> Table:
+    table = Table(title="weights from the base model", caption=source)
+    for column in ("", "part", "parameters"):
+        table.add_column(column)
+    for action, part, size in rows:
+        table.add_row(action, part, f"{size / 1e6:.2f}M" if size >= 1e4 else str(size))
+    return table

@@ -1,0 +1,71 @@
+"""Prefix tuning (P-tuning v2): trainable keys and values prepended at every layer.
+
+The prefix is exactly a key/value cache of `n_tokens` positions that no token produced, so
+it rides on the attention's `past` input (the one generation uses): GPT receives it as the
+backbone's `past` (real tokens then take positions P.., as they will during cached
+generation); BERT, which has no cache, gets it per attention layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmtune.models.blocks import KV
+
+INIT_STD = 0.02
+_ATTN_DEFAULTS = (None, None, False, None)  # Attention.forward's x, mask, is_causal, past
+
+
+class PrefixKV(nn.Module):
+    """Per-layer prefix keys and values: `kv` [L, 2, H, P, D/H]."""
+
+    def __init__(self, n_layers: int, n_heads: int, d_model: int, n_tokens: int) -> None:
+        super().__init__()
+        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, d_model // n_heads))
+        nn.init.normal_(self.kv, std=INIT_STD)
+
+    def forward(self, batch_size: int) -> list[KV]:
+        """One (k, v) per layer, each [B, H, P, D/H] (expanded, not copied)."""
+        shape = (batch_size, *self.kv.shape[2:])
+        return [(layer[0].expand(shape), layer[1].expand(shape)) for layer in self.kv]
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    ids = args[0] if args else kwargs["input_ids"]
+    return ids.shape[0]
+
+
+def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
+    """Add `model.adapter` (a PrefixKV) and the hooks that hand it to the attention layers."""
+    cfg = model.config
+    prefix = PrefixKV(cfg.n_layers, cfg.n_heads, cfg.d_model, n_tokens)
+    prefix.to(next(model.parameters()).device)
+    model.add_module("adapter", prefix)
+    if cfg.family == "gpt":
+
+        def gpt_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if len(args) > 2 or kwargs.get("past") is not None:
+                return None  # a generation cache already starts with the prefix
+            return args, {**kwargs, "past": prefix(_batch_size(args, kwargs))}
+
+        model.backbone.register_forward_pre_hook(gpt_hook, with_kwargs=True)
+        return prefix
+    for i, block in enumerate(model.backbone.blocks):
+        block.attn.register_forward_pre_hook(_layer_hook(prefix, i))
+    return prefix
+
+
+def _layer_hook(prefix: PrefixKV, layer: int):
+    """Attention pre-hook: fill the `past` argument (x, mask, is_causal, past, ...) of a layer."""
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        args = (*args, *_ATTN_DEFAULTS[len(args) :])  # (x, mask, is_causal, past)
+        if args[3] is not None:
+            return args
+        k, v = prefix.kv[layer]  # [H,P,D/H] each
+        b = args[0].shape[0]
+        past = (k.expand(b, *k.shape), v.expand(b, *v.shape))
+        return (*args[:3], past, *args[4:])
+
+    return hook

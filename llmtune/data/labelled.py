@@ -1,0 +1,233 @@
+"""Labelled data for fine-tuning: multi-column JSONL/CSV/parquet splits, label vocabularies,
+and task encodings (sentence (pair) classification, word tagging, instruction/response)."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import torch
+from tokenizers import Tokenizer
+
+from llmtune.config.schema import DataConfig
+from llmtune.data.sources import (
+    _BUILDERS,
+    _describe,
+    _format_of,
+    _one_line,
+    _resolve_files,
+    cache_root,
+    carve_validation,
+)
+from llmtune.errors import DataError
+
+IGNORE = -100  # target of positions without a label (cross-entropy's ignore_index)
+
+
+@dataclass
+class Encoded:
+    """Variable-length token rows of one split, and how many were cut to max_seq_len."""
+
+    rows: dict[str, list]  # input_ids, token_type_ids, labels, ...: one entry per example
+    n_truncated: int = 0
+    n_dropped: int = 0  # examples with nothing left to learn from (e.g. a response cut away)
+
+
+def load_labelled(
+    cfg: DataConfig, columns: Sequence[str], seed: int
+) -> dict[str, datasets.Dataset]:
+    """Train and validation splits holding `columns` (validation carved out of train if unset)."""
+    if cfg.source != "files":
+        raise DataError(
+            f"data.source={cfg.source}: labelled fine-tuning data must be local files; "
+            "use data=files data.train=<path>"
+        )
+    splits = {"train": load_table(cfg, "train", columns)}
+    if cfg.validation:
+        splits["validation"] = load_table(cfg, "validation", columns)
+    else:
+        splits["train"], splits["validation"] = carve_validation(
+            splits["train"], cfg.validation_fraction, seed
+        )
+    return splits
+
+
+def load_table(cfg: DataConfig, key: str, columns: Sequence[str]) -> datasets.Dataset:
+    """One split (`data.<key>`) with exactly `columns`; rows missing a value are dropped."""
+    files = _resolve_files(getattr(cfg, key), key)
+    formats = {_format_of(f) for f in files}
+    if len(formats) != 1 or None in formats or _BUILDERS[formats.pop()] == "text":
+        raise DataError(
+            f"data.{key}: labelled data must be one of .jsonl, .json, .csv or .parquet "
+            f"(got {_describe(files)})"
+        )
+    builder = _BUILDERS[_format_of(files[0])]
+    try:
+        ds = datasets.load_dataset(
+            builder,
+            data_files={"train": files},
+            split="train",
+            cache_dir=str(cache_root(cfg) / "datasets"),
+        )
+    except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
+        raise DataError(f"data.{key}: cannot read {_describe(files)}: {_one_line(exc)}") from exc
+    for column in columns:
+        if column not in ds.column_names:
+            setting = _setting_for(cfg, column)
+            raise DataError(
+                f"data.{key}: no column '{column}' in {_describe(files)} (columns: "
+                f"{', '.join(ds.column_names)}); set {setting}"
+            )
+    ds = ds.select_columns(list(columns))
+    ds = ds.filter(lambda row: all(row[c] is not None for c in columns), desc=f"checking {key}")
+    if cfg.max_docs and len(ds) > cfg.max_docs:
+        ds = ds.select(range(cfg.max_docs))
+    if len(ds) == 0:
+        raise DataError(f"data.{key}: no rows with all of {', '.join(columns)}; check the file")
+    return ds
+
+
+def _setting_for(cfg: DataConfig, column: str) -> str:
+    """The data.* key that named `column`, so the error says what to change."""
+    for key in ("text_column", "text_pair_column", "label_column", "tokens_column"):
+        if getattr(cfg, key) == column:
+            return f"data.{key}"
+    for key in ("tags_column", "instruction_column", "response_column"):
+        if getattr(cfg, key) == column:
+            return f"data.{key}"
+    return "the data.*_column keys"
+
+
+def label_names(values: Iterable) -> list:
+    """Sorted distinct labels (numbers numerically, strings alphabetically); index = label id."""
+    distinct = set(values)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct):
+        return sorted(distinct)
+    return sorted(str(v) for v in distinct)
+
+
+def label_ids(values: Iterable, names: Sequence, key: str) -> list[int]:
+    """Map labels to ids; labels the training split never had are a one-line DataError."""
+    index = {name: i for i, name in enumerate(names)}
+    as_str = isinstance(names[0], str) if names else False
+    ids, unknown = [], []
+    for value in values:
+        value = str(value) if as_str else value
+        if value in index:
+            ids.append(index[value])
+        else:
+            unknown.append(value)
+    if unknown:
+        shown = ", ".join(repr(v) for v in sorted(set(map(str, unknown)))[:5])
+        raise DataError(
+            f"data.{key}: label(s) {shown} do not occur in data.train; the model can only "
+            "predict labels it was trained on (add them to train or drop those rows)"
+        )
+    return ids
+
+
+def as_words(value) -> list:
+    """A list column from JSON/parquet, or its CSV spelling ("['a', 'b']" or "a b")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return list(ast.literal_eval(text))
+            except (ValueError, SyntaxError):
+                pass
+        return text.split()
+    return list(value)
+
+
+def truncating(tok: Tokenizer, max_len: int) -> Tokenizer:
+    """A copy of `tok` that cuts encodings to max_len (the shared tokenizer stays untouched)."""
+    copy = Tokenizer.from_str(tok.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_len)
+    return copy
+
+
+def encode_texts(
+    tok: Tokenizer, texts: list[str], pairs: list[str] | None, max_len: int
+) -> Encoded:
+    """Single texts or (text, pair) with the tokenizer's template ([CLS] a [SEP] b [SEP])."""
+    cut = truncating(tok, max_len)
+    inputs = texts if pairs is None else list(zip(texts, pairs))
+    encodings = cut.encode_batch(inputs)
+    rows = {
+        "input_ids": [e.ids for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
+    return Encoded(rows, sum(bool(e.overflowing) for e in encodings))
+
+
+def encode_tagged(
+    tok: Tokenizer, words: list[list[str]], tags: list[list[int]], max_len: int
+) -> Encoded:
+    """Word-level tags on sub-tokens: the first piece of each word carries its tag, the
+    other pieces and the special tokens carry IGNORE (so each word counts once)."""
+    cut = truncating(tok, max_len)
+    encodings = cut.encode_batch([[str(w) for w in ws] for ws in words], is_pretokenized=True)
+    input_ids, type_ids, labels = [], [], []
+    for enc, row_tags in zip(encodings, tags):
+        previous, row = None, []
+        for word in enc.word_ids:
+            row.append(row_tags[word] if word is not None and word != previous else IGNORE)
+            previous = word
+        input_ids.append(enc.ids)
+        type_ids.append(enc.type_ids)
+        labels.append(row)
+    rows = {"input_ids": input_ids, "token_type_ids": type_ids, "labels": labels}
+    return Encoded(rows, sum(bool(e.overflowing) for e in encodings))
+
+
+def encode_instructions(
+    tok: Tokenizer, prompts: list[str], responses: list[str], eos_id: int, max_len: int
+) -> Encoded:
+    """prompt + response + EOS; targets only on the response and EOS (prompt tokens IGNORE)."""
+    prompt_ids = [e.ids for e in tok.encode_batch(prompts, add_special_tokens=False)]
+    response_ids = [e.ids for e in tok.encode_batch(responses, add_special_tokens=False)]
+    input_ids, labels, truncated, dropped = [], [], 0, 0
+    for p, r in zip(prompt_ids, response_ids):
+        ids, targets = p + r + [eos_id], [IGNORE] * len(p) + r + [eos_id]
+        if len(ids) > max_len:
+            truncated += 1
+            ids, targets = ids[:max_len], targets[:max_len]
+        if all(t == IGNORE for t in targets[1:]):  # the prompt filled the window
+            dropped += 1
+            continue
+        input_ids.append(ids)
+        labels.append(targets)
+    return Encoded({"input_ids": input_ids, "labels": labels}, truncated, dropped)
+
+
+def pad_rows(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    """Right-pad variable-length rows into a [N, width] int64 tensor."""
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row[:width], dtype=torch.long)
+    return out
+
+
+def padded_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
+    """Tensors of an encoded split: token rows padded to the longest, plus attention_mask.
+
+    Per-token `labels` pad with IGNORE; per-example labels (ints) become a [N] tensor.
+    """
+    ids = encoded.rows["input_ids"]
+    width = max((len(r) for r in ids), default=1)
+    out = {
+        "input_ids": pad_rows(ids, width, pad_id),
+        "attention_mask": pad_rows([[1] * len(r) for r in ids], width, 0),
+    }
+    if "token_type_ids" in encoded.rows:
+        out["token_type_ids"] = pad_rows(encoded.rows["token_type_ids"], width, 0)
+    labels = encoded.rows.get("labels")
+    if labels is not None:
+        if labels and isinstance(labels[0], list):
+            out["labels"] = pad_rows(labels, width, IGNORE)
+        else:
+            out["labels"] = torch.tensor(labels, dtype=torch.long)
+    return out

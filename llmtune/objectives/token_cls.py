@@ -1,0 +1,107 @@
+"""Token classification (`token_cls`): word-level tags (BIO or any set) on sub-tokens.
+
+The first sub-token of each word carries the word's tag; the others are ignored, so a
+word split into many pieces counts once in the loss and in the accuracy.
+"""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from llmtune.config.schema import DataConfig
+from llmtune.data import TokenizerInfo
+from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids, padded_batch
+from llmtune.errors import DataError
+from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.seq_cls import balanced_weights, trim_padding
+
+
+def words_and_tags(split: datasets.Dataset, d: DataConfig, key: str) -> tuple[list, list]:
+    """Word lists and tag lists of a split; an unlabelled split gets placeholder tags."""
+    words = [as_words(w) for w in split[d.tokens_column]]
+    if d.tags_column not in split.column_names:
+        return words, [[0] * len(w) for w in words]  # predictions only
+    tags = [as_words(t) for t in split[d.tags_column]]
+    for i, (w, t) in enumerate(zip(words, tags)):
+        if len(w) != len(t):
+            raise DataError(
+                f"data.{key}: row {i} has {len(w)} tokens but {len(t)} tags; "
+                "data.tokens_column and data.tags_column need one tag per word"
+            )
+    return words, tags
+
+
+class TokenClassification:
+    name = "token_cls"
+    heads = ("token_cls",)
+    lm_term = "token_cls"
+
+    def __init__(
+        self, info: TokenizerInfo, labels: list, tokenizer: Tokenizer, data: DataConfig
+    ) -> None:
+        self.info = info
+        self.labels = labels
+        self.tokenizer = tokenizer
+        self.data = data
+        self.class_weight: Tensor | None = None
+
+    @staticmethod
+    def columns(d: DataConfig) -> list[str]:
+        return [d.tokens_column, d.tags_column]
+
+    @staticmethod
+    def label_values(split: datasets.Dataset, d: DataConfig) -> list:
+        """Every tag of a split (for the label vocabulary)."""
+        return [t for row in words_and_tags(split, d, "train")[1] for t in row]
+
+    def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
+        words, tags = words_and_tags(split, self.data, key)
+        flat = label_ids((t for row in tags for t in row), self.labels, key)
+        tag_ids, start = [], 0
+        for row in tags:  # un-flatten the ids back into rows
+            tag_ids.append(flat[start : start + len(row)])
+            start += len(row)
+        return encode_tagged(self.tokenizer, words, tag_ids, seq_len)
+
+    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
+        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
+
+    def fit_class_weights(self, train: Batch) -> None:
+        self.class_weight = balanced_weights(train["labels"].flatten(), len(self.labels))
+
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        return trim_padding(batch)
+
+    def count(self, batch: Batch) -> dict[str, Tensor]:
+        return {"token_cls": (batch["labels"] != -100).sum()}
+
+    def logits(self, model: torch.nn.Module, batch: Batch) -> Tensor:
+        """[B, T, n_labels] for a prepared batch."""
+        if model.config.family == "bert":
+            hidden = model(
+                batch["input_ids"],
+                token_type_ids=batch["token_type_ids"],
+                attention_mask=batch["attention_mask"],
+            )
+        else:
+            hidden = model(batch["input_ids"])
+        return model.heads["token_cls"](hidden)
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        weight = None if self.class_weight is None else self.class_weight.to(batch["labels"].device)
+        logits = self.logits(model, batch).flatten(0, 1)
+        term = sum_cross_entropy(logits, batch["labels"].flatten(), weight, keep=True)
+        return {"token_cls": term}
+
+    @torch.no_grad()
+    def predictions(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """First-sub-token predictions and tags, flattened; word order is kept."""
+        labels = batch["labels"]
+        predicted = self.logits(model, batch).argmax(-1)
+        return predicted[labels != -100], labels[labels != -100]
+
+    def input_tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
