@@ -1,7 +1,8 @@
 """`llmtune evaluate`: a checkpoint -> metrics on data.test and/or completions of prompts.
 
-data.test is scored by what the checkpoint is: a language model gets perplexity (gpt) or
-masked-LM loss (bert); with evaluate.label_words a gpt does zero/few-shot classification.
+data.test is scored by what the checkpoint is: a task checkpoint through its objective
+(seq_cls, token_cls, sft), a language model by perplexity (gpt) or masked-LM loss (bert),
+or with evaluate.label_words, a gpt by zero/few-shot classification.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from llmtune.evaluation.report import (
     write_json,
     write_jsonl,
 )
+from llmtune.evaluation.tasks import evaluate_task
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
+from llmtune.objectives import TASK_OBJECTIVES
 from llmtune.train.hardware import resolve_runtime
-
-TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft")
 
 
 def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -69,10 +70,11 @@ def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> di
 def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     objective = loaded.meta.get("objective", loaded.config.objective.name)
     if objective in TASK_OBJECTIVES:
-        raise ConfigError(
-            f"ckpt={config.ckpt}: evaluating {objective} checkpoints is not available yet; "
-            "use a pretrained checkpoint or prompts="
-        )
+        results, rows = evaluate_task(loaded, config.data, config.evaluate, config.seed)
+        if rows:
+            write_jsonl(run_dir / PREDICTIONS, rows)
+            results["predictions_file"] = PREDICTIONS
+        return results
     if config.evaluate.label_words:
         if loaded.family != "gpt":
             raise ConfigError(
@@ -87,8 +89,12 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     generator = torch.Generator().manual_seed(config.seed)
     eos = loaded.info.eos_id
     rows = []
+    is_sft = loaded.meta.get("objective") == "sft"
+    template = loaded.config.objective.prompt_template if is_sft else ""
     for prompt in prompts:
-        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
+        # an instruction-tuned model answers prompts laid out as it was trained
+        text = template.replace("{instruction}", prompt) if template else prompt
+        ids = loaded.tokenizer.encode(text, add_special_tokens=False).ids
         out = generate(loaded.model, ids, config.evaluate, eos, generator)
         text_ids = [t for t in out.token_ids if t != eos]
         rows.append(

@@ -75,6 +75,11 @@ def _read_files(pattern: str, key: str, cache: Path) -> datasets.Dataset:
         raise DataError(f"data.{key}: cannot read '{files[0]}': {first}") from exc
 
 
+def column_names(cfg: DataConfig, key: str) -> list[str]:
+    """Columns of the files of data.<key> (tells a labelled split from one to predict)."""
+    return _read_files(getattr(cfg, key), key, cache_root(cfg)).column_names
+
+
 def labelled_rows(cfg: DataConfig, key: str) -> tuple[list[dict[str, Any]], bool]:
     """Rows {"text", "text_pair"?, "label"?} of data.<key>; the flag says whether the
     label column is present (absent: predict only)."""

@@ -1,0 +1,150 @@
+"""Evaluation of fine-tuned task checkpoints on data.test through their own objective:
+seq_cls (accuracy, P/R/F1, confusion), token_cls (entity P/R/F1 per type), sft (response
+loss). Without the label column the split is predicted only (predictions.jsonl)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import datasets
+import torch
+
+from llmtune.config.schema import DataConfig, EvaluateConfig
+from llmtune.data import iter_eval_batches
+from llmtune.data.labelled import as_words, encode_tagged, load_table, padded_batch
+from llmtune.evaluation.data import column_names
+from llmtune.evaluation.generation import generate
+from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.evaluation.metrics import classification_report, entity_report
+from llmtune.objectives import TASKS, build_task
+
+Rows = list[dict[str, Any]]
+
+
+def _target_column(objective: str, data: DataConfig) -> str:
+    return {"seq_cls": data.label_column, "token_cls": data.tags_column}.get(
+        objective, data.response_column
+    )
+
+
+def _split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
+    """(task objective, test split, whether it has targets)."""
+    name = loaded.meta["objective"]
+    target = _target_column(name, data)
+    has_targets = target in column_names(data, "test")
+    columns = [c for c in TASKS[name].columns(data) if c != target or has_targets]
+    split = load_table(data, "test", columns)
+    if cfg.max_examples and len(split) > cfg.max_examples:
+        split = split.select(range(cfg.max_examples))
+    objective_cfg = loaded.config.objective
+    task = build_task(objective_cfg, loaded.info, loaded.tokenizer, data, loaded.meta.get("labels"))
+    return task, split, has_targets
+
+
+@torch.no_grad()
+def _argmax_batches(loaded: LoadedCheckpoint, task, examples: dict, batch_size: int) -> list:
+    """Per-example argmax predictions ([T] rows for token_cls) and their confidence."""
+    device = next(loaded.model.parameters()).device
+    out = []
+    for batch in iter_eval_batches(examples, batch_size):
+        batch = {k: v.to(device) for k, v in task.prepare(batch, None).items()}
+        probs = task.logits(loaded.model, batch).float().softmax(-1)
+        confidence, predicted = probs.max(-1)
+        out.extend(zip(predicted.cpu(), confidence.cpu(), batch["labels"].cpu()))
+    return out
+
+
+def _seq_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_size: int) -> tuple:
+    names = [str(x) for x in task.labels]
+    encoded = task.encode(split, loaded.config.model.max_seq_len, "test")
+    if not has_labels:  # batching wants a labels tensor; it is never read
+        encoded.rows["labels"] = [0] * len(encoded.rows["input_ids"])
+    examples = padded_batch(encoded, loaded.info.pad_id)
+    outputs = _argmax_batches(loaded, task, examples, batch_size)
+    d = task.data
+    texts = split[d.text_column]
+    pairs = split[d.text_pair_column] if d.text_pair_column else None
+    rows: Rows = []
+    for i, (pred, conf, label) in enumerate(outputs):
+        row = {"text": texts[i], **({"text_pair": pairs[i]} if pairs else {})}
+        if has_labels:
+            row["label"] = names[int(label)]
+        rows.append({**row, "prediction": names[int(pred)], "confidence": float(conf)})
+    if not has_labels:
+        return rows, {}
+    truth, predicted = [r["label"] for r in rows], [r["prediction"] for r in rows]
+    return rows, classification_report(truth, predicted, names)
+
+
+def _token_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_size: int) -> tuple:
+    names = [str(x) for x in task.labels]
+    d, seq_len = task.data, loaded.config.model.max_seq_len
+    words = [as_words(w) for w in split[d.tokens_column]]
+    if has_labels:
+        encoded = task.encode(split, seq_len, "test")
+        true_tags = [[str(t) for t in as_words(row)] for row in split[d.tags_column]]
+    else:  # placeholder tag 0 on every word just marks the word-initial pieces
+        encoded = encode_tagged(loaded.tokenizer, words, [[0] * len(w) for w in words], seq_len)
+    examples = padded_batch(encoded, loaded.info.pad_id)
+    rows: Rows = []
+    for i, (pred, _, labels) in enumerate(_argmax_batches(loaded, task, examples, batch_size)):
+        # the first piece of each word carries its tag; words cut off by max_seq_len get O
+        tags = [names[int(p)] for p in pred[labels != -100]]
+        tags += ["O"] * (len(words[i]) - len(tags))
+        row = {"tokens": words[i], "prediction": tags}
+        if has_labels:
+            row["tags"] = true_tags[i]
+        rows.append(row)
+    if not has_labels:
+        return rows, {}
+    return rows, entity_report([r["tags"] for r in rows], [r["prediction"] for r in rows])
+
+
+@torch.no_grad()
+def _sft(loaded, task, split: datasets.Dataset, cfg: EvaluateConfig) -> dict[str, Any]:
+    """Mean loss of response tokens (and EOS) given the templated instruction."""
+    examples = task.make_examples(split, loaded.config.model.max_seq_len, 0)
+    device = next(loaded.model.parameters()).device
+    loss_sum, count = 0.0, 0
+    for batch in iter_eval_batches(examples, cfg.batch_size):
+        batch = {k: v.to(device) for k, v in task.prepare(batch, None).items()}
+        count += int(task.count(batch)["sft"])
+        loss_sum += float(task.losses(loaded.model, batch)["sft"].loss_sum)
+    loss = loss_sum / max(count, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "n_targets": count,
+        "n_examples": len(split),
+    }
+
+
+def _sft_answers(loaded, task, split: datasets.Dataset, cfg: EvaluateConfig, seed: int) -> Rows:
+    """Generated responses to the test instructions (batch inference of an sft model)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for instruction in split[task.data.instruction_column]:
+        ids = loaded.tokenizer.encode(task.prompt(instruction), add_special_tokens=False).ids
+        out = generate(loaded.model, ids, cfg, loaded.info.eos_id, generator)
+        text = loaded.tokenizer.decode([t for t in out.token_ids if t != loaded.info.eos_id])
+        rows.append({"instruction": instruction, "prediction": text, "stop": out.stop_reason})
+    return rows
+
+
+def evaluate_task(
+    loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig, seed: int
+) -> tuple[dict[str, Any], Rows]:
+    """(results, prediction rows) of a seq_cls/token_cls/sft checkpoint on data.test.
+    Results hold metrics only when the split has its label (tags, response) column."""
+    task, split, has_targets = _split(loaded, data, cfg)
+    name = loaded.meta["objective"]
+    results: dict[str, Any] = {"task": name}
+    if name == "sft":
+        if not has_targets:
+            answers = _sft_answers(loaded, task, split, cfg, seed)
+            return {**results, "n_examples": len(split)}, answers
+        return {**results, **_sft(loaded, task, split, cfg)}, []
+    run = _seq_cls if name == "seq_cls" else _token_cls
+    rows, metrics = run(loaded, task, split, has_targets, cfg.batch_size)
+    return {**results, "n_examples": len(rows), **metrics}, rows
