@@ -45,6 +45,13 @@ def _slurm_local_size(env: Mapping[str, str], ntasks: int) -> int:
     return int(per_node.group()) if per_node else max(1, ntasks // nodes)
 
 
+def _in_srun_step(env: Mapping[str, str]) -> bool:
+    """A task of `srun` (one per GPU), not a batch script that merely sees SLURM_NTASKS."""
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
+    batch_step = ("", "batch", "extern", "4294967294", "4294967295")
+    return step not in batch_step or env.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
 def env_info(env: Mapping[str, str] = os.environ) -> DistInfo:
     """Rank and world size from torchrun (RANK...), SLURM (SLURM_PROCID...) or submitit-local."""
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, llmtune's own launcher, srun torchrun
@@ -58,7 +65,7 @@ def env_info(env: Mapping[str, str] = os.environ) -> DistInfo:
         n = int(env["SUBMITIT_LOCAL_NTASKS"])
         rank = int(env.get("SUBMITIT_LOCAL_GLOBALID", 0))
         return DistInfo(rank, int(env.get("SUBMITIT_LOCAL_LOCALID", rank)), n, n)
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:  # srun / sbatch, one task per GPU
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and _in_srun_step(env):
         n = int(env["SLURM_NTASKS"])
         local = int(env.get("SLURM_LOCALID", 0))
         return DistInfo(int(env["SLURM_PROCID"]), local, n, _slurm_local_size(env, n))
