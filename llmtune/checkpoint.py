@@ -48,7 +48,8 @@ class CheckpointContents:
     meta: dict[str, Any]  # step, metrics, heads, ...; checksums and versions are added
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (weights files can be large)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -96,7 +97,7 @@ def _write_step(tmp: Path, step: int, weights: dict[str, torch.Tensor], contents
         "llmtune_version": __version__,
         "step": step,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": {p.name: _sha256(p) for p in files},
+        "files": {p.name: sha256_file(p) for p in files},
     }
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     for path in tmp.iterdir():
@@ -222,7 +223,7 @@ def verify(step_dir: Path) -> dict[str, Any]:
         path = step_dir / name
         if not path.is_file():
             raise CheckpointError(f"{step_dir}: missing {name}; the checkpoint is incomplete")
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise CheckpointError(
                 f"{path}: checksum mismatch (corrupt, truncated or modified); "
                 "use an earlier step folder"

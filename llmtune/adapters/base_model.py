@@ -4,7 +4,6 @@ with a table of what was loaded, created and dropped."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -40,14 +39,6 @@ class Base:
     meta: dict = field(default_factory=dict)  # the base checkpoint's meta.json ({} for hf)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_base(init_from: str, expected_sha256: str = "") -> Base:
     """The base named by `init_from` (a step folder, a run dir, or hf:<folder>).
 
@@ -76,7 +67,7 @@ def _read_llmtune(path: str) -> Base:
     config = load_yaml(step_dir / checkpoint.CONFIG)
     tokenizer = Tokenizer.from_file(str(step_dir / checkpoint.TOKENIZER))
     weights_path = step_dir / checkpoint.WEIGHTS
-    ref = {"path": str(step_dir), "sha256": sha256_file(weights_path)}
+    ref = {"path": str(step_dir), "sha256": checkpoint.sha256_file(weights_path)}
     weights = checkpoint.load_weights(step_dir)
     return Base(config.model, tokenizer, weights, ref, config, meta)
 
@@ -101,7 +92,7 @@ def _read_hf(folder: Path) -> Base:
         raise CheckpointError(f"{weights_path}: unreadable ({first})") from None
     weights = from_hf_state_dict(hf_sd, model_config, heads_from_hf(config_json))
     tokenizer = load_tokenizer_file(str(folder), model_config.family)
-    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": sha256_file(weights_path)}
+    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": checkpoint.sha256_file(weights_path)}
     return Base(model_config, tokenizer, weights, ref)
 
 
