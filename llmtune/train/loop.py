@@ -19,10 +19,9 @@ from llmtune import checkpoint
 from llmtune.config import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
-from llmtune.data import iter_eval_batches
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
-from llmtune.train import distributed, parallel, preemption, selection
+from llmtune.train import distributed, evaluation, parallel, preemption, selection
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
@@ -242,33 +241,19 @@ class Trainer:
         }
 
     # ---- evaluation -------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss per term, perplexity and accuracies on fixed targets."""
-        objective, cfg = self.s.objective, self.s.config
+        """Validation metrics of the current model (see train/evaluation.py)."""
         self.model.eval()
-        # The same generator every evaluation: identical masks, so evaluations compare.
-        generator = torch.Generator().manual_seed(cfg.seed + 7919)
-        sums: dict[str, float] = {}
-        predictions: dict[str, list] = {}
-        eval_batches = iter_eval_batches(
-            self.s.val_examples, cfg.train.micro_batch_size, cfg.train.eval_batches
-        )
-        for batch in eval_batches:
-            batch = objective.prepare(batch, generator)
-            counts = objective.count(batch)
-            batch = {k: v.to(self.s.runtime.device) for k, v in batch.items()}
-            with self.s.runtime.autocast():
-                terms = self.parallel.losses(batch)
-            for name, term in terms.items():
-                sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
-                sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
-                sums[f"{name}_count"] = sums.get(f"{name}_count", 0.0) + float(counts[name])
-                if term.predicted is not None:
-                    predictions.setdefault(name, []).append((term.predicted, term.target))
-        self.model.train()
-        metrics = _eval_metrics(sums, objective.lm_term)
-        return {**metrics, **selection.classification_metrics(predictions, metrics)}
+        try:
+            return evaluation.validation_metrics(
+                self.parallel.losses,
+                self.s.objective,
+                self.s.val_examples,
+                self.s.config,
+                self.s.runtime,
+            )
+        finally:
+            self.model.train()
 
     def _evaluate_and_log(self, report: Reporter) -> dict[str, float]:
         metrics = {"step": self.progress.step, **self.evaluate()}
@@ -380,19 +365,3 @@ def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str,
             totals[name] = totals.get(name, 0) + n
     totals = distributed.sum_counts(totals)  # over ranks: every rank divides by the global count
     return {name: n.clamp(min=1).float() for name, n in totals.items()}
-
-
-def _eval_metrics(sums: dict[str, float], lm_term: str) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    names = [k[: -len("_loss")] for k in sums if k.endswith("_loss")]
-    total = 0.0
-    for name in names:
-        count = max(sums[f"{name}_count"], 1.0)
-        mean = sums[f"{name}_loss"] / count
-        total += mean
-        metrics[f"val_{name}_loss"] = mean
-        metrics[f"val_{name}_accuracy"] = sums[f"{name}_correct"] / count
-    metrics["val_loss"] = total
-    if lm_term in names:
-        metrics["val_perplexity"] = math.exp(min(metrics[f"val_{lm_term}_loss"], 50.0))
-    return metrics
