@@ -26,6 +26,10 @@ COMMANDS = {
         "adapt a checkpoint to a task (full, freeze, lora, prefix, prompt)",
         "llmtune finetune init_from=runs/pretrain/<time> objective=seq_cls data.train=train.jsonl",
     ),
+    "export": (
+        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
+        "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
+    ),
 }
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
 

@@ -170,6 +170,16 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """`llmtune export`: replacing an output folder and how strictly exports are verified."""
+
+    overwrite: bool = False  # replace a non-empty `out` folder, once the new export verifies
+    atol: float = 1e-4  # largest |logit difference| an export may show against llmtune's model
+    max_metric_drop: float = 0.02  # int8: relative worsening of the data.test metric allowed
+    latency_runs: int = 10  # int8: timed batches per model (median reported)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
@@ -186,3 +196,6 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
+    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8
+    out: str = ""  # export: the folder to write
+    export: ExportConfig = field(default_factory=ExportConfig)

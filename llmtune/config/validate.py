@@ -28,6 +28,7 @@ DATA_SOURCES = ("builtin", "files", "hub")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -156,9 +157,9 @@ def _check_training(config: RunConfig) -> None:
 def _check_data(config: RunConfig) -> None:
     d, tok = config.data, config.tokenizer
     _one_of("data.source", d.source, DATA_SOURCES)
-    # evaluate reads data.test only (data.train just for few-shot examples)
+    # evaluate and export read data.test only (data.train just for few-shot examples)
     _require(
-        d.source != "files" or bool(d.train) or config.command == "evaluate",
+        d.source != "files" or bool(d.train) or config.command in ("evaluate", "export"),
         "data.train is required with data=files; set data.train=<path or glob>",
     )
     _require(d.source != "hub" or bool(d.name), "data.name is required with data=hub")
@@ -220,6 +221,22 @@ def _check_finetune(config: RunConfig) -> None:
     )
 
 
+def _check_export(config: RunConfig) -> None:
+    e = config.export
+    _require(bool(config.ckpt), "ckpt is required; set ckpt=<step folder or run directory>")
+    _require(bool(config.format), f"format is required; set format=<{'|'.join(EXPORT_FORMATS)}>")
+    _one_of("format", config.format, EXPORT_FORMATS)
+    _require(bool(config.out), "out is required; set out=<folder to write>")
+    _require(e.atol > 0, f"export.atol={e.atol}: must be positive")
+    _require(e.max_metric_drop >= 0, f"export.max_metric_drop={e.max_metric_drop}: must be >= 0")
+    _require(e.latency_runs > 0, f"export.latency_runs={e.latency_runs}: must be positive")
+    _require(
+        config.format != "int8" or bool(config.data.test),
+        "format=int8 measures the metric before and after quantization on held-out data; "
+        "set data.test=<path> (the keys evaluate reads)",
+    )
+
+
 def check_model_fits(config: RunConfig) -> None:
     """Model checks, and that the objective suits the family (finetune: once the model is known)."""
     _check_model(config)
@@ -242,3 +259,5 @@ def validate(config: RunConfig) -> None:
     _check_data(config)
     if config.command == "evaluate":
         _check_evaluate(config)
+    if config.command == "export":
+        _check_export(config)

@@ -1,0 +1,77 @@
+"""`llmtune export`: a checkpoint -> a verified folder in another format (hf, onnx,
+torchscript, pt2, int8). The folder appears at `out` only once its verification passed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import torch
+from rich.console import Console
+
+from llmtune.adapters import merge_lora
+from llmtune.config.schema import RunConfig
+from llmtune.errors import ConfigError, UserError
+from llmtune.evaluation.loading import load_checkpoint
+from llmtune.export import WRITERS, ExportJob
+from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
+
+
+def _check_out(config: RunConfig) -> Path:
+    """The output folder; refused before anything loads if it would overwrite work."""
+    out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out}: is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not config.export.overwrite:
+        raise ConfigError(
+            f"out={out}: folder exists and is not empty; choose another folder or set "
+            "export.overwrite=true"
+        )
+    return out
+
+
+def _build_job(config: RunConfig, staging: Path) -> ExportJob:
+    loaded = load_checkpoint(config.ckpt, torch.device("cpu"))
+    merge_lora(loaded.model)  # plain Linears: every format (and HF) knows those
+    loaded.model.float().eval()
+    sample = sample_inputs(
+        loaded.tokenizer, loaded.info, loaded.family, loaded.config.model.max_seq_len
+    )
+    inference = InferenceModel(loaded.model).eval()
+    return ExportJob(loaded, inference, example_inputs(sample), sample, staging, config)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the verified folder into place; an old `out` goes only after that succeeded."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(config: RunConfig, run_dir: Path) -> None:
+    datasets.disable_progress_bars()  # int8 reads data.test through the evaluate loaders
+    datasets.logging.set_verbosity_error()
+    out = _check_out(config)
+    torch.manual_seed(config.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside `out` (same filesystem, so the final rename is atomic)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        job = _build_job(config, staging)
+        lines = WRITERS[config.format](job)
+        _publish(staging, out)
+    except UserError as exc:  # name the folder the user asked for, not the staging one
+        exc.args = (str(exc).replace(str(staging), str(out)),)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"export {job.loaded.step_dir} -> {out} (format={config.format})")
+    for line in lines:
+        console.print(line.replace(str(staging), str(out)))

@@ -1,0 +1,20 @@
+"""Writers for formats other than llmtune's own: Hugging Face, ONNX, TorchScript, torch.export
+(pt2) and dynamic int8, each verified against the llmtune model before it counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llmtune.export import hf, int8, onnx_file, pt2, torchscript
+from llmtune.export.job import EXTRA_HINT, ExportJob, require
+from llmtune.export.verify import VerificationError
+
+WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
+    "hf": hf.write,
+    "onnx": onnx_file.write,
+    "torchscript": torchscript.write,
+    "pt2": pt2.write,
+    "int8": int8.write,
+}
+
+__all__ = ["EXTRA_HINT", "WRITERS", "ExportJob", "VerificationError", "require"]

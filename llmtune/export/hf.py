@@ -1,0 +1,123 @@
+"""`format=hf`: a Hugging Face folder (config.json, model.safetensors, tokenizer files) written
+through the one key map in models/convert.py, then loaded back with transformers' Auto classes
+and compared logit for logit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from llmtune.errors import ConfigError
+from llmtune.export.inference import SAMPLE_TEXTS
+from llmtune.export.job import ExportJob, require
+from llmtune.export.verify import VerificationError, check, max_abs_diff, reference_logits
+from llmtune.models import hf_config_dict, to_hf_state_dict
+from llmtune.models.convert import hf_architecture
+
+# The transformers Auto class that builds each head set's HF class (see convert.ARCHS).
+AUTO_CLASSES = {
+    ("lm",): "AutoModelForCausalLM",
+    ("mlm",): "AutoModelForMaskedLM",
+    ("mlm", "nsp"): "AutoModelForPreTraining",
+    ("nsp",): "AutoModelForNextSentencePrediction",
+    ("seq_cls",): "AutoModelForSequenceClassification",
+    ("token_cls",): "AutoModelForTokenClassification",
+}
+NO_HF_EQUIVALENT = ("prefix", "prompt")
+
+
+def _config_json(job: ExportJob) -> dict:
+    model, info = job.loaded.model, job.loaded.info
+    labels = job.labels
+    body = hf_config_dict(model.config, tuple(model.heads), len(labels))
+    if labels:  # class names, so pipelines print them instead of LABEL_i
+        body["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        body["label2id"] = {name: i for i, name in enumerate(labels)}
+    if model.config.family == "gpt":
+        # GPT-2 has no pad token; llmtune pads with EOS, which HF's classifier must know
+        eos = info.eos_id
+        body |= {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    else:
+        body["pad_token_id"] = info.pad_id
+    return body
+
+
+def _special_tokens(job: ExportJob) -> dict[str, str]:
+    info, name = job.loaded.info, job.loaded.tokenizer.id_to_token
+    if job.loaded.family == "gpt":
+        eos = name(info.eos_id)
+        return {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
+    ids = {"unk": info.unk_id, "pad": info.pad_id, "cls": info.cls_id, "sep": info.sep_id}
+    ids["mask"] = info.mask_id
+    return {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
+
+
+def _write_tokenizer(job: ExportJob, out: Path) -> None:
+    specials = _special_tokens(job)
+    job.loaded.tokenizer.save(str(out / "tokenizer.json"))
+    # PreTrainedTokenizerFast reads tokenizer.json as is, in transformers 4 and 5 alike
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": job.loaded.config.model.max_seq_len,
+        "padding_side": "right",
+        **specials,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def write(job: ExportJob) -> list[str]:
+    """Write the folder and verify it with transformers; returns the report lines."""
+    method = job.loaded.meta.get("method", "full")
+    if method in NO_HF_EQUIVALENT:
+        raise ConfigError(
+            f"format=hf: {job.loaded.step_dir} is {method}-tuned; its learned "
+            f"{'prefix' if method == 'prefix' else 'soft prompt'} has no place in a plain "
+            "Hugging Face model (export a full, freeze or lora checkpoint, or use "
+            "format=onnx|torchscript|pt2)"
+        )
+    (transformers,) = require("hf", "transformers")
+    model = job.loaded.model
+    arch = hf_architecture(model.config.family, tuple(model.heads))
+    body = _config_json(job)
+    (job.out / "config.json").write_text(json.dumps(body, indent=2) + "\n")
+    # tied keys left out: safetensors refuses shared storage, and HF re-ties them on load
+    save_file(
+        to_hf_state_dict(model, include_tied=False), job.out / "model.safetensors", {"format": "pt"}
+    )
+    _write_tokenizer(job, job.out)
+    auto = AUTO_CLASSES[tuple(model.heads)]
+    return [
+        f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)",
+        _verify(job, transformers, auto, arch.name),
+    ]
+
+
+@torch.no_grad()
+def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folder = str(job.out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    sample = job.sample
+    n, width = sample["input_ids"].shape
+    max_len = job.loaded.config.model.max_seq_len
+    encoded = tokenizer(list(SAMPLE_TEXTS[:n]), padding=True, truncation=True, max_length=max_len)
+    if encoded["input_ids"] != sample["input_ids"].tolist():
+        raise VerificationError(
+            f"{folder}: AutoTokenizer encodes the sample texts differently from llmtune's tokenizer"
+        )
+    hf = getattr(transformers, auto).from_pretrained(folder).eval()
+    if type(hf).__name__ != arch_name:
+        raise VerificationError(f"transformers.{auto} built {type(hf).__name__}, not {arch_name}")
+    outputs = hf(**sample)
+    if arch_name == "BertForPreTraining":
+        got = (outputs.prediction_logits, outputs.seq_relationship_logits)
+    else:
+        got = (outputs.logits,)
+    expected = reference_logits(job.inference, sample)
+    diff = max_abs_diff(expected, got, job.inference.heads, sample["attention_mask"])
+    return check(diff, job.config.export.atol, f"transformers.{auto}", sample)

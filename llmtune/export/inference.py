@@ -1,0 +1,98 @@
+"""`InferenceModel`: a model as plain tensors in and one logits tensor per head out (the graph
+every export format captures), and the sample inputs exports are traced and verified on."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from llmtune.data import TokenizerInfo
+from llmtune.data.labelled import truncating
+from llmtune.models import LanguageModel
+
+# Plain English of different lengths, so padding and the dynamic axes are exercised.
+SAMPLE_TEXTS = (
+    "The old stone bridge crosses the river north of the city.",
+    "A quiet garden.",
+    "Music and light fill the modern city at night, and people walk home slowly in the rain.",
+)
+SEQUENCE_HEADS = ("nsp", "seq_cls")  # one row of logits per sequence, not per token
+
+
+def input_names(family: str) -> tuple[str, ...]:
+    """The inputs of an exported graph, in positional order."""
+    base = ("input_ids", "attention_mask")
+    return (*base, "token_type_ids") if family == "bert" else base
+
+
+def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{head}_logits" for head in heads)
+
+
+class InferenceModel(nn.Module):
+    """forward(input_ids, attention_mask[, token_type_ids]) -> logits of every head, in order.
+
+    Token heads give [B,T,*] (mlm over every position), sequence heads [B,*]. Rows are right
+    padded; gpt's sequence heads read the last real token, as llmtune's seq_cls does.
+    """
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+        self.heads = tuple(model.heads)
+        self.family = model.config.family
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        if self.family == "bert":
+            hidden = self.model(
+                input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+            )
+        else:  # right padding is invisible to the real tokens of a causal model
+            hidden = self.model(input_ids)
+        out = []
+        for name in self.heads:
+            head = self.model.heads[name]
+            if name in SEQUENCE_HEADS:
+                out.append(head(self.model.pool(hidden, attention_mask.sum(1) - 1)))
+            else:
+                out.append(head(hidden))
+        return tuple(out)
+
+
+def sample_inputs(
+    tokenizer: Tokenizer, info: TokenizerInfo, family: str, max_len: int, n: int = 3
+) -> dict[str, torch.Tensor]:
+    """The first `n` sample texts encoded as fine-tuning encodes them (BERT: [CLS] .. [SEP],
+    cut to `max_len` keeping the special tokens) and right padded with the pad id."""
+    encodings = truncating(tokenizer, max_len).encode_batch(list(SAMPLE_TEXTS[:n]))
+    rows = [e.ids for e in encodings]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), info.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if family == "bert":
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    return inputs
+
+
+def example_inputs(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A smaller batch (2 rows, 2 columns fewer) to trace with, so verifying on `sample`
+    proves the batch and sequence axes really are dynamic."""
+    width = max(2, sample["input_ids"].shape[1] - 2)
+    return {k: v[:2, :width].clone() for k, v in sample.items()}
+
+
+def dynamic_shapes(family: str, max_positions: int) -> dict[str, dict[int, object]]:
+    """torch.export dims: batch and sequence vary; the sequence fits the position table."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("sequence", min=1, max=max_positions)
+    return {name: {0: batch, 1: seq} for name in input_names(family)}

@@ -1,0 +1,47 @@
+"""`ExportJob`: everything a format writer needs (the loaded checkpoint, the merged model,
+its inference graph, sample inputs, the folder to write) and `require`, the extras check."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from llmtune.config.schema import RunConfig
+from llmtune.errors import ConfigError
+from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.export.inference import InferenceModel
+
+EXTRA_HINT = "pip install 'llmtune[export]'"
+
+
+@dataclass
+class ExportJob:
+    loaded: LoadedCheckpoint  # its model is plain (LoRA merged), fp32, eval mode, on the CPU
+    inference: InferenceModel  # the graph every format captures
+    example: dict[str, torch.Tensor]  # traced / exported with (batch 2)
+    sample: dict[str, torch.Tensor]  # verified on (another batch size and length)
+    out: Path  # a fresh folder; the command moves it into place after verification
+    config: RunConfig
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(x) for x in self.loaded.meta.get("labels") or []]
+
+
+def require(fmt: str, *modules: str) -> list[ModuleType]:
+    """Import the optional packages a format needs, or stop with the extra to install."""
+    loaded, missing = [], []
+    for name in modules:
+        try:
+            loaded.append(importlib.import_module(name))
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"format={fmt} needs {', '.join(missing)}, which is not installed: {EXTRA_HINT}"
+        )
+    return loaded

@@ -1,0 +1,81 @@
+"""What lands beside a torch-only or ONNX artifact: tokenizer.json, export.json (inputs,
+outputs, labels, verification) and a README showing how to run it without llmtune."""
+
+from __future__ import annotations
+
+import json
+
+from llmtune.export.inference import SEQUENCE_HEADS, input_names, output_names
+from llmtune.export.job import ExportJob
+
+_README = """# {title}
+
+Exported by `llmtune export` from `{ckpt}`. {runs}
+
+Inputs (int64, shape [batch, sequence], rows right-padded with id {pad_id}, at most {max_len}
+tokens): {inputs}. Encode text with `tokenizer.json` (the `tokenizers` package); the
+`attention_mask` is 1 on real tokens and 0 on padding{types}.
+
+Outputs, in order: {outputs}.{labels}
+
+```python
+{code}
+```
+"""
+
+_TOKENIZE = """from tokenizers import Tokenizer
+tok = Tokenizer.from_file("tokenizer.json")
+ids = torch.tensor([tok.encode("{text}").ids])
+mask = torch.ones_like(ids)
+inputs = (ids, mask{types})"""
+
+
+def _output_text(job: ExportJob) -> str:
+    parts = []
+    for head, name in zip(job.inference.heads, output_names(job.inference.heads)):
+        shape = "[batch, classes]" if head in SEQUENCE_HEADS else "[batch, sequence, classes]"
+        parts.append(f"`{name}` {shape}")
+    return ", ".join(parts)
+
+
+def tokenize_snippet(job: ExportJob) -> str:
+    """Python lines that build `inputs` (a tuple of tensors) from a sentence."""
+    types = ", torch.zeros_like(ids)" if job.loaded.family == "bert" else ""
+    return _TOKENIZE.format(text="The river runs north.", types=types)
+
+
+def write_readme(job: ExportJob, title: str, runs: str, code: str) -> None:
+    """README.md, tokenizer.json and export.json into the output folder."""
+    family, info = job.loaded.family, job.loaded.info
+    labels = job.labels
+    job.loaded.tokenizer.save(str(job.out / "tokenizer.json"))
+    text = _README.format(
+        title=title,
+        ckpt=job.loaded.step_dir,
+        runs=runs,
+        pad_id=info.pad_id,
+        max_len=job.loaded.config.model.n_positions,
+        inputs=", ".join(f"`{n}`" for n in input_names(family)),
+        types="; `token_type_ids` is 0 on the first segment, 1 on the second"
+        if family == "bert"
+        else "",
+        outputs=_output_text(job),
+        labels=f" Class i is `labels[i]` in export.json: {labels}." if labels else "",
+        code=code,
+    )
+    (job.out / "README.md").write_text(text)
+
+
+def write_manifest(job: ExportJob, fmt: str, files: list[str], report: dict) -> None:
+    manifest = {
+        "format": fmt,
+        "files": files,
+        "checkpoint": str(job.loaded.step_dir),
+        "family": job.loaded.family,
+        "inputs": list(input_names(job.loaded.family)),
+        "outputs": list(output_names(job.inference.heads)),
+        "labels": job.labels,
+        "pad_id": job.loaded.info.pad_id,
+        **report,
+    }
+    (job.out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,74 @@
+"""`format=onnx`: the inference graph through torch.onnx's torch.export-based exporter, with
+dynamic batch and sequence axes, verified by running model.onnx in onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import torch
+
+from llmtune.errors import UserError
+from llmtune.export.inference import dynamic_shapes, input_names, output_names
+from llmtune.export.job import ExportJob, require
+from llmtune.export.manifest import write_manifest, write_readme
+from llmtune.export.verify import check, max_abs_diff, reference_logits
+
+ARTIFACT = "model.onnx"
+_USAGE = """import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+
+tok = Tokenizer.from_file("tokenizer.json")
+ids = np.array([tok.encode("The river runs north.").ids], dtype=np.int64)
+feeds = {{{feeds}}}
+session = onnxruntime.InferenceSession("{artifact}", providers=["CPUExecutionProvider"])
+logits = session.run(None, feeds)  # a list, one array per output"""
+
+
+def usage(family: str) -> str:
+    feeds = ['"input_ids": ids', '"attention_mask": np.ones_like(ids)']
+    if family == "bert":
+        feeds.append('"token_type_ids": np.zeros_like(ids)')
+    return _USAGE.format(feeds=", ".join(feeds), artifact=ARTIFACT)
+
+
+def _export(job: ExportJob) -> None:
+    family = job.loaded.family
+    # the exporter reports progress on stdout and warns about its own internals
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                job.inference,
+                tuple(job.example.values()),
+                str(job.out / ARTIFACT),
+                dynamo=True,  # torch.export-based; needs onnxscript
+                input_names=list(input_names(family)),
+                output_names=list(output_names(job.inference.heads)),
+                dynamic_shapes=dynamic_shapes(family, job.loaded.config.model.n_positions),
+                external_data=False,  # one self-contained file (fine below 2 GB)
+                verbose=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(
+                f"format=onnx: torch.onnx could not export the model ({first})"
+            ) from exc
+
+
+def write(job: ExportJob) -> list[str]:
+    _, _, onnxruntime = require("onnx", "onnx", "onnxscript", "onnxruntime")
+    _export(job)
+    path = job.out / ARTIFACT
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: t.numpy() for name, t in job.sample.items()}
+    got = session.run(list(output_names(job.inference.heads)), feeds)
+    expected = reference_logits(job.inference, job.sample)
+    diff = max_abs_diff(expected, got, job.inference.heads, job.sample["attention_mask"])
+    line = check(diff, job.config.export.atol, "onnxruntime", job.sample)
+    runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."
+    write_readme(job, "ONNX export", runs, usage(job.loaded.family))
+    write_manifest(job, "onnx", [ARTIFACT, "tokenizer.json"], {"verification": line})
+    return [f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), tokenizer.json, README.md", line]
