@@ -82,8 +82,10 @@ def timing_batch(job: ExportJob) -> tuple[torch.Tensor, ...]:
     info, length = job.loaded.info, job.loaded.config.model.max_seq_len
     low = max(info.special_ids, default=-1) + 1  # specials take the first ids in both families
     ids = torch.randint(low, info.vocab_size, (job.config.evaluate.batch_size, length))
-    rest = {k: v for k, v in job.sample.items() if k != "input_ids"}
-    return (ids, *(torch.zeros_like(ids) + (k == "attention_mask") for k in rest))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "token_type_ids" in job.sample:
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    return tuple(inputs.values())
 
 
 def _measure(job: ExportJob, fp32_path: Path, q_model: LanguageModel) -> dict:

@@ -1,0 +1,105 @@
+"""`llmtune export` refusals: bad keys, missing or corrupt checkpoints, an occupied output
+folder, a missing optional extra, a failed verification. Each is one line, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmtune.cli import main
+from tests.e2e.helpers import TINY_BERT, pretrain
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    from tests.conftest import make_documents
+
+    root = tmp_path_factory.mktemp("bert")
+    corpus = root / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_documents(40)))
+    steps = ["train.max_steps=2", "train.eval_every=2", "train.save_every=2"]
+    pretrain(root / "run", corpus, *TINY_BERT, *steps)
+    return root / "run"
+
+
+def _fails(capsys, *args: str, code: int = 2) -> str:
+    """Run `llmtune export args`; assert it exits with `code` and one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", *args])
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llmtune: error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def _run_dir(tmp_path: Path) -> str:
+    return f"hydra.run.dir={tmp_path / 'run'}"
+
+
+def test_required_keys_and_unknown_format(tmp_path, ckpt, capsys):
+    run = _run_dir(tmp_path)
+    assert "format is required" in _fails(capsys, f"ckpt={ckpt}", f"out={tmp_path / 'o'}", run)
+    err = _fails(capsys, f"ckpt={ckpt}", "format=tflite", f"out={tmp_path / 'o'}", run)
+    assert "format='tflite'" in err and "onnx" in err
+    assert "out is required" in _fails(capsys, f"ckpt={ckpt}", "format=hf", run)
+    err = _fails(capsys, f"ckpt={ckpt}", "format=int8", f"out={tmp_path / 'o'}", run)
+    assert "data.test" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, ckpt, capsys):
+    out, run = f"out={tmp_path / 'o'}", _run_dir(tmp_path)
+    err = _fails(capsys, f"ckpt={tmp_path / 'nowhere'}", "format=pt2", out, run)
+    assert str(tmp_path / "nowhere") in err
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt / "checkpoints", broken)
+    step = next(broken.glob("step-*"))
+    weights = step / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64] + b"\0" * 64)
+    err = _fails(capsys, f"ckpt={step}", "format=pt2", out, run)
+    assert "model.safetensors" in err
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.partial*")), "the staging folder was left behind"
+
+
+def test_occupied_output_is_kept_unless_overwrite(tmp_path, ckpt, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    err = _fails(capsys, f"ckpt={ckpt}", "format=torchscript", f"out={out}", _run_dir(tmp_path))
+    assert "export.overwrite=true" in err and str(out) in err
+    assert (out / "keep.txt").read_text() == "mine"
+    # an artifact that disagrees with the model (simulated: the reference moves by 0.5) fails
+    # verification, exit 1, and the old folder stays
+    import llmtune.export.torchscript as torchscript
+
+    real = torchscript.reference_logits
+    shifted = lambda module, inputs: tuple(t + 0.5 for t in real(module, inputs))  # noqa: E731
+    monkeypatch.setattr(torchscript, "reference_logits", shifted)
+    args = [f"ckpt={ckpt}", "format=torchscript", f"out={out}", "export.overwrite=true"]
+    err = _fails(capsys, *args, _run_dir(tmp_path), code=1)
+    assert "verification failed" in err and "5.00e-01" in err and (out / "keep.txt").is_file()
+    assert not list(tmp_path.glob(".out.partial*")), "the staging folder was left behind"
+    monkeypatch.setattr(torchscript, "reference_logits", real)
+    main(["export", *args, _run_dir(tmp_path)])
+    assert "verified:" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "export.json",
+        "model.pt",
+        "tokenizer.json",
+    ]
+
+
+@pytest.mark.parametrize(("fmt", "module"), [("hf", "transformers"), ("onnx", "onnxruntime")])
+def test_missing_extra_names_it(tmp_path, ckpt, capsys, monkeypatch, fmt, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    err = _fails(
+        capsys, f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / 'o'}", _run_dir(tmp_path)
+    )
+    assert module in err and "pip install 'llmtune[export]'" in err
+    assert not (tmp_path / "o").exists()
