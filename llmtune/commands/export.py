@@ -15,7 +15,7 @@ from llmtune.adapters import merge_lora
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError, UserError
 from llmtune.evaluation.loading import load_checkpoint
-from llmtune.export import WRITERS, ExportJob
+from llmtune.export import EXTRAS, WRITERS, ExportJob, require
 from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
 
 
@@ -56,6 +56,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     datasets.disable_progress_bars()  # int8 reads data.test through the evaluate loaders
     datasets.logging.set_verbosity_error()
     out = _check_out(config)
+    require(config.format, *EXTRAS.get(config.format, ()))  # fail before loading anything
     torch.manual_seed(config.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     # written beside `out` (same filesystem, so the final rename is atomic)

@@ -17,4 +17,10 @@ WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
     "int8": int8.write,
 }
 
-__all__ = ["EXTRA_HINT", "WRITERS", "ExportJob", "VerificationError", "require"]
+# Optional packages per format, checked before the checkpoint is loaded.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "hf": ("transformers",),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+}
+
+__all__ = ["EXTRAS", "EXTRA_HINT", "WRITERS", "ExportJob", "VerificationError", "require"]

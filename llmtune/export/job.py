@@ -28,6 +28,16 @@ class ExportJob:
     config: RunConfig
 
     @property
+    def max_positions(self) -> int:
+        """The longest input the exported graph accepts: prefix and prompt tuning take
+        `method.n_tokens` positions of the position table before the real tokens."""
+        config = self.loaded.config
+        taken = (
+            config.method.n_tokens if self.loaded.meta.get("method") in ("prefix", "prompt") else 0
+        )
+        return config.model.n_positions - taken
+
+    @property
     def labels(self) -> list[str]:
         return [str(x) for x in self.loaded.meta.get("labels") or []]
 

@@ -54,7 +54,7 @@ def write_readme(job: ExportJob, title: str, runs: str, code: str) -> None:
         ckpt=job.loaded.step_dir,
         runs=runs,
         pad_id=info.pad_id,
-        max_len=job.loaded.config.model.n_positions,
+        max_len=job.max_positions,
         inputs=", ".join(f"`{n}`" for n in input_names(family)),
         types="; `token_type_ids` is 0 on the first segment, 1 on the second"
         if family == "bert"

@@ -47,7 +47,7 @@ def _export(job: ExportJob) -> None:
                 dynamo=True,  # torch.export-based; needs onnxscript
                 input_names=list(input_names(family)),
                 output_names=list(output_names(job.inference.heads)),
-                dynamic_shapes=dynamic_shapes(family, job.loaded.config.model.n_positions),
+                dynamic_shapes=dynamic_shapes(family, job.max_positions),
                 external_data=False,  # one self-contained file (fine below 2 GB)
                 verbose=False,
             )

@@ -16,7 +16,7 @@ ARTIFACT = "model.pt2"
 def export_program(job: ExportJob) -> torch.export.ExportedProgram:
     """torch.export of the inference graph with dynamic batch and sequence axes."""
     family = job.loaded.family
-    shapes = dynamic_shapes(family, job.loaded.config.model.n_positions)
+    shapes = dynamic_shapes(family, job.max_positions)
     return torch.export.export(job.inference, tuple(job.example.values()), dynamic_shapes=shapes)
 
 

@@ -36,7 +36,14 @@ CHECKPOINTS = {
     "bert-lora": ("bert", ["objective=seq_cls", "method=lora", "optim.lr=1e-2"], "sentiment"),
     "gpt-prefix": ("gpt", ["objective=seq_cls", "method=prefix"], "sentiment"),
 }
-INT8_FAST = ["export.latency_runs=2", "evaluate.batch_size=8", "evaluate.max_examples=32"]
+# A model trained 4 steps sits near ties: one flipped prediction of 32 moves accuracy by ~3%,
+# so the metric-drop bar is loosened here (test_export_errors checks that it bites).
+INT8_FAST = [
+    "export.latency_runs=2",
+    "evaluate.batch_size=8",
+    "evaluate.max_examples=32",
+    "export.max_metric_drop=0.5",
+]
 VERIFIED = re.compile(r"verified: max \|logit difference\| (\S+) \(tolerance")
 
 

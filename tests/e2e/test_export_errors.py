@@ -103,3 +103,23 @@ def test_missing_extra_names_it(tmp_path, ckpt, capsys, monkeypatch, fmt, module
     )
     assert module in err and "pip install 'llmtune[export]'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_int8_metric_drop_above_the_bar_fails(tmp_path, ckpt, capsys, monkeypatch):
+    import llmtune.export.int8 as int8
+
+    real = int8.metric
+
+    def worse_when_quantized(loaded, job):  # as if int8 lost 10% of the loss
+        name, value, higher = real(loaded, job)
+        quantized = loaded.model is not job.loaded.model
+        return name, value * 1.1 if quantized else value, higher
+
+    monkeypatch.setattr(int8, "metric", worse_when_quantized)
+    corpus = next(ckpt.parent.glob("c.jsonl"))
+    out = tmp_path / "int8"
+    args = [f"ckpt={ckpt}", "format=int8", f"out={out}", f"data.test={corpus}"]
+    args += ["export.latency_runs=1", "evaluate.max_examples=8", _run_dir(tmp_path)]
+    err = _fails(capsys, *args, code=1)
+    assert "export.max_metric_drop=0.02" in err and "+10.00% relative" in err
+    assert not out.exists()
