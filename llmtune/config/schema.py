@@ -122,8 +122,8 @@ class TrainConfig:
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
     save_every: int = 100
     log_every: int = 10
-    # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, ... (loss/perplexity: lower
-    # is better, anything else: higher); judged at saved steps
+    # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, val_entity_f1 (token_cls),
+    # ... (loss/perplexity: lower is better, anything else: higher); judged at saved steps
     best_metric: str = "val_loss"
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: stop | skip (the step, counted)
     patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = off
