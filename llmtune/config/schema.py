@@ -63,6 +63,8 @@ class DataConfig:
     min_chars: int = 1  # drop documents shorter than this after stripping
     dedupe: bool = False  # drop exact duplicate documents
     max_docs: int = 0  # 0 = all
+    # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
+    overlong: str = "truncate"
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
     num_proc: int = 1
 

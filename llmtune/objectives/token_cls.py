@@ -49,6 +49,8 @@ class TokenClassification(ClassificationTask):
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         words, tags = words_and_tags(split, self.data, key)
+        if self.data.tags_column not in split.column_names:  # to predict: tag 0 marks words
+            return encode_tagged(self.tokenizer, words, tags, seq_len)
         flat = label_ids((t for row in tags for t in row), self.labels, key)
         tag_ids, start = [], 0
         for row in tags:  # un-flatten the ids back into rows
