@@ -106,7 +106,7 @@ class HardwareConfig:
     compile: bool = False  # torch.compile the backbone and heads (first steps compile)
     # recompute each block's activations in backward: ~1/3 more compute, far less memory
     activation_checkpointing: bool = False
-    num_workers: int = 0
+    num_workers: int = 0  # unused: batches are slices of in-memory tensors (data/loader.py)
     world_size: int = 1  # set by the launcher; used to check batch divisibility
     strategy: str = "none"  # none | ddp | fsdp (used when more than one process runs)
     nproc: int = 1  # local worker processes llmtune starts itself (or use torchrun)

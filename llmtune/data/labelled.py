@@ -12,15 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.sources import (
-    _BUILDERS,
-    _describe,
-    _format_of,
-    _one_line,
-    _resolve_files,
-    cache_root,
-    carve_validation,
-)
+from llmtune.data.sources import _describe, carve_validation, read_files
 from llmtune.errors import DataError
 
 IGNORE = -100  # target of positions without a label (cross-entropy's ignore_index)
@@ -66,23 +58,7 @@ def load_labelled(
 
 def load_table(cfg: DataConfig, key: str, columns: Sequence[str]) -> datasets.Dataset:
     """One split (`data.<key>`) with exactly `columns`; rows missing a value are dropped."""
-    files = _resolve_files(getattr(cfg, key), key)
-    formats = {_format_of(f) for f in files}
-    if len(formats) != 1 or None in formats or _BUILDERS[formats.pop()] == "text":
-        raise DataError(
-            f"data.{key}: labelled data must be one of .jsonl, .json, .csv or .parquet "
-            f"(got {_describe(files)})"
-        )
-    builder = _BUILDERS[_format_of(files[0])]
-    try:
-        ds = datasets.load_dataset(
-            builder,
-            data_files={"train": files},
-            split="train",
-            cache_dir=str(cache_root(cfg) / "datasets"),
-        )
-    except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
-        raise DataError(f"data.{key}: cannot read {_describe(files)}: {_one_line(exc)}") from exc
+    ds, files, _ = read_files(cfg, key, tables_only=True)
     for column in columns:
         if column not in ds.column_names:
             setting = _setting_for(cfg, column)
