@@ -30,6 +30,8 @@ class BatchIterator:
     be regenerated from the seed alone; that is what makes `load_state_dict` resume exactly.
     Rank r takes rows perm[r::world_size], cut to the same length on every rank, so ranks
     never overlap and all run the same number of steps. The incomplete last batch is dropped.
+    Batches are slices taken in the training process, with no loader worker processes, so
+    there are no worker random streams to seed (train/streams.py seeds each rank's).
 
     `group_by_length` (rows with an attention_mask): each window of GROUP_WINDOW batches is
     sorted by length before it is cut into batches, and the batches are then shuffled, so a

@@ -19,7 +19,6 @@ from llmtune.faults import fault_point
 from llmtune.objectives import Objective
 from llmtune.train.distributed import comm_device, current
 
-
 _PRETRAINING = ("mlm", "mlm_nsp", "clm")
 
 
