@@ -4,6 +4,7 @@ folder, a missing optional extra, a failed verification. Each is one line, nothi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -121,5 +122,8 @@ def test_int8_metric_drop_above_the_bar_fails(tmp_path, ckpt, capsys, monkeypatc
     args = [f"ckpt={ckpt}", "format=int8", f"out={out}", f"data.test={corpus}"]
     args += ["export.latency_runs=1", "evaluate.max_examples=8", _run_dir(tmp_path)]
     err = _fails(capsys, *args, code=1)
-    assert "export.max_metric_drop=0.02" in err and "+10.00% relative" in err
+    # ~10% worse (the int8 loss itself differs a little from the fp32 one)
+    assert re.search(
+        r"worse by \+(9|10)\.\d\d% relative\) exceeds export.max_metric_drop=0.02", err
+    )
     assert not out.exists()
