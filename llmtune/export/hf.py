@@ -65,6 +65,8 @@ def _write_tokenizer(job: ExportJob, out: Path) -> None:
         "padding_side": "right",
         **specials,
     }
+    if job.loaded.family == "bert":  # else the generic class returns no segment ids
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
