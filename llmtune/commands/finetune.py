@@ -125,7 +125,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     console.print(load_table(rows, source))
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
-    n_train, n_val = (len(examples[s]["input_ids"]) for s in ("train", "validation"))
+    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "
