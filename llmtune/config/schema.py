@@ -66,6 +66,8 @@ class DataConfig:
     max_docs: int = 0  # 0 = all
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
     num_proc: int = 1
+    # labelled data: batch rows of similar length together (less padding, same epoch coverage)
+    group_by_length: bool = True
 
 
 @dataclass(frozen=True)
