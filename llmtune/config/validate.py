@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from llmtune.config import objective_checks
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError
 
@@ -17,8 +18,11 @@ OBJECTIVE_FAMILIES = {
     "seq_cls": FAMILIES,
     "token_cls": FAMILIES,
     "sft": ("gpt",),
+    "contrastive": FAMILIES,
+    "multitask": FAMILIES,
 }
-TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft")  # labelled data: finetune only
+# labelled data (or several tasks' data): finetune only
+TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft", "contrastive", "multitask")
 METHODS = ("full", "freeze", "lora", "prefix", "prompt")
 PROMPT_ENCODERS = ("none", "mlp", "lstm")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -108,6 +112,9 @@ def _check_objective(config: RunConfig) -> None:
         "objective.mask_token_frac + objective.random_token_frac must be <= 1",
     )
     _require(0 <= o.nsp_prob <= 1, f"objective.nsp_prob={o.nsp_prob}: must be in [0, 1]")
+    if o.name == "contrastive":
+        objective_checks.check_contrastive(config)
+    objective_checks.check_tasks(config)
 
 
 def _check_training(config: RunConfig) -> None:
@@ -231,6 +238,7 @@ def check_model_fits(config: RunConfig) -> None:
         f"objective={config.objective.name} needs a {'/'.join(families)} model, "
         f"but the checkpoint is a {config.model.family} model",
     )
+    objective_checks.check_task_families(config, OBJECTIVE_FAMILIES)
 
 
 def validate(config: RunConfig) -> None:
@@ -244,3 +252,4 @@ def validate(config: RunConfig) -> None:
     _check_data(config)
     if config.command == "evaluate":
         _check_evaluate(config)
+        objective_checks.check_embedding_evaluation(config)
