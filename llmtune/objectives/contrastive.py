@@ -104,7 +104,9 @@ class Contrastive:
                         self.tokenizer, [str(t) for t in split[column]], None, seq_len
                     )
                     encoded.rows[f"{prefix}input_ids"] = view.rows["input_ids"]
-                    encoded.n_truncated += view.n_truncated
+                    # a row is over-long when any of its views is
+                    for row, length in view.overlong.items():
+                        encoded.overlong[row] = max(length, encoded.overlong.get(row, 0))
         return encoded
 
     def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
