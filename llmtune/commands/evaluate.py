@@ -21,6 +21,7 @@ from llmtune.evaluation.generation import generate
 from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.evaluation.metrics import classification_report
+from llmtune.evaluation.preference import PREFERENCE_OBJECTIVES, evaluate_preferences
 from llmtune.evaluation.report import (
     GENERATIONS,
     PREDICTIONS,
@@ -69,6 +70,8 @@ def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> di
 
 def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     objective = loaded.meta.get("objective", loaded.config.objective.name)
+    if objective in PREFERENCE_OBJECTIVES:  # reward models and dpo: pairwise metrics
+        return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
     if objective in TASK_OBJECTIVES:
         results, rows = evaluate_task(loaded, config.data, config.evaluate, config.seed)
         if rows:

@@ -9,8 +9,10 @@ from llmtune.data import TokenizerInfo
 from llmtune.errors import ConfigError
 from llmtune.objectives.base import Objective, TermResult
 from llmtune.objectives.clm import CausalLM
+from llmtune.objectives.dpo import DirectPreference
 from llmtune.objectives.masking import MaskingSpec
 from llmtune.objectives.mlm import MaskedLM
+from llmtune.objectives.reward import RewardModel
 from llmtune.objectives.seq_cls import SequenceClassification
 from llmtune.objectives.sft import InstructionTuning
 from llmtune.objectives.token_cls import TokenClassification
@@ -25,13 +27,15 @@ __all__ = [
     "TASKS",
 ]
 
-OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm", "seq_cls", "token_cls", "sft")
+OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm", "seq_cls", "token_cls", "sft", "reward", "dpo")
 # Objectives on labelled data, built by `build_task`; each class offers columns(data) and
 # label_values(split, data) before it is built (the labels are needed to build it).
 TASKS = {
     "seq_cls": SequenceClassification,
     "token_cls": TokenClassification,
     "sft": InstructionTuning,
+    "reward": RewardModel,
+    "dpo": DirectPreference,
 }
 TASK_OBJECTIVES = tuple(TASKS)
 
@@ -42,10 +46,14 @@ def build_task(
     tokenizer: Tokenizer,
     data: DataConfig,
     labels: list | None = None,
-) -> SequenceClassification | TokenClassification | InstructionTuning:
+) -> SequenceClassification | TokenClassification | InstructionTuning | RewardModel:
     """A task objective on labelled data; `labels` (seq_cls, token_cls) index = class id."""
     if cfg.name == "sft":
         return InstructionTuning(info, tokenizer, data, cfg.prompt_template)
+    if cfg.name == "reward":
+        return RewardModel(info, tokenizer, data, cfg.prompt_template)
+    if cfg.name == "dpo":
+        return DirectPreference(info, tokenizer, data, cfg.prompt_template, (cfg.beta, cfg.loss))
     if cfg.name not in ("seq_cls", "token_cls") or not labels:
         raise ConfigError(f"objective.name={cfg.name!r}: not a task with labels")
     task = SequenceClassification if cfg.name == "seq_cls" else TokenClassification

@@ -25,6 +25,9 @@ class TermResult:
     # target is -100 removed), so evaluation can compute F1 without a second forward
     predicted: Tensor | None = None
     target: Tensor | None = None
+    # further validation metrics as {name: (sum, count)}; reported as val_<term>_<name> =
+    # total sum / total count (e.g. DPO's reward margin per pair, PPO's reward per rollout)
+    extra: dict[str, tuple[Tensor, Tensor]] | None = None
 
 
 class Objective(Protocol):

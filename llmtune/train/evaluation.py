@@ -42,6 +42,10 @@ def validation_metrics(
             sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
             sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
             sums[f"{name}_count"] = sums.get(f"{name}_count", 0.0) + float(counts[name])
+            for key, (total, n) in (term.extra or {}).items():
+                for suffix, value in (("sum", total), ("n", n)):
+                    extra_key = f"{name}_{key}.{suffix}"
+                    sums[extra_key] = sums.get(extra_key, 0.0) + float(value)
             if term.predicted is not None:
                 predictions.setdefault(name, []).append((term.predicted, term.target))
     metrics = _mean_metrics(sums, objective.lm_term)
@@ -60,6 +64,9 @@ def _mean_metrics(sums: dict[str, float], lm_term: str) -> dict[str, float]:
         metrics[f"val_{name}_loss"] = mean
         metrics[f"val_{name}_accuracy"] = sums[f"{name}_correct"] / count
     metrics["val_loss"] = total
+    for key in sums:
+        if key.endswith(".sum"):  # TermResult.extra: reported as their mean per counted item
+            metrics[f"val_{key[:-4]}"] = sums[key] / max(sums[key[:-4] + ".n"], 1.0)
     if lm_term in names:
         metrics["val_perplexity"] = math.exp(min(metrics[f"val_{lm_term}_loss"], 50.0))
     return metrics

@@ -1,0 +1,72 @@
+"""End-to-end preference tuning through the real CLI, in-process, with a tiny GPT/BERT: reward
+models, DPO and IPO (full and LoRA), pairs built from instruction data, PPO, and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from llmtune.cli import main
+from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
+from tests.e2e.test_finetune import WORDS, _write, finetune
+
+
+def pair_rows(n: int, seed: int) -> list[dict]:
+    """The chosen answer praises, the rejected one complains: a cue a tiny model can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        w = rng.choice(WORDS)
+        rows.append(
+            {"prompt": f"tell me about the {w}", "chosen": f"the {w} is great", "rejected": f"the {w} is awful"}
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from tests.conftest import make_documents
+
+    docs = [d + " the film is great. the story is awful." for d in make_documents(100)]
+    return _write(tmp_path_factory.mktemp("corpus") / "c.jsonl", [{"text": d} for d in docs])
+
+
+@pytest.fixture(scope="module")
+def gpt_base(tmp_path_factory, corpus) -> Path:
+    run = tmp_path_factory.mktemp("gpt") / "run"
+    steps = ["train.max_steps=20", "train.eval_every=20", "train.save_every=20"]
+    pretrain(run, corpus, *TINY_GPT, "model.max_seq_len=48", *steps)
+    return run
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pairs")
+    return (
+        _write(folder / "train.jsonl", pair_rows(160, 1)),
+        _write(folder / "val.jsonl", pair_rows(32, 2)),
+    )
+
+
+def _pair_data(pairs: tuple[Path, Path]) -> list[str]:
+    return [f"data.train={pairs[0]}", f"data.validation={pairs[1]}"]
+
+
+def test_reward_model_learns_preferences_and_evaluates(tmp_path, gpt_base, pairs):
+    run = tmp_path / "rm"
+    finetune(
+        run, gpt_base, "objective=reward", *_pair_data(pairs), "train.max_steps=40",
+        "train.eval_every=20", "train.save_every=40", "objective.prompt_template='Q: {instruction} A:'",
+    )
+    _, evals = metrics(run)
+    assert evals[-1]["val_reward_accuracy"] >= 0.9, evals
+    assert evals[-1]["val_reward_margin"] > 0
+    meta = json.loads(next((run / "checkpoints").glob("step-*/meta.json")).read_text())
+    assert meta["objective"] == "reward" and meta["heads"] == ["reward"]
+    out = tmp_path / "eval"
+    main(["evaluate", f"hydra.run.dir={out}", f"ckpt={run}", "data=files", f"data.test={pairs[1]}"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["pairwise_accuracy"] >= 0.9 and results["n_pairs"] == 32, results
