@@ -35,6 +35,7 @@ class PairTask:
 
     name = "pairs"
     lm_term = "pairs"
+    perplexity = False  # validation: a pairwise loss has no perplexity
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str

@@ -48,7 +48,9 @@ def validation_metrics(
                     sums[extra_key] = sums.get(extra_key, 0.0) + float(value)
             if term.predicted is not None:
                 predictions.setdefault(name, []).append((term.predicted, term.target))
-    metrics = _mean_metrics(sums, objective.lm_term)
+    # preference losses are not likelihoods: no perplexity for them
+    lm_term = objective.lm_term if getattr(objective, "perplexity", True) else ""
+    metrics = _mean_metrics(sums, lm_term)
     return {**metrics, **selection.classification_metrics(predictions, metrics)}
 
 

@@ -70,3 +70,26 @@ def test_reward_model_learns_preferences_and_evaluates(tmp_path, gpt_base, pairs
     main(["evaluate", f"hydra.run.dir={out}", f"ckpt={run}", "data=files", f"data.test={pairs[1]}"])
     results = json.loads((out / "results.json").read_text())
     assert results["pairwise_accuracy"] >= 0.9 and results["n_pairs"] == 32, results
+
+
+@pytest.mark.parametrize("extra", [[], ["method=lora", "objective.loss=ipo"]], ids=["dpo", "ipo-lora"])
+def test_dpo_raises_the_chosen_margin(tmp_path, gpt_base, pairs, extra):
+    run = tmp_path / "dpo"
+    finetune(
+        run, gpt_base, "objective=dpo", *_pair_data(pairs), "train.max_steps=30",
+        "train.eval_every=10", "train.save_every=30", "model.dropout=0", "model.attn_dropout=0",
+        "objective.prompt_template='Q: {instruction} A:'", *extra,
+    )
+    _, evals = metrics(run)
+    last = evals[-1]
+    # reward margin = beta * (policy margin - reference margin): the policy's chosen-over-
+    # rejected log-prob margin grew by more than a nat over the reference's (beta = 0.1)
+    assert last["val_dpo_reward_margin"] / 0.1 > 1.0 and last["val_dpo_accuracy"] >= 0.9, evals
+    assert "val_perplexity" not in last
+    if "objective.loss=ipo" in extra:  # IPO pulls the log-ratio margin to 1 / (2 beta) = 5
+        assert last["val_dpo_reward_margin"] == pytest.approx(0.5, abs=0.15), evals
+    out = tmp_path / "eval"
+    main(["evaluate", f"hydra.run.dir={out}", f"ckpt={run}", "data=files", f"data.test={pairs[1]}"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "dpo" and results["pairwise_accuracy"] >= 0.9, results
+    assert results["logp_margin"] == pytest.approx(last["val_dpo_logp_margin"], rel=1e-3)
