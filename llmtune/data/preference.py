@@ -135,7 +135,9 @@ def encode_pairs(
 def pair_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     """Tensors of encoded pairs, chosen and rejected padded to one width (with masks)."""
     rows = encoded.rows
-    width = max((len(r) for k, r_list in rows.items() if "input_ids" in k for r in r_list), default=1)
+    width = max(
+        (len(r) for k, r_list in rows.items() if "input_ids" in k for r in r_list), default=1
+    )
     out = {}
     for prefix in ("", REJECTED):
         ids = rows[prefix + "input_ids"]

@@ -12,6 +12,7 @@ from llmtune.objectives.clm import CausalLM
 from llmtune.objectives.dpo import DirectPreference
 from llmtune.objectives.masking import MaskingSpec
 from llmtune.objectives.mlm import MaskedLM
+from llmtune.objectives.ppo import ProximalPolicy
 from llmtune.objectives.reward import RewardModel
 from llmtune.objectives.seq_cls import SequenceClassification
 from llmtune.objectives.sft import InstructionTuning
@@ -27,7 +28,7 @@ __all__ = [
     "TASKS",
 ]
 
-OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm", "seq_cls", "token_cls", "sft", "reward", "dpo")
+OBJECTIVE_NAMES = ("mlm", "mlm_nsp", "clm", "seq_cls", "token_cls", "sft", "reward", "dpo", "ppo")
 # Objectives on labelled data, built by `build_task`; each class offers columns(data) and
 # label_values(split, data) before it is built (the labels are needed to build it).
 TASKS = {
@@ -36,6 +37,7 @@ TASKS = {
     "sft": InstructionTuning,
     "reward": RewardModel,
     "dpo": DirectPreference,
+    "ppo": ProximalPolicy,
 }
 TASK_OBJECTIVES = tuple(TASKS)
 
@@ -54,6 +56,8 @@ def build_task(
         return RewardModel(info, tokenizer, data, cfg.prompt_template)
     if cfg.name == "dpo":
         return DirectPreference(info, tokenizer, data, cfg.prompt_template, (cfg.beta, cfg.loss))
+    if cfg.name == "ppo":
+        return ProximalPolicy(info, tokenizer, data, cfg)
     if cfg.name not in ("seq_cls", "token_cls") or not labels:
         raise ConfigError(f"objective.name={cfg.name!r}: not a task with labels")
     task = SequenceClassification if cfg.name == "seq_cls" else TokenClassification

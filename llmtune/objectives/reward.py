@@ -42,5 +42,7 @@ class RewardModel(PairTask):
         extra = {"margin": (margin.sum(), n), "chosen_score": (chosen.detach().sum(), n)}
         # n_correct is the pairwise accuracy's numerator: val_reward_accuracy
         return {
-            "reward": TermResult(pairwise_loss(chosen, rejected).sum(), (margin > 0).sum(), extra=extra)
+            "reward": TermResult(
+                pairwise_loss(chosen, rejected).sum(), (margin > 0).sum(), extra=extra
+            )
         }

@@ -21,7 +21,11 @@ def pair_rows(n: int, seed: int) -> list[dict]:
     for _ in range(n):
         w = rng.choice(WORDS)
         rows.append(
-            {"prompt": f"tell me about the {w}", "chosen": f"the {w} is great", "rejected": f"the {w} is awful"}
+            {
+                "prompt": f"tell me about the {w}",
+                "chosen": f"the {w} is great",
+                "rejected": f"the {w} is awful",
+            }
         )
     return rows
 
@@ -55,12 +59,24 @@ def _pair_data(pairs: tuple[Path, Path]) -> list[str]:
     return [f"data.train={pairs[0]}", f"data.validation={pairs[1]}"]
 
 
-def test_reward_model_learns_preferences_and_evaluates(tmp_path, gpt_base, pairs):
-    run = tmp_path / "rm"
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory, gpt_base, pairs) -> Path:
+    run = tmp_path_factory.mktemp("rm") / "run"
     finetune(
-        run, gpt_base, "objective=reward", *_pair_data(pairs), "train.max_steps=40",
-        "train.eval_every=20", "train.save_every=40", "objective.prompt_template='Q: {instruction} A:'",
+        run,
+        gpt_base,
+        "objective=reward",
+        *_pair_data(pairs),
+        "train.max_steps=40",
+        "train.eval_every=20",
+        "train.save_every=40",
+        "objective.prompt_template='Q: {instruction} A:'",
     )
+    return run
+
+
+def test_reward_model_learns_preferences_and_evaluates(tmp_path, reward_run, pairs):
+    run = reward_run
     _, evals = metrics(run)
     assert evals[-1]["val_reward_accuracy"] >= 0.9, evals
     assert evals[-1]["val_reward_margin"] > 0
@@ -72,13 +88,23 @@ def test_reward_model_learns_preferences_and_evaluates(tmp_path, gpt_base, pairs
     assert results["pairwise_accuracy"] >= 0.9 and results["n_pairs"] == 32, results
 
 
-@pytest.mark.parametrize("extra", [[], ["method=lora", "objective.loss=ipo"]], ids=["dpo", "ipo-lora"])
+@pytest.mark.parametrize(
+    "extra", [[], ["method=lora", "objective.loss=ipo"]], ids=["dpo", "ipo-lora"]
+)
 def test_dpo_raises_the_chosen_margin(tmp_path, gpt_base, pairs, extra):
     run = tmp_path / "dpo"
     finetune(
-        run, gpt_base, "objective=dpo", *_pair_data(pairs), "train.max_steps=30",
-        "train.eval_every=10", "train.save_every=30", "model.dropout=0", "model.attn_dropout=0",
-        "objective.prompt_template='Q: {instruction} A:'", *extra,
+        run,
+        gpt_base,
+        "objective=dpo",
+        *_pair_data(pairs),
+        "train.max_steps=30",
+        "train.eval_every=10",
+        "train.save_every=30",
+        "model.dropout=0",
+        "model.attn_dropout=0",
+        "objective.prompt_template='Q: {instruction} A:'",
+        *extra,
     )
     _, evals = metrics(run)
     last = evals[-1]
@@ -93,3 +119,33 @@ def test_dpo_raises_the_chosen_margin(tmp_path, gpt_base, pairs, extra):
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "dpo" and results["pairwise_accuracy"] >= 0.9, results
     assert results["logp_margin"] == pytest.approx(last["val_dpo_logp_margin"], rel=1e-3)
+
+
+def test_ppo_raises_the_reward_and_logs_rollouts(tmp_path, gpt_base, reward_run, pairs, capsys):
+    run = tmp_path / "ppo"
+    finetune(
+        run,
+        gpt_base,
+        "objective=ppo",
+        f"objective.reward_model={reward_run}",
+        f"data.train={pairs[0]}",
+        f"data.validation={pairs[1]}",
+        "data.instruction_column=prompt",
+        "objective.prompt_template='Q: {instruction} A:'",
+        "objective.max_new_tokens=6",
+        "objective.kl_coef=0.01",
+        "train.max_steps=30",
+        "train.log_every=5",
+        "train.eval_every=30",
+        "train.save_every=30",
+        "train.eval_batches=1",
+        "optim.lr=3e-3",
+    )
+    train, evals = metrics(run)
+    assert {"reward", "kl", "response_tokens"} <= set(train[0]), train[0]
+    assert "reward" in capsys.readouterr().out
+    first, last = train[0]["reward"], train[-1]["reward"]
+    assert last > first + 0.5, [r["reward"] for r in train]
+    assert {"val_ppo_reward", "val_ppo_kl", "val_value_loss"} <= set(evals[-1])
+    meta = json.loads(next((run / "checkpoints").glob("step-*/meta.json")).read_text())
+    assert meta["objective"] == "ppo" and meta["heads"] == ["lm", "value"]
