@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-
 # the loop's own train-record keys; any other key is an objective's statistic (PPO's reward)
 _TRAIN_KEYS = ("step", "loss", "lr", "tokens", "tokens_per_s", "tflops_per_s", "mfu")
 _TRAIN_KEYS += ("data_wait_share",)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmtune.cli import main
-from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
+from tests.e2e.helpers import TINY_GPT, metrics, pretrain
 from tests.e2e.test_finetune import WORDS, _write, finetune
 
 
@@ -149,3 +149,59 @@ def test_ppo_raises_the_reward_and_logs_rollouts(tmp_path, gpt_base, reward_run,
     assert {"val_ppo_reward", "val_ppo_kl", "val_value_loss"} <= set(evals[-1])
     meta = json.loads(next((run / "checkpoints").glob("step-*/meta.json")).read_text())
     assert meta["objective"] == "ppo" and meta["heads"] == ["lm", "value"]
+
+
+def test_pairs_built_from_instruction_data_are_scored_deterministically(tmp_path, reward_run):
+    rows = [
+        {"instruction": f"tell me about the {w}", "response": f"the {w} is great {i}"}
+        for i, w in enumerate(WORDS * 2)
+    ]
+    test = _write(tmp_path / "sft.jsonl", rows)
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        main(
+            [
+                "evaluate",
+                f"hydra.run.dir={out}",
+                f"ckpt={reward_run}",
+                "data=files",
+                f"data.test={test}",
+                "data.preference_pairs=shuffled_response",
+            ]
+        )
+        results.append(json.loads((out / "results.json").read_text()))
+    assert results[0] == {**results[1], "ckpt": results[0]["ckpt"]}
+    assert results[0]["n_pairs"] == len(rows) and 0 <= results[0]["pairwise_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective=reward", "data.rejected_column=worse"], "data.rejected_column"),
+        (["objective=ppo", "objective.reward_model=''"], "objective.reward_model is required"),
+        (["objective=dpo", "objective.loss=kto"], "objective.loss"),
+        (["objective=reward", "data.preference_pairs=random"], "data.preference_pairs"),
+    ],
+)
+def test_bad_preference_input_is_one_line_and_exit_2(
+    tmp_path, gpt_base, pairs, overrides, message, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        finetune(tmp_path / "bad", gpt_base, *_pair_data(pairs), *overrides)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ppo_refuses_a_reward_model_that_is_not_one(tmp_path, gpt_base, pairs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        finetune(
+            tmp_path / "bad",
+            gpt_base,
+            "objective=ppo",
+            f"objective.reward_model={gpt_base}",
+            *_pair_data(pairs),
+            "data.instruction_column=prompt",
+        )
+    assert exit_info.value.code == 2
+    assert "not a reward model (objective=clm)" in capsys.readouterr().err

@@ -189,3 +189,15 @@ def test_built_pairs_are_deterministic_by_seed_and_never_reject_the_truth(mode):
             assert rejected in truth and truth[rejected] != prompt
         else:
             assert sorted(rejected.split()) == sorted(chosen.split())
+
+
+@pytest.mark.parametrize("name", ["dpo", "ppo"])
+def test_dpo_and_ppo_need_a_decoder_but_reward_models_take_both(name):
+    from llmtune.config.validate import check_model_fits
+    from llmtune.errors import ConfigError
+
+    bert = ModelConfig(family="bert")
+    config = RunConfig(command="finetune", model=bert, objective=ObjectiveConfig(name=name))
+    with pytest.raises(ConfigError, match=f"objective={name} needs a gpt model.*bert model"):
+        check_model_fits(config)
+    check_model_fits(RunConfig(command="finetune", model=bert, objective=ObjectiveConfig("reward")))
