@@ -7,6 +7,7 @@ sequence length may be changed here.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -19,6 +20,7 @@ from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits
 from llmtune.data import cache_root, load_corpus, tokenize_corpus, tokenizer_info
 from llmtune.data.labelled import label_names, load_labelled, padded_batch
+from llmtune.data.overlong import fit_to_length
 from llmtune.errors import DataError
 from llmtune.models import build_model
 from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task
@@ -65,13 +67,15 @@ def _task_examples(config: RunConfig, base: Base, console: Console) -> tuple:
     examples = {}
     seq_len = config.model.max_seq_len
     for split in ("train", "validation"):
-        encoded = objective.encode(raw[split], seq_len, split)
+        encode = partial(objective.encode, seq_len=seq_len, key=split)
+        _, encoded, note = fit_to_length(raw[split], encode, config.data, split, seq_len)
+        if note:
+            console.print(note)
         n = len(encoded.rows["input_ids"])
-        if encoded.n_truncated or encoded.n_dropped:
+        if encoded.n_dropped:
             console.print(
-                f"data.{split}: {encoded.n_truncated} of {n + encoded.n_dropped} examples cut "
-                f"to model.max_seq_len={seq_len}"
-                + (f", {encoded.n_dropped} dropped (no target left)" if encoded.n_dropped else "")
+                f"data.{split}: {encoded.n_dropped} examples dropped: the prompt filled "
+                f"model.max_seq_len={seq_len}, leaving no response token to learn"
             )
         if n == 0:
             raise DataError(f"data.{split}: no usable example; check the file and its columns")

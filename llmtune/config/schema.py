@@ -69,8 +69,12 @@ class DataConfig:
     min_chars: int = 1  # drop documents shorter than this after stripping
     dedupe: bool = False  # drop exact duplicate documents
     max_docs: int = 0  # 0 = all
+    # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
+    overlong: str = "truncate"
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
     num_proc: int = 1
+    # labelled data: batch rows of similar length together (less padding, same epoch coverage)
+    group_by_length: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class HardwareConfig:
     compile: bool = False  # torch.compile the backbone and heads (first steps compile)
     # recompute each block's activations in backward: ~1/3 more compute, far less memory
     activation_checkpointing: bool = False
-    num_workers: int = 0
+    num_workers: int = 0  # unused: batches are slices of in-memory tensors (data/loader.py)
     world_size: int = 1  # set by the launcher; used to check batch divisibility
     strategy: str = "none"  # none | ddp | fsdp (used when more than one process runs)
     nproc: int = 1  # local worker processes llmtune starts itself (or use torchrun)
@@ -142,8 +146,8 @@ class TrainConfig:
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
     save_every: int = 100
     log_every: int = 10
-    # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, ... (loss/perplexity: lower
-    # is better, anything else: higher); judged at saved steps
+    # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, val_entity_f1 (token_cls),
+    # ... (loss/perplexity: lower is better, anything else: higher); judged at saved steps
     best_metric: str = "val_loss"
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: stop | skip (the step, counted)
     patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = off

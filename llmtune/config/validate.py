@@ -30,6 +30,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 NATIVE_TOKENIZER = {"bert": "wordpiece", "gpt": "bpe"}
 TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
 DATA_SOURCES = ("builtin", "files", "hub")
+OVERLONG = ("truncate", "drop", "error")  # data.overlong (data/overlong.py)
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -184,6 +185,7 @@ def _check_training(config: RunConfig) -> None:
 def _check_data(config: RunConfig) -> None:
     d, tok = config.data, config.tokenizer
     _one_of("data.source", d.source, DATA_SOURCES)
+    _one_of("data.overlong", d.overlong, OVERLONG)
     # evaluate reads data.test only (data.train just for few-shot examples)
     _require(
         d.source != "files" or bool(d.train) or config.command == "evaluate",

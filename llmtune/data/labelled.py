@@ -5,34 +5,36 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import torch
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.sources import (
-    _BUILDERS,
-    _describe,
-    _format_of,
-    _one_line,
-    _resolve_files,
-    cache_root,
-    carve_validation,
-)
+from llmtune.data.sources import _describe, carve_validation, read_files
 from llmtune.errors import DataError
 
 IGNORE = -100  # target of positions without a label (cross-entropy's ignore_index)
 
 
+# Each split keeps the 1-based row number its file(s) gave each example, so an error about
+# one example can name it after rows with empty values were skipped or validation carved out.
+ROW_COLUMN = "__llmtune_row__"
+
+
 @dataclass
 class Encoded:
-    """Variable-length token rows of one split, and how many were cut to max_seq_len."""
+    """Variable-length token rows of one split, and which examples exceeded max_seq_len."""
 
     rows: dict[str, list]  # input_ids, token_type_ids, labels, ...: one entry per example
-    n_truncated: int = 0
+    # split position -> full length of each example longer than max_seq_len (cut to it)
+    overlong: dict[int, int] = field(default_factory=dict)
     n_dropped: int = 0  # examples with nothing left to learn from (e.g. a response cut away)
+
+    @property
+    def n_truncated(self) -> int:
+        return len(self.overlong)
 
 
 def load_labelled(
@@ -56,23 +58,7 @@ def load_labelled(
 
 def load_table(cfg: DataConfig, key: str, columns: Sequence[str]) -> datasets.Dataset:
     """One split (`data.<key>`) with exactly `columns`; rows missing a value are dropped."""
-    files = _resolve_files(getattr(cfg, key), key)
-    formats = {_format_of(f) for f in files}
-    if len(formats) != 1 or None in formats or _BUILDERS[formats.pop()] == "text":
-        raise DataError(
-            f"data.{key}: labelled data must be one of .jsonl, .json, .csv or .parquet "
-            f"(got {_describe(files)})"
-        )
-    builder = _BUILDERS[_format_of(files[0])]
-    try:
-        ds = datasets.load_dataset(
-            builder,
-            data_files={"train": files},
-            split="train",
-            cache_dir=str(cache_root(cfg) / "datasets"),
-        )
-    except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
-        raise DataError(f"data.{key}: cannot read {_describe(files)}: {_one_line(exc)}") from exc
+    ds, files, _ = read_files(cfg, key, tables_only=True)
     for column in columns:
         if column not in ds.column_names:
             setting = _setting_for(cfg, column)
@@ -81,6 +67,7 @@ def load_table(cfg: DataConfig, key: str, columns: Sequence[str]) -> datasets.Da
                 f"{', '.join(ds.column_names)}); set {setting}"
             )
     ds = ds.select_columns(list(columns))
+    ds = ds.add_column(ROW_COLUMN, list(range(1, len(ds) + 1)))
     ds = ds.filter(lambda row: all(row[c] is not None for c in columns), desc=f"checking {key}")
     if cfg.max_docs and len(ds) > cfg.max_docs:
         ds = ds.select(range(cfg.max_docs))
@@ -144,12 +131,26 @@ def as_words(value) -> list:
     return list(value)
 
 
-def truncating(tok: Tokenizer, max_len: int) -> Tokenizer:
-    """A copy of `tok` that cuts encodings to max_len (the shared tokenizer stays untouched)."""
+def truncating(tok: Tokenizer, max_len: int | None) -> Tokenizer:
+    """A copy of `tok` that cuts encodings to max_len, or never with None (the shared
+    tokenizer stays untouched)."""
     copy = Tokenizer.from_str(tok.to_str())
     copy.no_padding()
-    copy.enable_truncation(max_len)
+    if max_len is None:
+        copy.no_truncation()
+    else:
+        copy.enable_truncation(max_len)
     return copy
+
+
+def _full_lengths(tok: Tokenizer, inputs: list, encodings: list, pretokenized: bool) -> dict:
+    """Untruncated lengths of the inputs whose encodings were cut (only those re-encoded)."""
+    cut = [i for i, e in enumerate(encodings) if e.overflowing]
+    if not cut:
+        return {}
+    whole = truncating(tok, None)
+    full = whole.encode_batch([inputs[i] for i in cut], is_pretokenized=pretokenized)
+    return {i: len(e.ids) for i, e in zip(cut, full)}
 
 
 def encode_texts(
@@ -163,7 +164,7 @@ def encode_texts(
         "input_ids": [e.ids for e in encodings],
         "token_type_ids": [e.type_ids for e in encodings],
     }
-    return Encoded(rows, sum(bool(e.overflowing) for e in encodings))
+    return Encoded(rows, _full_lengths(tok, inputs, encodings, False))
 
 
 def encode_tagged(
@@ -172,7 +173,8 @@ def encode_tagged(
     """Word-level tags on sub-tokens: the first piece of each word carries its tag, the
     other pieces and the special tokens carry IGNORE (so each word counts once)."""
     cut = truncating(tok, max_len)
-    encodings = cut.encode_batch([[str(w) for w in ws] for ws in words], is_pretokenized=True)
+    inputs = [[str(w) for w in ws] for ws in words]
+    encodings = cut.encode_batch(inputs, is_pretokenized=True)
     input_ids, type_ids, labels = [], [], []
     for enc, row_tags in zip(encodings, tags):
         previous, row = None, []
@@ -183,7 +185,7 @@ def encode_tagged(
         type_ids.append(enc.type_ids)
         labels.append(row)
     rows = {"input_ids": input_ids, "token_type_ids": type_ids, "labels": labels}
-    return Encoded(rows, sum(bool(e.overflowing) for e in encodings))
+    return Encoded(rows, _full_lengths(tok, inputs, encodings, True))
 
 
 def encode_instructions(
@@ -192,18 +194,18 @@ def encode_instructions(
     """prompt + response + EOS; targets only on the response and EOS (prompt tokens IGNORE)."""
     prompt_ids = [e.ids for e in tok.encode_batch(prompts, add_special_tokens=False)]
     response_ids = [e.ids for e in tok.encode_batch(responses, add_special_tokens=False)]
-    input_ids, labels, truncated, dropped = [], [], 0, 0
-    for p, r in zip(prompt_ids, response_ids):
+    input_ids, labels, overlong, dropped = [], [], {}, 0
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         ids, targets = p + r + [eos_id], [IGNORE] * len(p) + r + [eos_id]
         if len(ids) > max_len:
-            truncated += 1
+            overlong[i] = len(ids)
             ids, targets = ids[:max_len], targets[:max_len]
         if all(t == IGNORE for t in targets[1:]):  # the prompt filled the window
             dropped += 1
             continue
         input_ids.append(ids)
         labels.append(targets)
-    return Encoded({"input_ids": input_ids, "labels": labels}, truncated, dropped)
+    return Encoded({"input_ids": input_ids, "labels": labels}, overlong, dropped)
 
 
 def pad_rows(rows: list[list[int]], width: int, value: int) -> torch.Tensor:

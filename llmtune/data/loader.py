@@ -18,6 +18,11 @@ def _num_rows(tensors: Batch) -> int:
     return sizes.pop()
 
 
+# Batches sorted together by length: wide enough to find rows of like length, narrow enough
+# that batch contents still change from epoch to epoch.
+GROUP_WINDOW = 50
+
+
 class BatchIterator:
     """Infinite iterator of micro-batches, each a dict of row slices of `tensors`.
 
@@ -25,6 +30,12 @@ class BatchIterator:
     be regenerated from the seed alone; that is what makes `load_state_dict` resume exactly.
     Rank r takes rows perm[r::world_size], cut to the same length on every rank, so ranks
     never overlap and all run the same number of steps. The incomplete last batch is dropped.
+    Batches are slices taken in the training process, with no loader worker processes, so
+    there are no worker random streams to seed (train/streams.py seeds each rank's).
+
+    `group_by_length` (rows with an attention_mask): each window of GROUP_WINDOW batches is
+    sorted by length before it is cut into batches, and the batches are then shuffled, so a
+    batch pads to a length near its rows' own; the order is still a function of (seed, epoch).
     """
 
     def __init__(
@@ -35,6 +46,7 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        group_by_length: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -44,6 +56,9 @@ class BatchIterator:
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        mask = tensors.get("attention_mask")
+        # [N] real lengths, or None: packed pretraining rows are all full, nothing to group
+        self.lengths = mask.sum(1) if group_by_length and mask is not None else None
         self.num_rows = _num_rows(tensors)
         self.batches_per_epoch = (self.num_rows // world_size) // micro_batch_size
         if self.batches_per_epoch == 0:
@@ -67,7 +82,25 @@ class BatchIterator:
         else:
             perm = torch.arange(self.num_rows)
         per_rank = self.num_rows // self.world_size
-        return perm[self.rank :: self.world_size][:per_rank]
+        order = perm[self.rank :: self.world_size][:per_rank]
+        if self.lengths is None or not self.shuffle:
+            return order
+        return self._grouped(order, gen)
+
+    def _grouped(self, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """`order` regrouped so each batch holds rows of similar length, batches shuffled."""
+        size = self.micro_batch_size
+        used = self.batches_per_epoch * size  # the dropped remainder stays dropped
+        order, rest = order[:used], order[used:]
+        window = GROUP_WINDOW * size
+        chunks = []
+        for start in range(0, used, window):
+            chunk = order[start : start + window]
+            # stable sort: ties keep their shuffled order
+            chunks.append(chunk[torch.sort(self.lengths[chunk], descending=True, stable=True)[1]])
+        batches = torch.cat(chunks).view(-1, size)
+        batches = batches[torch.randperm(len(batches), generator=gen)]
+        return torch.cat([batches.reshape(-1), rest])
 
     def __iter__(self) -> BatchIterator:
         return self

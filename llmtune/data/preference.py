@@ -24,10 +24,12 @@ def preference_columns(d: DataConfig) -> list[str]:
     return [d.instruction_column, d.response_column]
 
 
-def load_preferences(d: DataConfig, seed: int) -> dict[str, dict[str, list[str]]]:
+def load_preferences(d: DataConfig, seed: int) -> dict[str, datasets.Dataset]:
     """Train/validation splits with columns prompt, chosen, rejected (see `build_pairs`)."""
     raw = load_labelled(d, preference_columns(d), seed)
-    return {split: as_pairs(ds, d, seed, split) for split, ds in raw.items()}
+    return {
+        split: datasets.Dataset.from_dict(as_pairs(ds, d, seed, split)) for split, ds in raw.items()
+    }
 
 
 def as_pairs(ds: datasets.Dataset, d: DataConfig, seed: int, split: str) -> dict[str, list[str]]:
@@ -92,19 +94,17 @@ def _other_response(asks: list[str], texts: list[str], order: list[int], pos: in
 
 
 def _encode_gpt(tok: Tokenizer, prompts: list[str], responses: list[str], eos: int, max_len: int):
-    """(ids, labels, truncated) rows: prompt + response + EOS, targets on response and EOS."""
+    """(ids, labels, full length) rows: prompt + response + EOS, targets on response and EOS."""
     prompt_ids = [e.ids for e in tok.encode_batch(prompts, add_special_tokens=False)]
     response_ids = [e.ids for e in tok.encode_batch(responses, add_special_tokens=False)]
     rows = []
     for p, r in zip(prompt_ids, response_ids):
         ids, labels = p + r + [eos], [IGNORE] * len(p) + r + [eos]
-        rows.append((ids[:max_len], labels[:max_len], len(ids) > max_len))
+        rows.append((ids[:max_len], labels[:max_len], len(ids)))
     return rows
 
 
-def encode_pairs(
-    tok: Tokenizer, family: str, rows: dict[str, list[str]], eos_id: int, max_len: int
-) -> Encoded:
+def encode_pairs(tok: Tokenizer, family: str, rows: dict, eos_id: int, max_len: int) -> Encoded:
     """Chosen and rejected token rows of each pair (`rows`: prompt, chosen, rejected; gpt
     prompts already templated). gpt rows carry response targets; bert rows are text pairs
     [CLS] prompt [SEP] response [SEP]. A gpt pair whose prompt fills the window is dropped."""
@@ -113,23 +113,27 @@ def encode_pairs(
         rejected = encode_texts(tok, rows["prompt"], rows["rejected"], max_len)
         out = dict(chosen.rows)
         out.update({REJECTED + k: v for k, v in rejected.rows.items()})
-        return Encoded(out, chosen.n_truncated + rejected.n_truncated)
+        overlong = {**chosen.overlong}
+        for i, n in rejected.overlong.items():
+            overlong[i] = max(n, overlong.get(i, 0))
+        return Encoded(out, overlong)
     out: dict[str, list] = {k: [] for k in ("input_ids", "labels")}
     out.update({REJECTED + k: [] for k in ("input_ids", "labels")})
-    truncated = dropped = 0
+    overlong, dropped = {}, 0
     pairs = zip(
         _encode_gpt(tok, rows["prompt"], rows["chosen"], eos_id, max_len),
         _encode_gpt(tok, rows["prompt"], rows["rejected"], eos_id, max_len),
     )
-    for (c_ids, c_labels, c_cut), (r_ids, r_labels, r_cut) in pairs:
-        truncated += c_cut or r_cut
+    for i, ((c_ids, c_labels, c_len), (r_ids, r_labels, r_len)) in enumerate(pairs):
+        if max(c_len, r_len) > max_len:  # split position -> full length (data.overlong)
+            overlong[i] = max(c_len, r_len)
         if all(t == IGNORE for t in c_labels[1:]) or all(t == IGNORE for t in r_labels[1:]):
             dropped += 1
             continue
         for prefix, ids, labels in (("", c_ids, c_labels), (REJECTED, r_ids, r_labels)):
             out[prefix + "input_ids"].append(ids)
             out[prefix + "labels"].append(labels)
-    return Encoded(out, truncated, dropped)
+    return Encoded(out, overlong, dropped)
 
 
 def pair_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:

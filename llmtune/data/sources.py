@@ -111,15 +111,22 @@ def _format_of(name: str) -> str | None:
     return ext if ext in _BUILDERS else None
 
 
-def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
-    """Read local files with the matching `datasets` builder (which caches the Arrow conversion)."""
+def read_files(
+    cfg: DataConfig, key: str, tables_only: bool = False
+) -> tuple[datasets.Dataset, list[str], str]:
+    """(dataset, files, builder) of data.<key>'s local files, read by the matching `datasets`
+    builder (which caches the Arrow conversion); `tables_only` refuses .txt (labelled data).
+    .txt files come as blank-line-separated paragraphs in a "text" column."""
     files = _resolve_files(getattr(cfg, key), key)
     formats = {_format_of(f) for f in files}
-    if None in formats:
-        bad = next(f for f in files if _format_of(f) is None)
-        raise DataError(
-            f"data.{key}: unsupported file type '{bad}'; use .txt, .json, .jsonl, .csv or .parquet"
-        )
+    kinds = (
+        ".json, .jsonl, .csv or .parquet"
+        if tables_only
+        else ".txt, .json, .jsonl, .csv or .parquet"
+    )
+    if None in formats or (tables_only and ".txt" in formats):
+        bad = next(f for f in files if _format_of(f) in (None, ".txt"))
+        raise DataError(f"data.{key}: unsupported file type '{bad}'; use {kinds}")
     builders = {_BUILDERS[ext] for ext in formats}
     if len(builders) > 1:
         raise DataError(
@@ -143,6 +150,12 @@ def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
             if problem:
                 raise DataError(f"data.{key}: '{name}': {problem}") from None
         raise DataError(f"data.{key}: cannot read {_describe(files)}: {_one_line(exc)}") from exc
+    return ds, files, builder
+
+
+def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
+    """One split of local files as a "text" column; True when it holds .txt paragraphs."""
+    ds, files, builder = read_files(cfg, key)
     if builder == "text":
         return ds, True
     return _text_column(ds, cfg.text_column, key, _describe(files)), False

@@ -4,7 +4,6 @@ rows of labelled columns (zero-shot classification), and few-shot rows from data
 from __future__ import annotations
 
 import dataclasses
-import glob
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,9 @@ import datasets
 
 from llmtune.config.schema import DataConfig
 from llmtune.data import load_corpus
-from llmtune.data.sources import cache_root
+from llmtune.data.sources import read_files
 from llmtune.errors import DataError
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _PATH_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".md")
 
 
@@ -55,35 +53,15 @@ def test_documents(cfg: DataConfig, seed: int) -> datasets.Dataset:
     return load_corpus(as_train, seed)["train"]
 
 
-def _read_files(pattern: str, key: str, cache: Path) -> datasets.Dataset:
-    files = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-    if not files:
-        raise DataError(f"data.{key}: no files match '{pattern}'; check the path")
-    suffixes = {Path(f.removesuffix(".gz")).suffix.lower() for f in files}
-    builder = {_BUILDERS.get(s) for s in suffixes}
-    if len(builder) != 1 or None in builder:
-        raise DataError(
-            f"data.{key}: labelled data must be one of .jsonl, .json, .csv or .parquet "
-            f"(got {', '.join(sorted(suffixes))})"
-        )
-    try:
-        return datasets.load_dataset(
-            builder.pop(), data_files={"x": files}, split="x", cache_dir=str(cache / "datasets")
-        )
-    except Exception as exc:  # datasets/pyarrow raise many types; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataError(f"data.{key}: cannot read '{files[0]}': {first}") from exc
-
-
 def column_names(cfg: DataConfig, key: str) -> list[str]:
     """Columns of the files of data.<key> (tells a labelled split from one to predict)."""
-    return _read_files(getattr(cfg, key), key, cache_root(cfg)).column_names
+    return read_files(cfg, key, tables_only=True)[0].column_names
 
 
 def labelled_rows(cfg: DataConfig, key: str) -> tuple[list[dict[str, Any]], bool]:
     """Rows {"text", "text_pair"?, "label"?} of data.<key>; the flag says whether the
     label column is present (absent: predict only)."""
-    ds = _read_files(getattr(cfg, key), key, cache_root(cfg))
+    ds = read_files(cfg, key, tables_only=True)[0]
     columns = {"text": cfg.text_column, "text_pair": cfg.text_pair_column}
     for name, column in columns.items():
         if column and column not in ds.column_names:

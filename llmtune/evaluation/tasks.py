@@ -5,6 +5,7 @@ loss). Without the label column the split is predicted only (predictions.jsonl).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import datasets
@@ -12,7 +13,8 @@ import torch
 
 from llmtune.config.schema import DataConfig, EvaluateConfig
 from llmtune.data import iter_eval_batches
-from llmtune.data.labelled import as_words, encode_tagged, load_table, padded_batch
+from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
+from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
 from llmtune.evaluation.generation import generate
 from llmtune.evaluation.loading import LoadedCheckpoint
@@ -29,7 +31,8 @@ def _target_column(objective: str, data: DataConfig) -> str:
 
 
 def _split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
-    """(task objective, test split, whether it has targets)."""
+    """(task objective, test split, its encoding or None, whether it has targets); rows
+    longer than the model's max_seq_len handled by data.overlong (the note says how)."""
     name = loaded.meta["objective"]
     target = _target_column(name, data)
     has_targets = target in column_names(data, "test")
@@ -39,7 +42,14 @@ def _split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> t
         split = split.select(range(cfg.max_examples))
     objective_cfg = loaded.config.objective
     task = build_task(objective_cfg, loaded.info, loaded.tokenizer, data, loaded.meta.get("labels"))
-    return task, split, has_targets
+    if name == "sft" and not has_targets:  # prompts only: generation keeps to the context
+        return task, split, None, has_targets
+    seq_len = loaded.config.model.max_seq_len
+    encode = partial(task.encode, seq_len=seq_len, key="test")
+    split, encoded, note = fit_to_length(split, encode, data, "test", seq_len)
+    if note:
+        print(note)
+    return task, split, encoded, has_targets
 
 
 @torch.no_grad()
@@ -55,9 +65,8 @@ def _argmax_batches(loaded: LoadedCheckpoint, task, examples: dict, batch_size: 
     return out
 
 
-def _seq_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_size: int) -> tuple:
+def _seq_cls(loaded, task, split, encoded: Encoded, has_labels: bool, batch_size: int) -> tuple:
     names = [str(x) for x in task.labels]
-    encoded = task.encode(split, loaded.config.model.max_seq_len, "test")
     if not has_labels:  # batching wants a labels tensor; it is never read
         encoded.rows["labels"] = [0] * len(encoded.rows["input_ids"])
     examples = padded_batch(encoded, loaded.info.pad_id)
@@ -77,15 +86,12 @@ def _seq_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_size
     return rows, classification_report(truth, predicted, names)
 
 
-def _token_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_size: int) -> tuple:
+def _token_cls(loaded, task, split, encoded: Encoded, has_labels: bool, batch_size: int) -> tuple:
     names = [str(x) for x in task.labels]
-    d, seq_len = task.data, loaded.config.model.max_seq_len
+    d = task.data
     words = [as_words(w) for w in split[d.tokens_column]]
     if has_labels:
-        encoded = task.encode(split, seq_len, "test")
         true_tags = [[str(t) for t in as_words(row)] for row in split[d.tags_column]]
-    else:  # placeholder tag 0 on every word just marks the word-initial pieces
-        encoded = encode_tagged(loaded.tokenizer, words, [[0] * len(w) for w in words], seq_len)
     examples = padded_batch(encoded, loaded.info.pad_id)
     rows: Rows = []
     for i, (pred, _, labels) in enumerate(_argmax_batches(loaded, task, examples, batch_size)):
@@ -102,9 +108,9 @@ def _token_cls(loaded, task, split: datasets.Dataset, has_labels: bool, batch_si
 
 
 @torch.no_grad()
-def _sft(loaded, task, split: datasets.Dataset, cfg: EvaluateConfig) -> dict[str, Any]:
+def _sft(loaded, task, split, encoded: Encoded, cfg: EvaluateConfig) -> dict[str, Any]:
     """Mean loss of response tokens (and EOS) given the templated instruction."""
-    examples = task.make_examples(split, loaded.config.model.max_seq_len, 0)
+    examples = padded_batch(encoded, loaded.info.pad_id)
     device = next(loaded.model.parameters()).device
     loss_sum, count = 0.0, 0
     for batch in iter_eval_batches(examples, cfg.batch_size):
@@ -137,14 +143,14 @@ def evaluate_task(
 ) -> tuple[dict[str, Any], Rows]:
     """(results, prediction rows) of a seq_cls/token_cls/sft checkpoint on data.test.
     Results hold metrics only when the split has its label (tags, response) column."""
-    task, split, has_targets = _split(loaded, data, cfg)
+    task, split, encoded, has_targets = _split(loaded, data, cfg)
     name = loaded.meta["objective"]
     results: dict[str, Any] = {"task": name}
     if name == "sft":
         if not has_targets:
             answers = _sft_answers(loaded, task, split, cfg, seed)
             return {**results, "n_examples": len(split)}, answers
-        return {**results, **_sft(loaded, task, split, cfg)}, []
+        return {**results, **_sft(loaded, task, split, encoded, cfg)}, []
     run = _seq_cls if name == "seq_cls" else _token_cls
-    rows, metrics = run(loaded, task, split, has_targets, cfg.batch_size)
+    rows, metrics = run(loaded, task, split, encoded, has_targets, cfg.batch_size)
     return {**results, "n_examples": len(rows), **metrics}, rows

@@ -28,6 +28,9 @@ class TermResult:
     # further validation metrics as {name: (sum, count)}; reported as val_<term>_<name> =
     # total sum / total count (e.g. DPO's reward margin per pair, PPO's reward per rollout)
     extra: dict[str, tuple[Tensor, Tensor]] | None = None
+    # per-row terms (token_cls) also say how many of those kept targets each row holds, so
+    # validation can cut the flat predictions back into sentences (entity-level metrics)
+    row_sizes: Tensor | None = None
 
 
 class Objective(Protocol):
@@ -56,6 +59,8 @@ class Objective(Protocol):
     #   make_examples(split, seq_len, seed) takes that Dataset split instead of token ids
     #   predictions(model, batch) -> (predicted, target)   1-D class ids for a prepared batch,
     #       positions without a label removed; used for F1 by the loop and by evaluate
+    #   row_metrics(rows) -> dict   (token_cls) validation metrics over per-row (predicted,
+    #       target) id lists, e.g. entity_f1; train/evaluation.py reports them as val_<name>
 
 
 def sum_cross_entropy(

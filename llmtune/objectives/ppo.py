@@ -86,7 +86,8 @@ class ProximalPolicy:
         ]
         encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         rows = [e.ids[-room:] for e in encoded if e.ids]
-        return Encoded({"input_ids": rows}, sum(len(e.ids) > room for e in encoded))
+        overlong = {i: len(e.ids) for i, e in enumerate(encoded) if len(e.ids) > room}
+        return Encoded({"input_ids": rows}, overlong, len(encoded) - len(rows))
 
     def make_examples(self, split, seq_len: int, seed: int) -> Batch:
         return padded_batch(self.encode(split, seq_len), self.info.pad_id)

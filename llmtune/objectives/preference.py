@@ -59,14 +59,16 @@ class PairTask:
         """gpt: the prompt template filled (as sft trains it); bert: the text as segment A."""
         return self.template.replace("{instruction}", text) if self.family == "gpt" else text
 
-    def encode(self, split: dict[str, list[str]], seq_len: int, key: str = "train") -> Encoded:
-        rows = {**split, "prompt": [self.prompt(p) for p in split["prompt"]]}
+    def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
+        """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
+        rows = {k: list(split[k]) for k in ("chosen", "rejected")}
+        rows["prompt"] = [self.prompt(p) for p in split["prompt"]]
         return encode_pairs(self.tokenizer, self.family, rows, self.info.eos_id, seq_len)
 
     def batch(self, encoded: Encoded) -> Batch:
         return pair_batch(encoded, self.info.pad_id)
 
-    def make_examples(self, split: dict[str, list[str]], seq_len: int, seed: int) -> Batch:
+    def make_examples(self, split, seq_len: int, seed: int) -> Batch:
         return self.batch(self.encode(split, seq_len))
 
     def prepare(self, batch: Batch, generator: torch.Generator | None) -> Batch:

@@ -16,7 +16,7 @@ from llmtune.data import TokenizerInfo
 from llmtune.data.labelled import Encoded, encode_instructions, padded_batch
 from llmtune.errors import ConfigError
 from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
-from llmtune.objectives.seq_cls import trim_padding
+from llmtune.objectives.classification import trim_padding
 
 
 class InstructionTuning:

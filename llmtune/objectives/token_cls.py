@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import datasets
 import torch
-from tokenizers import Tokenizer
 from torch import Tensor
 
 from llmtune.config.schema import DataConfig
-from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids, padded_batch
+from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids
 from llmtune.errors import DataError
+from llmtune.evaluation.metrics import entity_report
 from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
-from llmtune.objectives.seq_cls import balanced_weights, trim_padding
+from llmtune.objectives.classification import ClassificationTask
 
 
 def words_and_tags(split: datasets.Dataset, d: DataConfig, key: str) -> tuple[list, list]:
@@ -34,19 +33,10 @@ def words_and_tags(split: datasets.Dataset, d: DataConfig, key: str) -> tuple[li
     return words, tags
 
 
-class TokenClassification:
+class TokenClassification(ClassificationTask):
     name = "token_cls"
     heads = ("token_cls",)
     lm_term = "token_cls"
-
-    def __init__(
-        self, info: TokenizerInfo, labels: list, tokenizer: Tokenizer, data: DataConfig
-    ) -> None:
-        self.info = info
-        self.labels = labels
-        self.tokenizer = tokenizer
-        self.data = data
-        self.class_weight: Tensor | None = None
 
     @staticmethod
     def columns(d: DataConfig) -> list[str]:
@@ -59,21 +49,14 @@ class TokenClassification:
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         words, tags = words_and_tags(split, self.data, key)
+        if self.data.tags_column not in split.column_names:  # to predict: tag 0 marks words
+            return encode_tagged(self.tokenizer, words, tags, seq_len)
         flat = label_ids((t for row in tags for t in row), self.labels, key)
         tag_ids, start = [], 0
         for row in tags:  # un-flatten the ids back into rows
             tag_ids.append(flat[start : start + len(row)])
             start += len(row)
         return encode_tagged(self.tokenizer, words, tag_ids, seq_len)
-
-    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
-        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
-
-    def fit_class_weights(self, train: Batch) -> None:
-        self.class_weight = balanced_weights(train["labels"].flatten(), len(self.labels))
-
-    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
-        return trim_padding(batch)
 
     def count(self, batch: Batch) -> dict[str, Tensor]:
         return {"token_cls": (batch["labels"] != -100).sum()}
@@ -91,9 +74,11 @@ class TokenClassification:
         return model.heads["token_cls"](hidden)
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        weight = None if self.class_weight is None else self.class_weight.to(batch["labels"].device)
+        labels = batch["labels"]
         logits = self.logits(model, batch).flatten(0, 1)
-        term = sum_cross_entropy(logits, batch["labels"].flatten(), weight, keep=True)
+        weight = self.weight_on(labels.device)
+        term = sum_cross_entropy(logits, labels.flatten(), weight, keep=True)
+        term.row_sizes = (labels != -100).sum(1)  # words per sentence, in row order
         return {"token_cls": term}
 
     @torch.no_grad()
@@ -103,5 +88,14 @@ class TokenClassification:
         predicted = self.logits(model, batch).argmax(-1)
         return predicted[labels != -100], labels[labels != -100]
 
-    def input_tokens(self, batch: Batch) -> int:
-        return int(batch["attention_mask"].sum())
+    def row_metrics(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        """Entity-level precision/recall/F1 over sentences of (predicted, target) tag ids, by
+        the same seqeval-style code as `llmtune evaluate`; per type as entity_f1/<type>."""
+        names = [str(label) for label in self.labels]
+        true = [[names[t] for t in target] for _, target in rows]
+        predicted = [[names[p] for p in pred] for pred, _ in rows]
+        report = entity_report(true, predicted)
+        out = {k: report[k] for k in ("entity_precision", "entity_recall", "entity_f1")}
+        for type_, scores in report["per_type"].items():
+            out[f"entity_f1/{type_}"] = scores["f1"]
+        return out

@@ -177,6 +177,15 @@ def all_sum(values: list[float] | Tensor) -> Tensor:
     return on_device.cpu()
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's `value` (picklable), in rank order; [value] alone."""
+    if not dist.is_initialized():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def global_counts(tokens: int, flops: float) -> tuple[int, float]:
     """A step's tokens and FLOPs over all ranks: max_tokens then stops every rank together."""
     summed = all_sum([tokens, flops]).tolist()

@@ -1,4 +1,5 @@
-"""Validation during training: loss per term, perplexity, accuracy and F1 on fixed targets."""
+"""Validation during training: loss per term, perplexity, accuracy and F1 on fixed targets,
+plus what the objective measures over whole rows (token_cls: entity-level F1)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def validation_metrics(
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
     sums: dict[str, float] = {}
     predictions: dict[str, list] = {}
+    rows: list[tuple[list[int], list[int]]] = []  # per-row predictions for row_metrics
     for batch in iter_eval_batches(
         val_examples, cfg.train.micro_batch_size, cfg.train.eval_batches
     ):
@@ -48,10 +50,23 @@ def validation_metrics(
                     sums[extra_key] = sums.get(extra_key, 0.0) + float(value)
             if term.predicted is not None:
                 predictions.setdefault(name, []).append((term.predicted, term.target))
+            if term.row_sizes is not None:
+                rows.extend(_split_rows(term))
     # preference losses are not likelihoods: no perplexity for them
     lm_term = objective.lm_term if getattr(objective, "perplexity", True) else ""
     metrics = _mean_metrics(sums, lm_term)
-    return {**metrics, **selection.classification_metrics(predictions, metrics)}
+    metrics.update(selection.classification_metrics(predictions, metrics))
+    if rows:  # the objective offers row_metrics whenever its terms return row_sizes
+        metrics.update({f"val_{k}": v for k, v in objective.row_metrics(rows).items()})
+    return metrics
+
+
+def _split_rows(term: TermResult) -> list[tuple[list[int], list[int]]]:
+    """The flat (predicted, target) of a term cut back into its rows (sentences)."""
+    sizes = term.row_sizes.cpu().tolist()
+    predicted = term.predicted.cpu().split(sizes)
+    target = term.target.cpu().split(sizes)
+    return [(p.tolist(), t.tolist()) for p, t in zip(predicted, target)]
 
 
 def _mean_metrics(sums: dict[str, float], lm_term: str) -> dict[str, float]:

@@ -21,12 +21,12 @@ from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
-from llmtune.train import distributed, evaluation, parallel, preemption, selection
+from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
 from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
-from llmtune.train.resume import check_resumable, restore_rng, rng_state
+from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
 
@@ -65,11 +65,6 @@ class Progress:
     evals_since_best: int = 0
 
 
-def micro_batch_rng(seed: int, step: int, micro: int) -> torch.Generator:
-    """A generator per (seed, step, micro-batch): targets are reproducible after a resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + micro)
-
-
 class Trainer:
     def __init__(self, setup: TrainSetup) -> None:
         self.s = setup
@@ -96,8 +91,9 @@ class Trainer:
         cfg = self.s.config.train
         resumed = self._resume()
         if not resumed:
-            # Dropout draws from the global RNG: start it from the seed whatever ran before.
-            torch.manual_seed(self.s.config.seed)
+            # Dropout draws from the global RNG: start it from the seed whatever ran before,
+            # a stream of its own on each rank.
+            torch.manual_seed(streams.rank_seed(self.s.config.seed, self.parallel.info.rank))
         if resumed and self.progress.step >= cfg.max_steps:
             print(f"run already finished at step {self.progress.step}; nothing to do")
             return {}
@@ -163,12 +159,9 @@ class Trainer:
             )
 
     def _next_micro_batches(self) -> list[Batch]:
-        seed, step = self.s.config.seed, self.progress.step
-        first = self.parallel.info.rank * self.accum  # ranks draw distinct targets (MLM masks)
-        return [
-            self.s.objective.prepare(next(self.batches), micro_batch_rng(seed, step, first + i))
-            for i in range(self.accum)
-        ]
+        seed, step, rank = self.s.config.seed, self.progress.step, self.parallel.info.rank
+        rngs = streams.micro_batch_rngs(seed, step, rank, self.accum)
+        return [self.s.objective.prepare(next(self.batches), rng) for rng in rngs]
 
     def _train_step(self, window: dict) -> None:
         lr = lr_at(self.progress.step, self.s.config.optim, self.s.config.train.max_steps)
@@ -274,7 +267,7 @@ class Trainer:
             "progress": vars(self.progress).copy(),
             "optimizer": self.parallel.optimizer_state(self.optimizer),
             "data": self.parallel.data_state(self.batches),
-            "rng": rng_state(),
+            "rng": streams.saved_rng(),  # a collective: every rank takes part
         }
         if not self.parallel.is_main:
             distributed.barrier()  # rank 0 writes alone; no rank exits before it is done
@@ -310,7 +303,7 @@ class Trainer:
         self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
         self.batches.load_state_dict(self.parallel.data_position(state["data"]))
         self.progress = Progress(**state["progress"])
-        restore_rng(state["rng"])
+        streams.restore_rank_rng(state["rng"], self.s.config.seed, self.progress.step)
         print(f"resumed from {step_dir} (step {self.progress.step})")
         return True
 

@@ -19,6 +19,8 @@ from llmtune.faults import fault_point
 from llmtune.objectives import Objective
 from llmtune.train.distributed import comm_device, current
 
+_PRETRAINING = ("mlm", "mlm_nsp", "clm")
+
 
 class _ObjectiveForward(torch.nn.Module):
     """The objective's losses as a module forward: DDP/FSDP hooks run around the whole call."""
@@ -74,7 +76,9 @@ class Parallel:
         from llmtune.data import BatchIterator
 
         micro, rank, world = config.train.micro_batch_size, self.info.rank, self.info.world_size
-        return BatchIterator(examples, micro, config.seed, rank, world)
+        # pretraining rows are packed to full length; labelled rows vary and pad per batch
+        grouped = config.data.group_by_length and config.objective.name not in _PRETRAINING
+        return BatchIterator(examples, micro, config.seed, rank, world, group_by_length=grouped)
 
     def data_state(self, batches: Any) -> dict[str, int]:
         return {**batches.state_dict(), "world_size": self.info.world_size}

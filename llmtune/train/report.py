@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from llmtune.train.selection import ALIASES
+
 # the loop's own train-record keys; any other key is an objective's statistic (PPO's reward)
 _TRAIN_KEYS = ("step", "loss", "lr", "tokens", "tokens_per_s", "tflops_per_s", "mfu")
 _TRAIN_KEYS += ("data_wait_share",)
@@ -67,9 +69,7 @@ class Reporter:
                 self.console.print(f"step {record['step']}  {stats}")
         else:
             shown = "  ".join(
-                f"{k.removeprefix('val_')} {_fmt(v)}"
-                for k, v in record.items()
-                if k != "step" and not k.endswith("_loss") or k == "val_loss"
+                f"{k.removeprefix('val_')} {_fmt(v)}" for k, v in record.items() if _shown(k)
             )
             self.console.print(f"eval step {record['step']}  {shown}")
 
@@ -82,6 +82,14 @@ class Reporter:
         for key, value in summary.items():
             table.add_row(key, _fmt(value))
         self.console.print(table)
+
+
+def _shown(key: str) -> bool:
+    """Keys of the one-line eval display: per-term losses, aliases of another key and
+    per-type breakdowns ("entity_f1/PER") stay in metrics.jsonl and the summary only."""
+    if key == "val_loss":
+        return True
+    return not (key == "step" or key.endswith("_loss") or key in ALIASES or "/" in key)
 
 
 def _fmt_pct(value: float | None) -> str:

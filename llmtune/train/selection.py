@@ -8,6 +8,10 @@ from torch import Tensor
 
 from llmtune.errors import ConfigError
 
+# Plain names copied from the single term's metrics (val_accuracy = val_mlm_accuracy, ...):
+# in metrics.jsonl for train.best_metric and plots, but not printed twice.
+ALIASES = ("val_accuracy", "val_f1_macro")
+
 
 def lower_is_better(metric: str) -> bool:
     """Losses and perplexities fall as a model improves; accuracies and F1 rise."""

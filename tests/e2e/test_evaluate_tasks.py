@@ -131,6 +131,9 @@ def test_token_cls_reports_entities_per_type(tmp_path, runs):
     assert set(results["per_type"]) == {"LOC"}
     stored = _stored_metrics(runs["ner"])
     assert results["token_accuracy"] == pytest.approx(stored["val_accuracy"])
+    # validation during finetune scores entities with the same code, on the same file
+    assert results["entity_f1"] == pytest.approx(stored["val_entity_f1"])
+    assert results["per_type"]["LOC"]["f1"] == pytest.approx(stored["val_entity_f1/LOC"])
     rows = _lines(tmp_path / "e" / "predictions.jsonl")
     assert all(len(r["prediction"]) == len(r["tokens"]) == len(r["tags"]) for r in rows)
 

@@ -183,7 +183,7 @@ def test_other_methods_run_and_reload(tmp_path, bert_base, sentiment, method):
     assert meta["method"] == method and ("base" in meta) == (method != "freeze")
 
 
-def test_token_cls_tags_words(tmp_path, bert_base):
+def test_token_cls_tags_words(tmp_path, bert_base, capsys):
     rng = random.Random(0)
     rows = []
     for _ in range(200):
@@ -198,10 +198,14 @@ def test_token_cls_tags_words(tmp_path, bert_base):
         "objective=token_cls",
         f"data.train={train}",
         "train.max_steps=40",
-        "train.best_metric=val_f1_macro",
+        "train.best_metric=val_entity_f1",
     )
     _, evals = metrics(run)
     assert evals[-1]["val_accuracy"] > 0.9 and "val_token_cls_f1_macro" in evals[-1]
+    assert evals[-1]["val_entity_f1"] > 0.5 and set(evals[-1]) >= {"val_entity_f1/loc"}
+    shown = capsys.readouterr().out
+    assert "entity_f1 " in shown and "entity_f1/loc" in shown.split("run summary")[1]
+    assert " accuracy " not in shown.split("run summary")[0]  # the alias is not printed
     meta = json.loads((run / "checkpoints" / "step-00000040" / "meta.json").read_text())
     assert meta["labels"] == ["B-loc", "O"]
 

@@ -76,3 +76,41 @@ def test_eval_batches_are_fixed_order_and_capped():
         [8, 9],
     ]
     assert _rows(iter_eval_batches(_tensors(10), 4, max_batches=2)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def _ragged(n: int = 1000, width: int = 64) -> dict[str, torch.Tensor]:
+    """Rows numbered in input_ids[:, 0] with random real lengths in attention_mask."""
+    lengths = torch.randint(5, width, (n,), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    return {"input_ids": torch.arange(n)[:, None].expand(n, width).clone(), "attention_mask": mask}
+
+
+def _epoch(batches: BatchIterator) -> list[dict[str, torch.Tensor]]:
+    return [next(batches) for _ in range(batches.batches_per_epoch)]
+
+
+def test_group_by_length_keeps_coverage_and_cuts_padding():
+    data = _ragged()
+    plain, grouped = (_epoch(BatchIterator(data, 16, 3, group_by_length=g)) for g in (False, True))
+    for epoch in (plain, grouped):
+        rows = torch.cat([b["input_ids"][:, 0] for b in epoch])
+        assert len(rows) == len(set(rows.tolist())) == 992  # every full batch, no repeats
+
+    def mean_width(epoch):
+        return sum(int(b["attention_mask"].sum(1).max()) for b in epoch) / len(epoch)
+
+    # rows of like length share a batch: far less padding than a plain shuffle
+    assert mean_width(grouped) < 0.7 * mean_width(plain)
+    # ... but batch order is still shuffled, not sorted longest-first across the epoch
+    widths = [int(b["attention_mask"].sum(1).max()) for b in grouped]
+    assert widths != sorted(widths, reverse=True)
+
+
+def test_group_by_length_resumes_exactly_and_changes_with_epoch():
+    data = _ragged()
+    batches = BatchIterator(data, 16, 3, group_by_length=True)
+    first, second = _epoch(batches), _epoch(batches)
+    assert not torch.equal(first[0]["input_ids"], second[0]["input_ids"])
+    resumed = BatchIterator(data, 16, 3, group_by_length=True)
+    resumed.load_state_dict({"epoch": 1, "position": 7})
+    assert torch.equal(next(resumed)["input_ids"], second[7]["input_ids"])

@@ -36,3 +36,26 @@ def test_no_decay_on_biases_norms_and_embeddings():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
     assert len(no_decay["params"]) == 4  # embedding, linear bias, norm weight and bias
+
+
+def test_cpu_training_uses_the_fused_adamw_kernel_with_the_same_update():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 8))
+    twin = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 8))
+    twin.load_state_dict(model.state_dict())
+    fused = build_optimizer(model, OptimConfig(lr=1e-2))
+    assert fused.defaults["fused"] is True  # the per-tensor loop is ~4x slower on CPU
+    plain = torch.optim.AdamW(
+        [
+            {"params": [twin[1].weight], "weight_decay": 0.01},
+            {"params": [twin[0].weight, twin[1].bias], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+    )
+    for _ in range(3):
+        for net, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            net(torch.arange(10)).square().sum().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
