@@ -179,7 +179,7 @@ def test_pairs_built_from_instruction_data_are_scored_deterministically(tmp_path
     ("overrides", "message"),
     [
         (["objective=reward", "data.rejected_column=worse"], "data.rejected_column"),
-        (["objective=ppo", "objective.reward_model=''"], "objective.reward_model is required"),
+        (["objective=ppo"], "objective.reward_model is required"),
         (["objective=dpo", "objective.loss=kto"], "objective.loss"),
         (["objective=reward", "data.preference_pairs=random"], "data.preference_pairs"),
     ],
