@@ -10,7 +10,14 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.labelled import IGNORE, Encoded, encode_texts, load_labelled, pad_rows
+from llmtune.data.labelled import (
+    IGNORE,
+    ROW_COLUMN,
+    Encoded,
+    encode_texts,
+    load_labelled,
+    pad_rows,
+)
 from llmtune.errors import DataError
 
 PAIR_MODES = ("columns", "other_response", "shuffled_response")
@@ -35,11 +42,14 @@ def load_preferences(d: DataConfig, seed: int) -> dict[str, datasets.Dataset]:
 def as_pairs(ds: datasets.Dataset, d: DataConfig, seed: int, split: str) -> dict[str, list[str]]:
     """A split (read with `preference_columns`) as prompt/chosen/rejected lists."""
     if d.preference_pairs == "columns":
-        return {
+        rows = {
             "prompt": [str(x) for x in ds[d.prompt_column]],
             "chosen": [str(x) for x in ds[d.chosen_column]],
             "rejected": [str(x) for x in ds[d.rejected_column]],
         }
+        if ROW_COLUMN in ds.column_names:  # file row numbers, for data.overlong=error messages
+            rows[ROW_COLUMN] = list(ds[ROW_COLUMN])
+        return rows
     rows = build_pairs(
         ds[d.instruction_column], ds[d.response_column], d.preference_pairs, f"{seed}:{split}"
     )

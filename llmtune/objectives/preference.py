@@ -23,7 +23,7 @@ from llmtune.data.preference import (
 )
 from llmtune.errors import ConfigError
 from llmtune.objectives.base import Batch
-from llmtune.objectives.seq_cls import trim_padding
+from llmtune.objectives.classification import trim_padding
 
 
 class PairTask:
