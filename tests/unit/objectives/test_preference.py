@@ -91,7 +91,7 @@ def test_sequence_logps_sum_the_response_tokens_only(bpe):
         targets = batch["labels"][i, 1:]
         keep = targets != IGNORE
         hand = logits[i, :-1][keep].gather(-1, targets[keep][:, None]).sum()
-        assert float(logps[i]) == pytest.approx(float(hand.detach()), rel=1e-5)
+        assert float(logps[i].detach()) == pytest.approx(float(hand.detach()), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
