@@ -17,6 +17,7 @@ from rich.console import Console
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
+from llmtune.evaluation.embeddings import evaluate_embeddings
 from llmtune.evaluation.generation import generate
 from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
@@ -70,6 +71,8 @@ def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> di
 
 def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     objective = loaded.meta.get("objective", loaded.config.objective.name)
+    if objective == "contrastive" or config.evaluate.embeddings:
+        return evaluate_embeddings(loaded, config)
     if objective in PREFERENCE_OBJECTIVES:  # reward models and dpo: pairwise metrics
         return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
     if objective in TASK_OBJECTIVES and objective != "ppo":  # a ppo policy is a language model

@@ -23,7 +23,8 @@ from llmtune.data.labelled import label_names, load_labelled, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.errors import DataError
 from llmtune.models import build_model
-from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task
+from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task, task_columns
+from llmtune.objectives.multitask import combine, task_runs
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -60,7 +61,7 @@ def _task_examples(config: RunConfig, base: Base, console: Console) -> tuple:
     if load is not None:
         raw = load(config.data, config.seed)
     else:
-        raw = load_labelled(config.data, task.columns(config.data), config.seed)
+        raw = load_labelled(config.data, task_columns(config.objective, config.data), config.seed)
     values = task.label_values(raw["train"], config.data)
     labels = label_names(values) if values else []
     objective = build_task(config.objective, info, base.tokenizer, config.data, labels)
@@ -101,6 +102,16 @@ def _lm_examples(config: RunConfig, base: Base) -> tuple:
     return objective, examples, []
 
 
+def _examples(config: RunConfig, base: Base, console: Console) -> tuple:
+    """(objective, {split: examples}, labels); multitask: each task's, stacked."""
+    if config.objective.name == "multitask":
+        parts = {name: _examples(run, base, console) for name, run in task_runs(config)}
+        return combine(parts, config)
+    if config.objective.name in TASK_OBJECTIVES:
+        return _task_examples(config, base, console)
+    return _lm_examples(config, base)
+
+
 def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[str, ...]:
     """Base heads worth keeping: LM heads always; a classifier only for the same labels."""
     same_labels = bool(labels) and base.meta.get("labels") == labels
@@ -115,10 +126,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     base = read_base(config.init_from)
     config = merged_config(config, base)
-    if config.objective.name in TASK_OBJECTIVES:
-        objective, examples, labels = _task_examples(config, base, console)
-    else:
-        objective, examples, labels = _lm_examples(config, base)
+    objective, examples, labels = _examples(config, base, console)
     model = build_model(config.model, objective.heads, len(labels))
     source = base.ref["path"]
     rows = load_base_weights(
@@ -129,7 +137,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
         objective.bind(model, config)
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
-    n_train, n_val = (len(examples[s]["input_ids"]) for s in ("train", "validation"))
+    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "

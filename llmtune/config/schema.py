@@ -62,6 +62,7 @@ class DataConfig:
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     preference_pairs: str = "columns"
+    negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
     name: str = ""  # hub: dataset name
     config: str = ""  # hub: dataset config
     split: str = "train"  # hub: split used for training
@@ -103,7 +104,13 @@ class ObjectiveConfig:
     value_coef: float = 0.5
     ppo_epochs: int = 2  # optimizer steps on each rollout before sampling a new one
     max_new_tokens: int = 24
-    temperature: float = 1.0
+    sample_temperature: float = 1.0  # ppo rollouts (1 = the policy's own distribution)
+    # contrastive: InfoNCE over cosine similarities / temperature, in-batch negatives
+    temperature: float = 0.05
+    pooling: str = "mean"  # cls (bert's first token) | mean (over real tokens)
+    # auto (pair if data.text_pair_column, else dropout) | dropout (two dropout views of a
+    # text, unsupervised) | pair (data.text_pair_column) | label (same data.label_column)
+    positives: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,10 @@ class EvaluateConfig:
     label_names: tuple[str, ...] = ()  # the data's label per word; empty = the words themselves
     template: str = "{text}\nAnswer:"  # {text} (and {text_pair}) are filled from the data
     few_shot: int = 0  # labelled examples from data.train put before each prompt
+    # embedding quality (kNN / linear probe on data.test labels); contrastive runs always
+    embeddings: bool = False
+    pooling: str = ""  # embeddings: cls | mean; empty = the checkpoint's objective.pooling
+    knn_k: int = 1  # embeddings: neighbours voting in the leave-one-out kNN accuracy
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,19 @@ class MethodConfig:
     n_tokens: int = 16  # prefix: key/value positions per layer; prompt: soft prompt length
     prompt_encoder: str = "none"  # prompt: none | mlp | lstm (P-tuning's reparametrisation)
     encoder_hidden: int = 0  # prompt encoder / prefix MLP width; 0 = model width
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task of objective=multitask: an objective, its loss weight and (optionally) data."""
+
+    objective: str = ""  # registered objective name; empty = the task's key (tasks.mlm: mlm)
+    weight: float = 1.0  # multiplies the task's mean loss in the training loss
+    train: str = ""  # this task's files; empty = data.train
+    validation: str = ""  # empty = data.validation, or a share carved out of this task's train
+    text_column: str = ""  # empty = data.text_column
+    label_column: str = ""  # empty = data.label_column
+    max_docs: int = 0  # 0 = data.max_docs
 
 
 @dataclass(frozen=True)
@@ -210,3 +234,4 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask

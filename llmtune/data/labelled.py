@@ -229,6 +229,12 @@ def padded_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     }
     if "token_type_ids" in encoded.rows:
         out["token_type_ids"] = pad_rows(encoded.rows["token_type_ids"], width, 0)
+    for key in encoded.rows:  # more texts per example (contrastive pos_/neg_ views)
+        if key.endswith("_input_ids"):
+            rows, view = encoded.rows[key], key.removesuffix("input_ids")
+            view_width = max((len(r) for r in rows), default=1)
+            out[key] = pad_rows(rows, view_width, pad_id)
+            out[f"{view}attention_mask"] = pad_rows([[1] * len(r) for r in rows], view_width, 0)
     labels = encoded.rows.get("labels")
     if labels is not None:
         if labels and isinstance(labels[0], list):

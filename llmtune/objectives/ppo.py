@@ -55,7 +55,7 @@ class ProximalPolicy:
         self.info, self.tokenizer, self.data, self.cfg = info, tokenizer, data, cfg
         self.reward_model = load_reward_model(cfg.reward_model, tokenizer)
         self.sampling = EvaluateConfig(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_at_eos=True
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, stop_at_eos=True
         )
         self.policy: torch.nn.Module | None = None
         self.reference: Reference | None = None
