@@ -56,7 +56,12 @@ def _task_examples(config: RunConfig, base: Base, console: Console) -> tuple:
     """(objective, {split: examples}, labels) for seq_cls, token_cls or sft."""
     info = tokenizer_info(base.tokenizer, config.model.family)
     task = TASKS[config.objective.name]
-    raw = load_labelled(config.data, task_columns(config.objective, config.data), config.seed)
+    # preference objectives load (or build) their pairs themselves
+    load = getattr(task, "load", None)
+    if load is not None:
+        raw = load(config.data, config.seed)
+    else:
+        raw = load_labelled(config.data, task_columns(config.objective, config.data), config.seed)
     values = task.label_values(raw["train"], config.data)
     labels = label_names(values) if values else []
     objective = build_task(config.objective, info, base.tokenizer, config.data, labels)
@@ -75,7 +80,8 @@ def _task_examples(config: RunConfig, base: Base, console: Console) -> tuple:
             )
         if n == 0:
             raise DataError(f"data.{split}: no usable example; check the file and its columns")
-        examples[split] = padded_batch(encoded, info.pad_id)
+        to_batch = getattr(objective, "batch", None)  # preference pairs: two padded rows
+        examples[split] = to_batch(encoded) if to_batch else padded_batch(encoded, info.pad_id)
     if config.objective.class_weights == "balanced":
         objective.fit_class_weights(examples["train"])
     return objective, examples, labels
@@ -127,6 +133,8 @@ def run(config: RunConfig, run_dir: Path) -> None:
         model, base.weights, source, _reusable_heads(base, objective.heads, labels)
     )
     console.print(load_table(rows, source))
+    if hasattr(objective, "bind"):  # dpo, ppo: their reference is the model as loaded
+        objective.bind(model, config)
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
     n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))

@@ -56,6 +56,12 @@ class DataConfig:
     tags_column: str = "tags"  # token_cls: a list of tags, one per word
     instruction_column: str = "instruction"  # sft
     response_column: str = "response"  # sft
+    # reward / dpo: (prompt, chosen, rejected) columns, or pairs built from sft data:
+    # columns | other_response (another row's response is rejected) | shuffled_response
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    preference_pairs: str = "columns"
     negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
     name: str = ""  # hub: dataset name
     config: str = ""  # hub: dataset config
@@ -85,6 +91,20 @@ class ObjectiveConfig:
     class_weights: str = "none"  # seq_cls/token_cls: none | balanced (inverse label frequency)
     # sft: the prompt before each response; {instruction} is filled from data.instruction_column
     prompt_template: str = "### Instruction:\n{instruction}\n\n### Response:\n"
+    # dpo: strength of the implicit KL to the reference; loss: dpo (sigmoid) | ipo
+    beta: float = 0.1
+    loss: str = "dpo"
+    # ppo: reward checkpoint, KL penalty per token, GAE, clipping, rollout sampling
+    reward_model: str = ""
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.5
+    ppo_epochs: int = 2  # optimizer steps on each rollout before sampling a new one
+    max_new_tokens: int = 24
+    sample_temperature: float = 1.0  # ppo rollouts (1 = the policy's own distribution)
     # contrastive: InfoNCE over cosine similarities / temperature, in-batch negatives
     temperature: float = 0.05
     pooling: str = "mean"  # cls (bert's first token) | mean (over real tokens)

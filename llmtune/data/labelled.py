@@ -81,7 +81,10 @@ def _setting_for(cfg: DataConfig, column: str) -> str:
     for key in ("text_column", "text_pair_column", "label_column", "tokens_column"):
         if getattr(cfg, key) == column:
             return f"data.{key}"
-    for key in ("tags_column", "instruction_column", "response_column"):
+    for key in ("tags_column", "instruction_column", "response_column", "prompt_column"):
+        if getattr(cfg, key) == column:
+            return f"data.{key}"
+    for key in ("chosen_column", "rejected_column"):
         if getattr(cfg, key) == column:
             return f"data.{key}"
     return "the data.*_column keys"

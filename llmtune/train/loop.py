@@ -237,6 +237,8 @@ class Trainer:
             "tflops_per_s": flops_per_s / 1e12,
             "mfu": flops_per_s / self.peak if self.peak else None,
             "data_wait_share": window["wait"] / max(seconds, 1e-9),
+            # objective statistics, e.g. PPO's mean reward, KL and response length
+            **getattr(self.s.objective, "train_metrics", dict)(),
         }
 
     # ---- evaluation -------------------------------------------------------------------------
