@@ -4,6 +4,7 @@ Each arm runs in its own subprocess (so peak RSS is its own), arms interleave A 
 the table shows median tokens/s after warm-up, the ratio llmtune/HF, peak RSS and MFU.
 
     python scripts/bench_vs_hf.py --workload bert gpt --precision fp32 bf16 --steps 10
+    python scripts/bench_vs_hf.py --workload bert --profile   # where each arm's time goes
 
 llmtune runs through its real CLI (`llmtune.cli.main(["pretrain", ...])`); the Trainer gets
 the very same token ids from llmtune's data pipeline (same corpus, tokenizer and examples).
@@ -13,6 +14,7 @@ Needs the `bench` extra (transformers, accelerate).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -93,6 +95,19 @@ def llmtune_examples(args: argparse.Namespace):
     return examples, tokenizer, config
 
 
+@contextlib.contextmanager
+def maybe_profiled(args: argparse.Namespace, result: dict):
+    """With --profile, put the ops taking the most CPU time over the run in result['profile']."""
+    if not args.profile:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (VmHWM), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -122,7 +137,9 @@ def child_prepare(args: argparse.Namespace) -> dict:
 
 
 def child_llmtune(args: argparse.Namespace) -> dict:
-    run_dir = run_llmtune(args, args.warmup + args.steps)
+    profiled: dict = {}
+    with maybe_profiled(args, profiled):
+        run_dir = run_llmtune(args, args.warmup + args.steps)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "tokens_per_s" in r]
     seconds, prev = [], 0
@@ -136,6 +153,7 @@ def child_llmtune(args: argparse.Namespace) -> dict:
         "tflops": statistics.median(r["tflops_per_s"] for r in measured),
         "data_wait": statistics.median(r["data_wait_share"] for r in measured),
         "reported_tok_s": statistics.median(r["tokens_per_s"] for r in measured),
+        **profiled,
     }
 
 
@@ -223,9 +241,11 @@ def child_hf(args: argparse.Namespace) -> dict:
     trainer = Trainer(
         model=model, args=targs, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]
     )
-    trainer.train()
+    profiled: dict = {}
+    with maybe_profiled(args, profiled):
+        trainer.train()
     step_s = [b - a for a, b in zip(marks, marks[1:])]
-    return {"step_s": step_s[args.warmup :]}
+    return {"step_s": step_s[args.warmup :], **profiled}
 
 
 # ---- parent ------------------------------------------------------------------------------------
@@ -270,6 +290,7 @@ def run_child(arm: str, args: argparse.Namespace, workload: str, precision: str)
         str(args.corpus),
         "--out",
         str(out),
+        *(["--profile"] if args.profile else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("LLMTUNE_CACHE", str(args.cache))
@@ -291,6 +312,10 @@ def bench(args: argparse.Namespace, workload: str, precision: str) -> dict:
         row[f"{arm}_tok_s"] = tokens / statistics.median(steps)
         row[f"{arm}_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
     row["ratio"] = row["llmtune_tok_s"] / row["hf_tok_s"]
+    for arm, runs in results.items():
+        if "profile" in runs[-1]:
+            print(f"\n{arm}, {workload} {precision}: ops by self CPU time (profiled run)")
+            print(runs[-1]["profile"])
     for key in ("mfu", "tflops", "data_wait", "reported_tok_s"):
         row[key] = statistics.median(r[key] for r in results["llmtune"])
     return row
@@ -321,6 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="A B rounds (interleaved)")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--quiet", action="store_true", help="hide the children's output")
+    p.add_argument(
+        "--profile", action="store_true", help="print each arm's top ops (slows both arms)"
+    )
     p.add_argument("--child", choices=["llmtune", "hf", "prepare"], help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -7,7 +7,8 @@ Keys stay the base keys (`...attn.qkv.weight`) plus `...attn.qkv.lora_A` / `lora
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,11 @@ class LoRALinear(nn.Linear):
         # kaiming-uniform A (as nn.Linear and PEFT); B = 0 makes the update start at zero
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout)
+        self.enabled = True  # False: compute the base Linear alone (see adapters_disabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return F.linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
         return F.linear(x, self.weight, self.bias) + self.scale * update
 
@@ -89,6 +93,25 @@ def merge_lora(model: nn.Module) -> int:
             setattr(parent, child, module.merged())
             count += 1
     return count
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model inside the block: every LoRA update off and dropout off (eval mode).
+
+    DPO and PPO use it as their frozen reference, so LoRA runs need no second model copy.
+    """
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    was_training = model.training
+    model.eval()
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enabled = True
+        model.train(was_training)
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -14,7 +14,7 @@ from llmtune.errors import ConfigError
 # Methods whose checkpoints hold only the trained weights plus a reference to the base.
 ADAPTER_METHODS = ("lora", "prefix", "prompt")
 # Heads that a parameter-efficient method still trains in full (they are new and small).
-TRAINED_HEADS = ("seq_cls", "token_cls")
+TRAINED_HEADS = ("seq_cls", "token_cls", "reward", "value")
 
 
 def apply_method(model: nn.Module, method: MethodConfig, seed: int = 0) -> None:

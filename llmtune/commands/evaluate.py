@@ -17,10 +17,12 @@ from rich.console import Console
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
+from llmtune.evaluation.embeddings import evaluate_embeddings
 from llmtune.evaluation.generation import generate
 from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.evaluation.metrics import classification_report
+from llmtune.evaluation.preference import PREFERENCE_OBJECTIVES, evaluate_preferences
 from llmtune.evaluation.report import (
     GENERATIONS,
     PREDICTIONS,
@@ -69,7 +71,11 @@ def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> di
 
 def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     objective = loaded.meta.get("objective", loaded.config.objective.name)
-    if objective in TASK_OBJECTIVES:
+    if objective == "contrastive" or config.evaluate.embeddings:
+        return evaluate_embeddings(loaded, config)
+    if objective in PREFERENCE_OBJECTIVES:  # reward models and dpo: pairwise metrics
+        return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
+    if objective in TASK_OBJECTIVES and objective != "ppo":  # a ppo policy is a language model
         results, rows = evaluate_task(loaded, config.data, config.evaluate, config.seed)
         if rows:
             write_jsonl(run_dir / PREDICTIONS, rows)
@@ -89,7 +95,8 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     generator = torch.Generator().manual_seed(config.seed)
     eos = loaded.info.eos_id
     rows = []
-    is_sft = loaded.meta.get("objective") == "sft"
+    # sft and the preference tunings after it all answer prompts laid out by the template
+    is_sft = loaded.meta.get("objective") in ("sft", "dpo", "ppo")
     template = loaded.config.objective.prompt_template if is_sft else ""
     for prompt in prompts:
         # an instruction-tuned model answers prompts laid out as it was trained

@@ -7,7 +7,6 @@ sequence length may be changed here.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from pathlib import Path
 
 import datasets
@@ -18,12 +17,10 @@ from llmtune.adapters import ADAPTER_METHODS, apply_method, parameter_summary
 from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits
-from llmtune.data import cache_root, load_corpus, tokenize_corpus, tokenizer_info
-from llmtune.data.labelled import label_names, load_labelled, padded_batch
-from llmtune.data.overlong import fit_to_length
-from llmtune.errors import DataError
+from llmtune.data import cache_root
 from llmtune.models import build_model
-from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task
+from llmtune.objectives import TASK_OBJECTIVES
+from llmtune.objectives.examples import finetune_examples
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -51,50 +48,6 @@ def merged_config(config: RunConfig, base: Base) -> RunConfig:
     return config
 
 
-def _task_examples(config: RunConfig, base: Base, console: Console) -> tuple:
-    """(objective, {split: examples}, labels) for seq_cls, token_cls or sft."""
-    info = tokenizer_info(base.tokenizer, config.model.family)
-    task = TASKS[config.objective.name]
-    raw = load_labelled(config.data, task.columns(config.data), config.seed)
-    values = task.label_values(raw["train"], config.data)
-    labels = label_names(values) if values else []
-    objective = build_task(config.objective, info, base.tokenizer, config.data, labels)
-    examples = {}
-    seq_len = config.model.max_seq_len
-    for split in ("train", "validation"):
-        encode = partial(objective.encode, seq_len=seq_len, key=split)
-        _, encoded, note = fit_to_length(raw[split], encode, config.data, split, seq_len)
-        if note:
-            console.print(note)
-        n = len(encoded.rows["input_ids"])
-        if encoded.n_dropped:
-            console.print(
-                f"data.{split}: {encoded.n_dropped} examples dropped: the prompt filled "
-                f"model.max_seq_len={seq_len}, leaving no response token to learn"
-            )
-        if n == 0:
-            raise DataError(f"data.{split}: no usable example; check the file and its columns")
-        examples[split] = padded_batch(encoded, info.pad_id)
-    if config.objective.class_weights == "balanced":
-        objective.fit_class_weights(examples["train"])
-    return objective, examples, labels
-
-
-def _lm_examples(config: RunConfig, base: Base) -> tuple:
-    """Continued pretraining (mlm/clm) on plain text, as `pretrain` builds it."""
-    info = tokenizer_info(base.tokenizer, config.model.family)
-    objective = build_objective(config.objective, info)
-    cache = cache_root(config.data)
-    corpus = load_corpus(config.data, config.seed)
-    examples = {}
-    for split in ("train", "validation"):
-        ids = tokenize_corpus(corpus[split], base.tokenizer, cache, config.data.num_proc)
-        examples[split] = objective.make_examples(ids, config.model.max_seq_len, config.seed)
-        if len(examples[split]["input_ids"]) == 0:
-            raise DataError(f"data.{split}: too little text for one example; add text")
-    return objective, examples, []
-
-
 def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[str, ...]:
     """Base heads worth keeping: LM heads always; a classifier only for the same labels."""
     same_labels = bool(labels) and base.meta.get("labels") == labels
@@ -109,19 +62,18 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     base = read_base(config.init_from)
     config = merged_config(config, base)
-    if config.objective.name in TASK_OBJECTIVES:
-        objective, examples, labels = _task_examples(config, base, console)
-    else:
-        objective, examples, labels = _lm_examples(config, base)
+    objective, examples, labels = finetune_examples(config, base.tokenizer, console)
     model = build_model(config.model, objective.heads, len(labels))
     source = base.ref["path"]
     rows = load_base_weights(
         model, base.weights, source, _reusable_heads(base, objective.heads, labels)
     )
     console.print(load_table(rows, source))
+    if hasattr(objective, "bind"):  # dpo, ppo: their reference is the model as loaded
+        objective.bind(model, config)
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
-    n_train, n_val = (len(examples[s]["input_ids"]) for s in ("train", "validation"))
+    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "

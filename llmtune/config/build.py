@@ -37,6 +37,11 @@ def _coerce(path: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a section of keys, got {value!r}")
         return _build(path, value, kind)
+    if typing.get_origin(kind) is dict:  # named sections (tasks.<name>): any name, typed values
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected named sections, got {value!r}")
+        item = typing.get_args(kind)[1]
+        return {str(k): _coerce(f"{path}.{k}", v, item) for k, v in value.items()}
     if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a list, or one value as a 1-list
         items = value if isinstance(value, list | tuple) else [value]
         return tuple(_coerce(f"{path}[{i}]", item, str) for i, item in enumerate(items))

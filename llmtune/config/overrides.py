@@ -7,6 +7,7 @@ gives one line with the closest valid name. `+key=` additions are checked too.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -42,6 +43,9 @@ def _check_key(key: str) -> None:
     parts = key.split(".")
     cls: type = RunConfig
     for depth, part in enumerate(parts):
+        if typing.get_origin(cls) is dict:  # tasks.<name>: the name is free, its keys are not
+            cls = typing.get_args(cls)[1]
+            continue
         fields = section_fields(cls)
         if part not in fields:
             prefix = ".".join(parts[:depth])
@@ -49,7 +53,8 @@ def _check_key(key: str) -> None:
             valid = fields if prefix else [*fields, *config_groups()]
             raise ConfigError(f"unknown key '{key}' in {where}{suggestion(part, valid)}")
         cls = fields[part]
-        if not dataclasses.is_dataclass(cls) and depth < len(parts) - 1:
+        is_section = dataclasses.is_dataclass(cls) or typing.get_origin(cls) is dict
+        if not is_section and depth < len(parts) - 1:
             raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section")
 
 

@@ -56,6 +56,13 @@ class DataConfig:
     tags_column: str = "tags"  # token_cls: a list of tags, one per word
     instruction_column: str = "instruction"  # sft
     response_column: str = "response"  # sft
+    # reward / dpo: (prompt, chosen, rejected) columns, or pairs built from sft data:
+    # columns | other_response (another row's response is rejected) | shuffled_response
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    preference_pairs: str = "columns"
+    negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
     name: str = ""  # hub: dataset name
     config: str = ""  # hub: dataset config
     split: str = "train"  # hub: split used for training
@@ -84,6 +91,26 @@ class ObjectiveConfig:
     class_weights: str = "none"  # seq_cls/token_cls: none | balanced (inverse label frequency)
     # sft: the prompt before each response; {instruction} is filled from data.instruction_column
     prompt_template: str = "### Instruction:\n{instruction}\n\n### Response:\n"
+    # dpo: strength of the implicit KL to the reference; loss: dpo (sigmoid) | ipo
+    beta: float = 0.1
+    loss: str = "dpo"
+    # ppo: reward checkpoint, KL penalty per token, GAE, clipping, rollout sampling
+    reward_model: str = ""
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.5
+    ppo_epochs: int = 2  # optimizer steps on each rollout before sampling a new one
+    max_new_tokens: int = 24
+    sample_temperature: float = 1.0  # ppo rollouts (1 = the policy's own distribution)
+    # contrastive: InfoNCE over cosine similarities / temperature, in-batch negatives
+    temperature: float = 0.05
+    pooling: str = "mean"  # cls (bert's first token) | mean (over real tokens)
+    # auto (pair if data.text_pair_column, else dropout) | dropout (two dropout views of a
+    # text, unsupervised) | pair (data.text_pair_column) | label (same data.label_column)
+    positives: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -156,6 +183,10 @@ class EvaluateConfig:
     label_names: tuple[str, ...] = ()  # the data's label per word; empty = the words themselves
     template: str = "{text}\nAnswer:"  # {text} (and {text_pair}) are filled from the data
     few_shot: int = 0  # labelled examples from data.train put before each prompt
+    # embedding quality (kNN / linear probe on data.test labels); contrastive runs always
+    embeddings: bool = False
+    pooling: str = ""  # embeddings: cls | mean; empty = the checkpoint's objective.pooling
+    knn_k: int = 1  # embeddings: neighbours voting in the leave-one-out kNN accuracy
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,19 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """One task of objective=multitask: an objective, its loss weight and (optionally) data."""
+
+    objective: str = ""  # registered objective name; empty = the task's key (tasks.mlm: mlm)
+    weight: float = 1.0  # multiplies the task's mean loss in the training loss
+    train: str = ""  # this task's files; empty = data.train
+    validation: str = ""  # empty = data.validation, or a share carved out of this task's train
+    text_column: str = ""  # empty = data.text_column
+    label_column: str = ""  # empty = data.label_column
+    max_docs: int = 0  # 0 = data.max_docs
+
+
+@dataclass(frozen=True)
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
@@ -203,3 +247,4 @@ class RunConfig:
     format: str = ""  # export: hf | onnx | torchscript | pt2 | int8
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask

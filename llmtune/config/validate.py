@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from llmtune.config import objective_checks
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError
 
@@ -17,8 +18,16 @@ OBJECTIVE_FAMILIES = {
     "seq_cls": FAMILIES,
     "token_cls": FAMILIES,
     "sft": ("gpt",),
+    "reward": FAMILIES,
+    "dpo": ("gpt",),
+    "ppo": ("gpt",),
+    "contrastive": FAMILIES,
+    "multitask": FAMILIES,
 }
-TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft")  # labelled data: finetune only
+# labelled data (or several tasks' data): finetune only
+TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft", "contrastive", "multitask")
+TASK_OBJECTIVES += ("reward", "dpo", "ppo")
+PREFERENCE_PAIRS = ("columns", "other_response", "shuffled_response")
 METHODS = ("full", "freeze", "lora", "prefix", "prompt")
 PROMPT_ENCODERS = ("none", "mlp", "lstm")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -109,6 +118,33 @@ def _check_objective(config: RunConfig) -> None:
         "objective.mask_token_frac + objective.random_token_frac must be <= 1",
     )
     _require(0 <= o.nsp_prob <= 1, f"objective.nsp_prob={o.nsp_prob}: must be in [0, 1]")
+    _one_of("data.preference_pairs", config.data.preference_pairs, PREFERENCE_PAIRS)
+    _check_preference(config)
+
+    if o.name == "contrastive":
+        objective_checks.check_contrastive(config)
+    objective_checks.check_tasks(config)
+
+
+def _check_preference(config: RunConfig) -> None:
+    """dpo/ipo and ppo settings (ignored by other objectives, so checked only for them)."""
+    o = config.objective
+    if o.name == "dpo":
+        _one_of("objective.loss", o.loss, ("dpo", "ipo"))
+        _require(o.beta > 0, f"objective.beta={o.beta}: must be positive")
+    if o.name != "ppo":
+        return
+    _require(
+        bool(o.reward_model),
+        "objective.reward_model is required with objective=ppo; set it to a checkpoint "
+        "trained with objective=reward",
+    )
+    for key in ("kl_coef", "clip_range", "value_clip", "value_coef", "sample_temperature"):
+        _require(getattr(o, key) >= 0, f"objective.{key}={getattr(o, key)}: must be >= 0")
+    for key in ("gamma", "lam"):
+        _require(0 <= getattr(o, key) <= 1, f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
+    for key in ("ppo_epochs", "max_new_tokens"):
+        _require(getattr(o, key) > 0, f"objective.{key}={getattr(o, key)}: must be positive")
 
 
 def _check_training(config: RunConfig) -> None:
@@ -248,6 +284,7 @@ def check_model_fits(config: RunConfig) -> None:
         f"objective={config.objective.name} needs a {'/'.join(families)} model, "
         f"but the checkpoint is a {config.model.family} model",
     )
+    objective_checks.check_task_families(config, OBJECTIVE_FAMILIES)
 
 
 def validate(config: RunConfig) -> None:
@@ -261,5 +298,6 @@ def validate(config: RunConfig) -> None:
     _check_data(config)
     if config.command == "evaluate":
         _check_evaluate(config)
+        objective_checks.check_embedding_evaluation(config)
     if config.command == "export":
         _check_export(config)

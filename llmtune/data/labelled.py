@@ -81,7 +81,10 @@ def _setting_for(cfg: DataConfig, column: str) -> str:
     for key in ("text_column", "text_pair_column", "label_column", "tokens_column"):
         if getattr(cfg, key) == column:
             return f"data.{key}"
-    for key in ("tags_column", "instruction_column", "response_column"):
+    for key in ("tags_column", "instruction_column", "response_column", "prompt_column"):
+        if getattr(cfg, key) == column:
+            return f"data.{key}"
+    for key in ("chosen_column", "rejected_column"):
         if getattr(cfg, key) == column:
             return f"data.{key}"
     return "the data.*_column keys"
@@ -226,6 +229,12 @@ def padded_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     }
     if "token_type_ids" in encoded.rows:
         out["token_type_ids"] = pad_rows(encoded.rows["token_type_ids"], width, 0)
+    for key in encoded.rows:  # more texts per example (contrastive pos_/neg_ views)
+        if key.endswith("_input_ids"):
+            rows, view = encoded.rows[key], key.removesuffix("input_ids")
+            view_width = max((len(r) for r in rows), default=1)
+            out[key] = pad_rows(rows, view_width, pad_id)
+            out[f"{view}attention_mask"] = pad_rows([[1] * len(r) for r in rows], view_width, 0)
     labels = encoded.rows.get("labels")
     if labels is not None:
         if labels and isinstance(labels[0], list):

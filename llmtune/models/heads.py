@@ -85,3 +85,15 @@ class TokenClsHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.proj(self.dropout(hidden))
+
+
+class ScalarHead(nn.Module):
+    """One number per position or sequence, [..., D] -> [...]: a reward model's score on
+    pooled features (`reward`) or PPO's value estimate per token (`value`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.d_model, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features).squeeze(-1)

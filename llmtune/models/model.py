@@ -15,14 +15,14 @@ from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
 from llmtune.models.bert import BertBackbone
 from llmtune.models.gpt import GPTBackbone
-from llmtune.models.heads import LMHead, MLMHead, NSPHead, SeqClsHead, TokenClsHead
+from llmtune.models.heads import LMHead, MLMHead, NSPHead, ScalarHead, SeqClsHead, TokenClsHead
 
 BACKBONES: dict[str, type[nn.Module]] = {"gpt": GPTBackbone, "bert": BertBackbone}
 HEADS_BY_FAMILY: dict[str, tuple[str, ...]] = {
-    "gpt": ("lm", "seq_cls", "token_cls"),
-    "bert": ("mlm", "nsp", "seq_cls", "token_cls"),
+    "gpt": ("lm", "seq_cls", "token_cls", "reward", "value"),
+    "bert": ("mlm", "nsp", "seq_cls", "token_cls", "reward"),
 }
-ALL_HEADS = ("lm", "mlm", "nsp", "seq_cls", "token_cls")
+ALL_HEADS = ("lm", "mlm", "nsp", "seq_cls", "token_cls", "reward", "value")
 INIT_STD = 0.02
 
 
@@ -82,6 +82,8 @@ def _make_head(name: str, config: ModelConfig, backbone: nn.Module, n_labels: in
         return MLMHead(config, tied)
     if name == "nsp":
         return NSPHead(config)
+    if name in ("reward", "value"):
+        return ScalarHead(config)
     if n_labels < 1:
         raise ConfigError(f"head '{name}' needs n_labels >= 1, got {n_labels}")
     return SeqClsHead(config, n_labels) if name == "seq_cls" else TokenClsHead(config, n_labels)

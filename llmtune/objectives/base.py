@@ -25,6 +25,9 @@ class TermResult:
     # target is -100 removed), so evaluation can compute F1 without a second forward
     predicted: Tensor | None = None
     target: Tensor | None = None
+    # further validation metrics as {name: (sum, count)}; reported as val_<term>_<name> =
+    # total sum / total count (e.g. DPO's reward margin per pair, PPO's reward per rollout)
+    extra: dict[str, tuple[Tensor, Tensor]] | None = None
     # per-row terms (token_cls) also say how many of those kept targets each row holds, so
     # validation can cut the flat predictions back into sentences (entity-level metrics)
     row_sizes: Tensor | None = None

@@ -44,11 +44,17 @@ def validation_metrics(
             sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + float(term.loss_sum)
             sums[f"{name}_correct"] = sums.get(f"{name}_correct", 0.0) + float(term.n_correct)
             sums[f"{name}_count"] = sums.get(f"{name}_count", 0.0) + float(counts[name])
+            for key, (total, n) in (term.extra or {}).items():
+                for suffix, value in (("sum", total), ("n", n)):
+                    extra_key = f"{name}_{key}.{suffix}"
+                    sums[extra_key] = sums.get(extra_key, 0.0) + float(value)
             if term.predicted is not None:
                 predictions.setdefault(name, []).append((term.predicted, term.target))
             if term.row_sizes is not None:
                 rows.extend(_split_rows(term))
-    metrics = _mean_metrics(sums, objective.lm_term)
+    # preference losses are not likelihoods: no perplexity for them
+    lm_term = objective.lm_term if getattr(objective, "perplexity", True) else ""
+    metrics = _mean_metrics(sums, lm_term)
     metrics.update(selection.classification_metrics(predictions, metrics))
     if rows:  # the objective offers row_metrics whenever its terms return row_sizes
         metrics.update({f"val_{k}": v for k, v in objective.row_metrics(rows).items()})
@@ -75,6 +81,9 @@ def _mean_metrics(sums: dict[str, float], lm_term: str) -> dict[str, float]:
         metrics[f"val_{name}_loss"] = mean
         metrics[f"val_{name}_accuracy"] = sums[f"{name}_correct"] / count
     metrics["val_loss"] = total
+    for key in sums:
+        if key.endswith(".sum"):  # TermResult.extra: reported as their mean per counted item
+            metrics[f"val_{key[:-4]}"] = sums[key] / max(sums[key[:-4] + ".n"], 1.0)
     if lm_term in names:
         metrics["val_perplexity"] = math.exp(min(metrics[f"val_{lm_term}_loss"], 50.0))
     return metrics

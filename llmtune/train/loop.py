@@ -22,13 +22,18 @@ from llmtune.config.validate import parse_duration
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
-from llmtune.train.flops import body_flops_per_position, device_peak_flops, head_flops_per_target
+from llmtune.train.flops import (
+    device_peak_flops,
+    head_flops_per_target,
+    trained_body_flops_per_position,
+)
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
+_VOCAB_TERMS = ("mlm", "clm", "sft")  # loss terms computed through the vocabulary projection
 
 
 class TrainingError(UserError):
@@ -214,11 +219,12 @@ class Trainer:
 
     def _flops(self, batch: Batch, counts: dict[str, Tensor]) -> float:
         positions = batch["input_ids"].numel()
-        lm_targets = float(counts[self.s.objective.lm_term])
-        cfg = self.s.model.config
-        return positions * body_flops_per_position(cfg, self.seq_len) + lm_targets * (
-            head_flops_per_target(cfg)
-        )
+        width = batch["input_ids"].shape[1]  # task batches are cut to their longest row
+        body = positions * trained_body_flops_per_position(self.s.model, width)
+        # the vocabulary projection at each LM target; classification heads are negligible
+        lm_targets = float(counts.get(self.s.objective.lm_term, 0))
+        vocab_head = self.s.objective.lm_term in _VOCAB_TERMS
+        return body + (lm_targets * head_flops_per_target(self.s.model.config) if vocab_head else 0)
 
     def _train_record(self, window: dict, seconds: float) -> dict:
         flops_per_s = window["flops"] / max(seconds, 1e-9)
@@ -231,6 +237,8 @@ class Trainer:
             "tflops_per_s": flops_per_s / 1e12,
             "mfu": flops_per_s / self.peak if self.peak else None,
             "data_wait_share": window["wait"] / max(seconds, 1e-9),
+            # objective statistics, e.g. PPO's mean reward, KL and response length
+            **getattr(self.s.objective, "train_metrics", dict)(),
         }
 
     # ---- evaluation -------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from rich.table import Table
 
 from llmtune.train.selection import ALIASES
 
+# the loop's own train-record keys; any other key is an objective's statistic (PPO's reward)
+_TRAIN_KEYS = ("step", "loss", "lr", "tokens", "tokens_per_s", "tflops_per_s", "mfu")
+_TRAIN_KEYS += ("data_wait_share",)
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -59,6 +63,7 @@ class Reporter:
                 f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                 f"{record['tokens_per_s']:,.0f} tok/s  MFU {_fmt_pct(record.get('mfu'))}"
             )
+            stats += "".join(f"  {k} {_fmt(v)}" for k, v in record.items() if k not in _TRAIN_KEYS)
             self.progress.update(self.task, completed=record["step"], stats=stats)
             if not self.live:
                 self.console.print(f"step {record['step']}  {stats}")

@@ -1,0 +1,74 @@
+"""Direct preference optimisation (`dpo`) and its IPO variant on a GPT: the policy's log-ratio
+to a frozen reference must favour the chosen response over the rejected one."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.data import TokenizerInfo
+from llmtune.errors import ConfigError
+from llmtune.objectives.base import Batch, TermResult
+from llmtune.objectives.preference import PairTask, Reference, sequence_logps
+
+LOSSES = ("dpo", "ipo")
+
+
+def preference_loss(log_ratio_margin: Tensor, beta: float, kind: str) -> Tensor:
+    """[B] loss of h = (log pi_c - log ref_c) - (log pi_r - log ref_r).
+
+    dpo: -log sigmoid(beta * h) (log 2 when the policy equals the reference);
+    ipo: (h - 1 / (2 beta))^2, which pulls h to a fixed target instead of pushing it to
+    infinity, so it cannot overfit deterministic preferences.
+    """
+    if kind == "ipo":
+        return (log_ratio_margin - 1 / (2 * beta)) ** 2
+    return F.softplus(-beta * log_ratio_margin)
+
+
+class DirectPreference(PairTask):
+    name = "dpo"
+    heads = ("lm",)
+    lm_term = "dpo"
+
+    def __init__(
+        self,
+        info: TokenizerInfo,
+        tokenizer: Tokenizer,
+        data: DataConfig,
+        template: str,
+        settings: tuple[float, str],
+    ) -> None:
+        super().__init__(info, tokenizer, data, template)
+        self.beta, self.kind = settings
+        if self.kind not in LOSSES:
+            raise ConfigError(f"objective.loss={self.kind!r}: expected one of {', '.join(LOSSES)}")
+        if self.beta <= 0:
+            raise ConfigError(f"objective.beta={self.beta}: must be positive")
+        self.reference: Reference | None = None
+
+    def bind(self, model: torch.nn.Module, config: RunConfig) -> None:
+        """Take the reference from the model as loaded, before any method or training."""
+        self.reference = Reference.of(model, config)
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        if self.reference is None:
+            raise RuntimeError("DirectPreference.bind(model, config) must run before training")
+        policy_c, policy_r = sequence_logps(model, batch).chunk(2)
+        ref_c, ref_r = self.reference.run(model, sequence_logps, batch).chunk(2)
+        chosen, rejected = policy_c - ref_c, policy_r - ref_r  # log-ratios to the reference
+        h = chosen - rejected
+        n = torch.tensor(h.numel(), device=h.device)
+        d = h.detach()
+        extra = {
+            # DPO's implicit rewards beta * log-ratio, and the plain log-probability margin
+            "reward_margin": ((self.beta * d).sum(), n),
+            "chosen_reward": ((self.beta * chosen.detach()).sum(), n),
+            "rejected_reward": ((self.beta * rejected.detach()).sum(), n),
+            "logp_margin": ((policy_c - policy_r).detach().sum(), n),
+        }
+        loss = preference_loss(h, self.beta, self.kind).sum()
+        return {"dpo": TermResult(loss, (d > 0).sum(), extra=extra)}

@@ -1,0 +1,140 @@
+"""Multi-task training (`multitask`): several objectives, each on its own data, in one run
+and one checkpoint. Rows of all tasks are shuffled together; every micro-batch runs each
+task present in it, and each task's terms keep their own names and global counts.
+
+A task's weight multiplies its summed loss in training only, so the loop's per-term
+normalisation (divide by the step's global count) gives exactly sum_t w_t * mean_t under
+any accumulation; validation reports the unweighted per-task losses and accuracies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from llmtune.config.schema import RunConfig
+from llmtune.objectives.base import Batch, Objective, TermResult
+
+SEP = "/"  # examples keys are "<task>/<key>", plus "task" (the row's task index)
+
+
+def task_runs(config: RunConfig) -> list[tuple[str, RunConfig]]:
+    """(task name, the run config as that task sees it: its objective and data settings)."""
+    runs = []
+    for name, task in config.tasks.items():
+        objective = dataclasses.replace(config.objective, name=task.objective or name)
+        data = config.data
+        if task.train:  # its own files: a validation split of other data would not fit
+            data = dataclasses.replace(data, train=task.train, validation=task.validation)
+        elif task.validation:
+            data = dataclasses.replace(data, validation=task.validation)
+        changes = {
+            key: getattr(task, key)
+            for key in ("text_column", "label_column", "max_docs")
+            if getattr(task, key)
+        }
+        data = dataclasses.replace(data, **changes)
+        runs.append((name, dataclasses.replace(config, objective=objective, data=data, tasks={})))
+    return runs
+
+
+def stack_tasks(per_task: dict[str, Batch]) -> Batch:
+    """One examples table from each task's: rows of task i fill "<task i>/<key>" and are zero
+    in the other tasks' columns (never read: a task only sees its own rows)."""
+    sizes = [len(next(iter(b.values()))) for b in per_task.values()]
+    total, start, out = sum(sizes), 0, {}
+    for (name, batch), size in zip(per_task.items(), sizes):
+        for key, tensor in batch.items():
+            column = torch.zeros((total, *tensor.shape[1:]), dtype=tensor.dtype)
+            column[start : start + size] = tensor
+            out[f"{name}{SEP}{key}"] = column
+        start += size
+    out["task"] = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return out
+
+
+class MultiTask:
+    name = "multitask"
+
+    def __init__(
+        self, objectives: dict[str, Objective], weights: dict[str, float], sample: Batch
+    ) -> None:
+        """`sample`: stacked examples, used once to learn each task's term names."""
+        self.objectives = objectives
+        self.weights = weights
+        self.heads = tuple(dict.fromkeys(h for o in objectives.values() for h in o.heads))
+        generator = torch.Generator().manual_seed(0)
+        self.terms: dict[str, dict[str, str]] = {}  # task -> {objective's term: run's term}
+        for i, (name, objective) in enumerate(objectives.items()):
+            row = (sample["task"] == i).nonzero()[:1, 0]
+            sub = objective.prepare(self._rows(sample, name, row), generator)
+            own = list(objective.count(sub))
+            self.terms[name] = {t: name if len(own) == 1 else f"{name}_{t}" for t in own}
+        first = next(iter(objectives))
+        self.lm_term = self.terms[first][objectives[first].lm_term]
+
+    @staticmethod
+    def _rows(batch: Batch, name: str, rows: Tensor) -> Batch:
+        prefix = name + SEP
+        return {k[len(prefix) :]: v[rows] for k, v in batch.items() if k.startswith(prefix)}
+
+    @staticmethod
+    def _own(batch: Batch, name: str) -> Batch:
+        """A prepared batch's sub-batch of one task (empty when the task had no rows)."""
+        prefix = name + SEP
+        return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
+
+    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+        out: Batch = {"task": batch["task"]}
+        positions = []
+        for i, (name, objective) in enumerate(self.objectives.items()):
+            rows = (batch["task"] == i).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            sub = objective.prepare(self._rows(batch, name, rows), generator)
+            out.update({f"{name}{SEP}{k}": v for k, v in sub.items()})
+            positions.append(sub["input_ids"].reshape(-1))
+        # the loop counts model FLOPs from batch["input_ids"]: every task's positions
+        out["input_ids"] = torch.cat(positions)[None]
+        return out
+
+    def count(self, batch: Batch) -> dict[str, Tensor]:
+        """Every task's terms, 0 for a task absent from the batch (ranks sum the same names)."""
+        counts: dict[str, Tensor] = {}
+        for name, objective in self.objectives.items():
+            sub = self._own(batch, name)
+            own = objective.count(sub) if sub else {}
+            for term, run_term in self.terms[name].items():
+                counts[run_term] = own.get(term, torch.tensor(0))
+        return counts
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        terms: dict[str, TermResult] = {}
+        for name, objective in self.objectives.items():
+            sub = self._own(batch, name)
+            if not sub:
+                continue
+            weight = self.weights[name] if model.training else 1.0
+            for term, result in objective.losses(model, sub).items():
+                weighted = dataclasses.replace(result, loss_sum=result.loss_sum * weight)
+                terms[self.terms[name][term]] = weighted
+        return terms
+
+    def input_tokens(self, batch: Batch) -> int:
+        subs = {name: self._own(batch, name) for name in self.objectives}
+        return sum(self.objectives[n].input_tokens(sub) for n, sub in subs.items() if sub)
+
+
+def combine(parts: dict[str, tuple], config: RunConfig) -> tuple[MultiTask, dict, list]:
+    """(MultiTask, {split: stacked examples}, labels) from each task's (objective, examples,
+    labels); the labels are the classification task's (at most one: see objective_checks)."""
+    examples = {
+        split: stack_tasks({name: part[1][split] for name, part in parts.items()})
+        for split in ("train", "validation")
+    }
+    weights = {name: config.tasks[name].weight for name in parts}
+    objectives = {name: part[0] for name, part in parts.items()}
+    labels = next((part[2] for part in parts.values() if part[2]), [])
+    return MultiTask(objectives, weights, examples["train"]), examples, labels

@@ -1,0 +1,125 @@
+"""What reward models and DPO share: (prompt, chosen, rejected) examples, a micro-batch that
+stacks chosen rows over rejected rows, sequence log-probabilities, and the frozen reference."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from llmtune.adapters import adapters_disabled
+from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.data import TokenizerInfo
+from llmtune.data.labelled import IGNORE, Encoded
+from llmtune.data.preference import (
+    REJECTED,
+    encode_pairs,
+    load_preferences,
+    pair_batch,
+    preference_columns,
+)
+from llmtune.errors import ConfigError
+from llmtune.objectives.base import Batch
+from llmtune.objectives.classification import trim_padding
+
+
+class PairTask:
+    """Examples and batching of preference pairs; subclasses add `name`, `heads`, `losses`.
+
+    A prepared micro-batch of B pairs has 2B rows: the chosen sequences, then the rejected
+    ones in the same order, so one forward scores both and `chunk(2)` splits them again.
+    """
+
+    name = "pairs"
+    lm_term = "pairs"
+    perplexity = False  # validation: a pairwise loss has no perplexity
+
+    def __init__(
+        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
+    ) -> None:
+        if "{instruction}" not in template:
+            raise ConfigError(
+                "objective.prompt_template must contain {instruction}, where the prompt goes"
+            )
+        self.info, self.tokenizer, self.data, self.template = info, tokenizer, data, template
+        # tokenizer_info fills cls for bert and eos for gpt: the family without another argument
+        self.family = "bert" if info.cls_id is not None else "gpt"
+
+    columns = staticmethod(preference_columns)
+    load = staticmethod(load_preferences)
+
+    @staticmethod
+    def label_values(split, d: DataConfig) -> list:
+        return []  # no label vocabulary
+
+    def prompt(self, text: str) -> str:
+        """gpt: the prompt template filled (as sft trains it); bert: the text as segment A."""
+        return self.template.replace("{instruction}", text) if self.family == "gpt" else text
+
+    def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
+        """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
+        rows = {k: list(split[k]) for k in ("chosen", "rejected")}
+        rows["prompt"] = [self.prompt(p) for p in split["prompt"]]
+        return encode_pairs(self.tokenizer, self.family, rows, self.info.eos_id, seq_len)
+
+    def batch(self, encoded: Encoded) -> Batch:
+        return pair_batch(encoded, self.info.pad_id)
+
+    def make_examples(self, split, seq_len: int, seed: int) -> Batch:
+        return self.batch(self.encode(split, seq_len))
+
+    def prepare(self, batch: Batch, generator: torch.Generator | None) -> Batch:
+        stacked = {
+            k: torch.cat([v, batch[REJECTED + k]])
+            for k, v in batch.items()
+            if not k.startswith(REJECTED)
+        }
+        return trim_padding(stacked)
+
+    def count(self, batch: Batch) -> dict[str, Tensor]:
+        return {self.name: torch.tensor(batch["input_ids"].shape[0] // 2)}
+
+    def input_tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """[N] summed log-probability of each row's target tokens (labels != IGNORE)."""
+    hidden = model(batch["input_ids"])  # [N,T,D]; right padding is never attended
+    targets = batch["labels"][:, 1:]  # position t predicts token t+1
+    scored = targets != IGNORE
+    logits = model.heads["lm"](hidden[:, :-1][scored]).float()  # [n_targets, V]
+    token_logps = -F.cross_entropy(logits, targets[scored], reduction="none")
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+    out = torch.zeros(targets.shape[0], device=targets.device, dtype=token_logps.dtype)
+    return out.index_add(0, rows[scored], token_logps)
+
+
+class Reference:
+    """The frozen model a policy is kept close to: the init checkpoint as loaded.
+
+    With method=lora it is the policy itself with its adapters switched off (no second
+    copy); otherwise a frozen copy taken before fine-tuning changes anything.
+    """
+
+    def __init__(self, frozen: torch.nn.Module | None) -> None:
+        self.copy = None if frozen is None else frozen.requires_grad_(False).eval()
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, config: RunConfig) -> Reference:
+        """The reference of a run about to fine-tune `model` (as loaded) with config.method."""
+        return cls(None if config.method.name == "lora" else copy.deepcopy(model))
+
+    @torch.no_grad()
+    def run(self, policy: torch.nn.Module, fn, *args):  # noqa: ANN001, ANN201
+        """fn(reference model, *args) without gradients, in eval mode."""
+        if self.copy is None:
+            with adapters_disabled(policy):
+                return fn(policy, *args)
+        device = next(policy.parameters()).device
+        if next(self.copy.parameters()).device != device:
+            self.copy.to(device)
+        return fn(self.copy, *args)
