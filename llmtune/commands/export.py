@@ -39,7 +39,7 @@ def _build_job(config: RunConfig, staging: Path) -> ExportJob:
     sample = sample_inputs(
         loaded.tokenizer, loaded.info, loaded.family, loaded.config.model.max_seq_len
     )
-    inference = InferenceModel(loaded.model).eval()
+    inference = InferenceModel(loaded.model, loaded.config.objective.pooling).eval()
     return ExportJob(loaded, inference, example_inputs(sample), sample, staging, config)
 
 

@@ -16,6 +16,7 @@ from llmtune.export.job import ExportJob, require
 from llmtune.export.verify import VerificationError, check, max_abs_diff, reference_logits
 from llmtune.models import hf_config_dict, to_hf_state_dict
 from llmtune.models.convert import hf_architecture
+from llmtune.models.pooling import pool_hidden
 
 # The transformers Auto class that builds each head set's HF class (see convert.ARCHS).
 AUTO_CLASSES = {
@@ -25,6 +26,7 @@ AUTO_CLASSES = {
     ("nsp",): "AutoModelForNextSentencePrediction",
     ("seq_cls",): "AutoModelForSequenceClassification",
     ("token_cls",): "AutoModelForTokenClassification",
+    (): "AutoModel",  # a contrastive sentence encoder: the backbone, pooled as configured
 }
 NO_HF_EQUIVALENT = ("prefix", "prompt")
 
@@ -92,10 +94,45 @@ def write(job: ExportJob) -> list[str]:
     )
     _write_tokenizer(job, job.out)
     auto = AUTO_CLASSES[tuple(model.heads)]
-    return [
-        f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)",
-        _verify(job, transformers, auto, arch.name),
+    lines = [f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)"]
+    if not model.heads:
+        _write_sentence_encoder(job)
+        lines.append(
+            f"sentence embeddings: {job.inference.pooling} pooling, L2-normalised "
+            "(modules.json and 1_Pooling/ for sentence-transformers)"
+        )
+    return [*lines, _verify(job, transformers, auto, arch.name)]
+
+
+def _write_sentence_encoder(job: ExportJob) -> None:
+    """The sentence-transformers description of the folder: transformer, pooling, normalise
+    (training compared embeddings by cosine, so the normalised vector is the embedding)."""
+    kinds = ("Transformer", "Pooling", "Normalize")
+    paths = ("", "1_Pooling", "2_Normalize")
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))
     ]
+    _write_json(job.out / "modules.json", modules)
+    mode = job.inference.pooling
+    _write_json(
+        job.out / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": job.loaded.config.model.d_model,
+            "pooling_mode_cls_token": mode == "cls",
+            "pooling_mode_mean_tokens": mode == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    (job.out / "2_Normalize").mkdir()
+    max_len = job.loaded.config.model.max_seq_len
+    _write_json(job.out / "sentence_bert_config.json", {"max_seq_length": max_len})
+
+
+def _write_json(path: Path, body: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -118,6 +155,11 @@ def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
     outputs = hf(**sample)
     if arch_name == "BertForPreTraining":
         got = (outputs.prediction_logits, outputs.seq_relationship_logits)
+    elif auto == "AutoModel":  # pooled and normalised as sentence-transformers would
+        pooled = pool_hidden(
+            outputs.last_hidden_state, sample["attention_mask"], job.inference.pooling
+        )
+        got = (torch.nn.functional.normalize(pooled, dim=-1),)
     else:
         got = (outputs.logits,)
     expected = reference_logits(job.inference, sample)

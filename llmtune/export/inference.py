@@ -10,6 +10,7 @@ from torch import nn
 from llmtune.data import TokenizerInfo
 from llmtune.data.labelled import truncating
 from llmtune.models import LanguageModel
+from llmtune.models.pooling import pool_hidden
 
 # Plain English of different lengths, so padding and the dynamic axes are exercised.
 SAMPLE_TEXTS = (
@@ -17,7 +18,9 @@ SAMPLE_TEXTS = (
     "A quiet garden.",
     "Music and light fill the modern city at night, and people walk home slowly in the rain.",
 )
-SEQUENCE_HEADS = ("nsp", "seq_cls")  # one row of logits per sequence, not per token
+# one row per sequence, not per token; "sentence_embedding" is the output of a model with no
+# heads (a contrastive sentence encoder): its pooled, L2-normalised embedding
+SEQUENCE_HEADS = ("nsp", "seq_cls", "sentence_embedding")
 
 
 def input_names(family: str) -> tuple[str, ...]:
@@ -27,7 +30,7 @@ def input_names(family: str) -> tuple[str, ...]:
 
 
 def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"{head}_logits" for head in heads)
+    return tuple(head if head == "sentence_embedding" else f"{head}_logits" for head in heads)
 
 
 class InferenceModel(nn.Module):
@@ -37,10 +40,11 @@ class InferenceModel(nn.Module):
     padded; gpt's sequence heads read the last real token, as llmtune's seq_cls does.
     """
 
-    def __init__(self, model: LanguageModel) -> None:
+    def __init__(self, model: LanguageModel, pooling: str = "mean") -> None:
         super().__init__()
         self.model = model
-        self.heads = tuple(model.heads)
+        self.heads = tuple(model.heads) or ("sentence_embedding",)
+        self.pooling = pooling  # of the embedding output (checkpoint's objective.pooling)
         self.family = model.config.family
 
     def forward(
@@ -57,6 +61,10 @@ class InferenceModel(nn.Module):
             hidden = self.model(input_ids)
         out = []
         for name in self.heads:
+            if name == "sentence_embedding":
+                pooled = pool_hidden(hidden, attention_mask, self.pooling)
+                out.append(nn.functional.normalize(pooled, dim=-1))
+                continue
             head = self.model.heads[name]
             if name in SEQUENCE_HEADS:
                 out.append(head(self.model.pool(hidden, attention_mask.sum(1) - 1)))

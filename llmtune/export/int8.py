@@ -123,7 +123,7 @@ def _lines(report: dict, quant_diff: float) -> list[str]:
 
 def write(job: ExportJob) -> list[str]:
     q_model = quantize(job.loaded.model)
-    q_inference = InferenceModel(q_model).eval()
+    q_inference = InferenceModel(q_model, job.inference.pooling).eval()
     path = job.out / ARTIFACT
     trace(q_inference, job.example, path)
     line = verify_file(job, path, q_inference, "torch.jit.load of the int8 model")

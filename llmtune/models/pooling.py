@@ -22,6 +22,11 @@ def sentence_embedding(
         hidden = model(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
     else:  # causal: right padding is never attended, so real tokens see real tokens only
         hidden = model(input_ids)
+    return pool_hidden(hidden, attention_mask, pooling)
+
+
+def pool_hidden(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """[B,T,D] hidden states -> [B,D]: the first token (cls) or the mean over real tokens."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling != "mean":

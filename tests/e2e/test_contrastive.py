@@ -8,9 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmtune.adapters import load_model
 from llmtune.cli import main
+from llmtune.models.pooling import sentence_embedding
 from tests.e2e.helpers import metrics
 from tests.e2e.test_finetune import _write, bert_base, corpus, finetune, sentiment  # noqa: F401
 
@@ -49,6 +51,45 @@ def test_label_contrastive_run_and_embedding_evaluation(tmp_path, bert_base, sen
     # any encoder checkpoint scores the same way: the base, before contrastive training
     before = evaluate(tmp_path / "ev0", bert_base, val, "evaluate.embeddings=true")
     assert before["objective"] == "mlm" and before["pooling"] == "mean"
+    _check_sentence_encoder_export(tmp_path, run)
+
+
+@torch.no_grad()
+def _check_sentence_encoder_export(tmp_path: Path, run: Path) -> None:
+    """hf: a BertModel folder with sentence-transformers' pooling files whose cls-pooled,
+    normalised output equals llmtune's embedding; onnx: the same vectors from onnxruntime."""
+    transformers = pytest.importorskip("transformers")
+    ort = pytest.importorskip("onnxruntime")
+    for fmt in ("hf", "onnx"):
+        main(
+            [
+                "export",
+                f"ckpt={run}",
+                f"format={fmt}",
+                f"out={tmp_path / fmt}",
+                f"hydra.run.dir={tmp_path / fmt}.run",
+            ]
+        )
+    pooling = json.loads((tmp_path / "hf" / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
+    modules = json.loads((tmp_path / "hf" / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    texts = ["a good film", "a bad and dull film with no story"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    hidden = transformers.AutoModel.from_pretrained(tmp_path / "hf")(**batch).last_hidden_state
+    theirs = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
+    model, _, _, _ = load_model(run)
+    ours = sentence_embedding(
+        model.eval(), batch["input_ids"], batch["attention_mask"], "cls", batch["token_type_ids"]
+    )
+    torch.testing.assert_close(
+        theirs, torch.nn.functional.normalize(ours, dim=-1), atol=1e-5, rtol=0
+    )
+    session = ort.InferenceSession(str(next((tmp_path / "onnx").glob("*.onnx"))))
+    feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+    (onnx_out,) = session.run(["sentence_embedding"], feeds)
+    torch.testing.assert_close(torch.from_numpy(onnx_out), theirs, atol=1e-4, rtol=0)
 
 
 def _pairs(n: int, seed: int) -> list[dict]:
