@@ -30,6 +30,8 @@ def balanced_weights(targets: Tensor, n_labels: int) -> Tensor:
 class ClassificationTask:
     """Base of the label-predicting tasks; subclasses add encode, logits and losses."""
 
+    perplexity = False  # validation: exp(cross-entropy) of a classifier means nothing
+
     def __init__(
         self, info: TokenizerInfo, labels: list, tokenizer: Tokenizer, data: DataConfig
     ) -> None:

@@ -64,6 +64,7 @@ class Contrastive:
     name = "contrastive"
     heads: tuple[str, ...] = ()  # the embedding is the pooled backbone output: no head
     lm_term = "contrastive"
+    perplexity = False  # an InfoNCE loss over in-batch candidates has no perplexity
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig
