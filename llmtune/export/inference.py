@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import truncating
+from llmtune.data.labelled import encode_texts, padded_batch
 from llmtune.models import LanguageModel
 from llmtune.models.pooling import pool_hidden
 
@@ -76,20 +76,11 @@ class InferenceModel(nn.Module):
 def sample_inputs(
     tokenizer: Tokenizer, info: TokenizerInfo, family: str, max_len: int, n: int = 3
 ) -> dict[str, torch.Tensor]:
-    """The first `n` sample texts encoded as fine-tuning encodes them (BERT: [CLS] .. [SEP],
-    cut to `max_len` keeping the special tokens) and right padded with the pad id."""
-    encodings = truncating(tokenizer, max_len).encode_batch(list(SAMPLE_TEXTS[:n]))
-    rows = [e.ids for e in encodings]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), info.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    if family == "bert":
-        inputs["token_type_ids"] = torch.zeros_like(ids)
-    return inputs
+    """The first `n` sample texts encoded and padded as fine-tuning does (BERT: [CLS] .. [SEP],
+    cut to `max_len` keeping the special tokens), in the graph's input order."""
+    encoded = encode_texts(tokenizer, list(SAMPLE_TEXTS[:n]), None, max_len)
+    batch = padded_batch(encoded, info.pad_id)
+    return {name: batch[name] for name in input_names(family)}
 
 
 def example_inputs(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
