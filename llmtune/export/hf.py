@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from llmtune.errors import ConfigError
 from llmtune.export.inference import SAMPLE_TEXTS
 from llmtune.export.job import ExportJob, require
-from llmtune.export.verify import VerificationError, check, max_abs_diff, reference_logits
+from llmtune.export.verify import VerificationError, verify
 from llmtune.models import hf_config_dict, to_hf_state_dict
 from llmtune.models.convert import hf_architecture
 from llmtune.models.pooling import pool_hidden
@@ -162,6 +162,4 @@ def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
         got = (torch.nn.functional.normalize(pooled, dim=-1),)
     else:
         got = (outputs.logits,)
-    expected = reference_logits(job.inference, sample)
-    diff = max_abs_diff(expected, got, job.inference.heads, sample["attention_mask"])
-    return check(diff, job.config.export.atol, f"transformers.{auto}", sample)
+    return verify(job, got, f"transformers.{auto}")

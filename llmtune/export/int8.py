@@ -126,10 +126,11 @@ def write(job: ExportJob) -> list[str]:
     q_inference = InferenceModel(q_model, job.inference.pooling).eval()
     path = job.out / ARTIFACT
     trace(q_inference, job.example, path)
-    line = verify_file(job, path, q_inference, "torch.jit.load of the int8 model")
-    expected = reference_logits(job.inference, job.sample)
-    got = reference_logits(q_inference, job.sample)
-    quant_diff = max_abs_diff(expected, got, job.inference.heads, job.sample["attention_mask"])
+    q_logits = reference_logits(q_inference, job.sample)  # what the saved file must reproduce
+    line = verify_file(job, path, "torch.jit.load of the int8 model", q_logits)
+    fp32_logits = reference_logits(job.inference, job.sample)
+    mask = job.sample["attention_mask"]
+    quant_diff = max_abs_diff(fp32_logits, q_logits, job.inference.heads, mask)
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "fp32.pt"  # the same format unquantized, for a fair size and speed
         trace(job.inference, job.example, fp32_path)

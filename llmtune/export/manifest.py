@@ -23,11 +23,15 @@ Outputs, in order: {outputs}.{labels}
 ```
 """
 
-_TOKENIZE = """from tokenizers import Tokenizer
+_TORCH_USAGE = """import torch
+from tokenizers import Tokenizer
 tok = Tokenizer.from_file("tokenizer.json")
-ids = torch.tensor([tok.encode("{text}").ids])
+ids = torch.tensor([tok.encode("The river runs north.").ids])
 mask = torch.ones_like(ids)
-inputs = (ids, mask{types})"""
+inputs = (ids, mask{types})
+model = {load}
+with torch.no_grad():
+    logits = model(*inputs)  # a tuple, one tensor per output"""
 
 
 def _output_text(job: ExportJob) -> str:
@@ -38,14 +42,14 @@ def _output_text(job: ExportJob) -> str:
     return ", ".join(parts)
 
 
-def tokenize_snippet(job: ExportJob) -> str:
-    """Python lines that build `inputs` (a tuple of tensors) from a sentence."""
+def torch_usage(job: ExportJob, load: str) -> str:
+    """README code for a torch-only artifact: encode a sentence, `load` the model, run it."""
     types = ", torch.zeros_like(ids)" if job.loaded.family == "bert" else ""
-    return _TOKENIZE.format(text="The river runs north.", types=types)
+    return _TORCH_USAGE.format(types=types, load=load)
 
 
 def write_readme(job: ExportJob, title: str, runs: str, code: str) -> None:
-    """README.md, tokenizer.json and export.json into the output folder."""
+    """README.md and tokenizer.json into the output folder (export.json: `write_manifest`)."""
     family, info = job.loaded.family, job.loaded.info
     labels = job.labels
     job.loaded.tokenizer.save(str(job.out / "tokenizer.json"))

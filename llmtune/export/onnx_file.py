@@ -13,7 +13,7 @@ from llmtune.errors import UserError
 from llmtune.export.inference import dynamic_shapes, input_names, output_names
 from llmtune.export.job import ExportJob, require
 from llmtune.export.manifest import write_manifest, write_readme
-from llmtune.export.verify import check, max_abs_diff, reference_logits
+from llmtune.export.verify import verify
 
 ARTIFACT = "model.onnx"
 _USAGE = """import numpy as np
@@ -65,9 +65,7 @@ def write(job: ExportJob) -> list[str]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in job.sample.items()}
     got = session.run(list(output_names(job.inference.heads)), feeds)
-    expected = reference_logits(job.inference, job.sample)
-    diff = max_abs_diff(expected, got, job.inference.heads, job.sample["attention_mask"])
-    line = check(diff, job.config.export.atol, "onnxruntime", job.sample)
+    line = verify(job, got, "onnxruntime")
     runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."
     write_readme(job, "ONNX export", runs, usage(job.loaded.family))
     write_manifest(job, "onnx", [ARTIFACT, "tokenizer.json"], {"verification": line})

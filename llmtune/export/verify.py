@@ -4,12 +4,16 @@ llmtune model and an exported artifact on the sample inputs; above tolerance is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from llmtune.errors import UserError
 from llmtune.export.inference import SEQUENCE_HEADS
+
+if TYPE_CHECKING:
+    from llmtune.export.job import ExportJob
 
 
 class VerificationError(UserError):
@@ -59,3 +63,18 @@ def check(diff: float, atol: float, against: str, inputs: dict) -> str:
     if not diff <= atol:  # also catches NaN
         raise VerificationError(f"verification failed: {line}; the export was not kept")
     return f"verified: {line}"
+
+
+def verify(
+    job: ExportJob,
+    got: Sequence[torch.Tensor | np.ndarray],
+    against: str,
+    expected: Sequence[torch.Tensor] | None = None,
+) -> str:
+    """Check an artifact's outputs on `job.sample` against `expected` (by default the llmtune
+    inference graph's); the verification line, or VerificationError."""
+    if expected is None:
+        expected = reference_logits(job.inference, job.sample)
+    mask = job.sample["attention_mask"]
+    diff = max_abs_diff(expected, got, job.inference.heads, mask)
+    return check(diff, job.config.export.atol, against, job.sample)

@@ -76,16 +76,16 @@ def test_occupied_output_is_kept_unless_overwrite(tmp_path, ckpt, capsys, monkey
     assert (out / "keep.txt").read_text() == "mine"
     # an artifact that disagrees with the model (simulated: the reference moves by 0.5) fails
     # verification, exit 1, and the old folder stays
-    import llmtune.export.torchscript as torchscript
+    import llmtune.export.verify as verify
 
-    real = torchscript.reference_logits
+    real = verify.reference_logits
     shifted = lambda module, inputs: tuple(t + 0.5 for t in real(module, inputs))  # noqa: E731
-    monkeypatch.setattr(torchscript, "reference_logits", shifted)
+    monkeypatch.setattr(verify, "reference_logits", shifted)
     args = [f"ckpt={ckpt}", "format=torchscript", f"out={out}", "export.overwrite=true"]
     err = _fails(capsys, *args, _run_dir(tmp_path), code=1)
     assert "verification failed" in err and "5.00e-01" in err and (out / "keep.txt").is_file()
     assert not list(tmp_path.glob(".out.partial*")), "the staging folder was left behind"
-    monkeypatch.setattr(torchscript, "reference_logits", real)
+    monkeypatch.setattr(verify, "reference_logits", real)
     main(["export", *args, _run_dir(tmp_path)])
     assert "verified:" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
