@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from llmtune.errors import ConfigError
 from llmtune.export.inference import SAMPLE_TEXTS
-from llmtune.export.job import ExportJob, require
+from llmtune.export.job import ExportJob, external, require
 from llmtune.export.verify import VerificationError, verify
 from llmtune.models import hf_config_dict, to_hf_state_dict
 from llmtune.models.convert import hf_architecture
@@ -140,7 +140,10 @@ def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     folder = str(job.out)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    hint = "upgrade transformers (pip install -U transformers)"
+    with external(job, f"transformers could not load {folder}", hint):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        hf = getattr(transformers, auto).from_pretrained(folder).eval()
     sample = job.sample
     n, width = sample["input_ids"].shape
     max_len = job.loaded.config.model.max_seq_len
@@ -149,10 +152,10 @@ def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
         raise VerificationError(
             f"{folder}: AutoTokenizer encodes the sample texts differently from llmtune's tokenizer"
         )
-    hf = getattr(transformers, auto).from_pretrained(folder).eval()
     if type(hf).__name__ != arch_name:
         raise VerificationError(f"transformers.{auto} built {type(hf).__name__}, not {arch_name}")
-    outputs = hf(**sample)
+    with external(job, f"transformers could not run {folder}", hint):
+        outputs = hf(**sample)
     if arch_name == "BertForPreTraining":
         got = (outputs.prediction_logits, outputs.seq_relationship_logits)
     elif auto == "AutoModel":  # pooled and normalised as sentence-transformers would

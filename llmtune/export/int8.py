@@ -20,7 +20,7 @@ from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.evaluation.tasks import evaluate_task
 from llmtune.export.inference import InferenceModel
-from llmtune.export.job import ExportJob
+from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import write_manifest, write_readme
 from llmtune.export.torchscript import ARTIFACT, trace, usage, verify_file
 from llmtune.export.verify import VerificationError, max_abs_diff, reference_logits
@@ -122,10 +122,12 @@ def _lines(report: dict, quant_diff: float) -> list[str]:
 
 
 def write(job: ExportJob) -> list[str]:
-    q_model = quantize(job.loaded.model)
+    # e.g. no quantized engine for this CPU
+    with external(job, "dynamic int8 quantization failed", "use format=torchscript (fp32)"):
+        q_model = quantize(job.loaded.model)
     q_inference = InferenceModel(q_model, job.inference.pooling).eval()
     path = job.out / ARTIFACT
-    trace(q_inference, job.example, path)
+    trace(job, q_inference, path)
     q_logits = reference_logits(q_inference, job.sample)  # what the saved file must reproduce
     line = verify_file(job, path, "torch.jit.load of the int8 model", q_logits)
     fp32_logits = reference_logits(job.inference, job.sample)
@@ -133,7 +135,7 @@ def write(job: ExportJob) -> list[str]:
     quant_diff = max_abs_diff(fp32_logits, q_logits, job.inference.heads, mask)
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "fp32.pt"  # the same format unquantized, for a fair size and speed
-        trace(job.inference, job.example, fp32_path)
+        trace(job, job.inference, fp32_path)
         report = _measure(job, fp32_path, q_model)
     lines = _lines(report, quant_diff)
     runs = "Runs with `torch` alone on x86 or ARM CPUs (dynamic int8 Linear layers)."

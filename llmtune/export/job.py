@@ -1,9 +1,12 @@
 """`ExportJob`: everything a format writer needs (the loaded checkpoint, the merged model,
-its inference graph, sample inputs, the folder to write) and `require`, the extras check."""
+its inference graph, sample inputs, the folder to write); `require`, the extras check, and
+`external`, which turns a failing exporter or runtime into one line."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +14,7 @@ from types import ModuleType
 import torch
 
 from llmtune.config.schema import RunConfig
-from llmtune.errors import ConfigError
+from llmtune.errors import ConfigError, UserError
 from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.export.inference import InferenceModel
 
@@ -55,3 +58,18 @@ def require(fmt: str, *modules: str) -> list[ModuleType]:
             f"format={fmt} needs {', '.join(missing)}, which is not installed: {EXTRA_HINT}"
         )
     return loaded
+
+
+@contextlib.contextmanager
+def external(job: ExportJob, what: str, hint: str) -> Iterator[None]:
+    """Run a step of torch.export, torch.jit, torch.onnx, onnxruntime or transformers: their
+    failures are not llmtune bugs, so they end the run as one line (exit 2) saying `what`
+    failed and what to try (`hint`); llmtune's own UserErrors pass through unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        cause = lines[0] if lines else type(exc).__name__
+        raise UserError(f"format={job.config.format}: {what} ({cause}); {hint}") from exc

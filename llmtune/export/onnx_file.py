@@ -9,9 +9,8 @@ import warnings
 
 import torch
 
-from llmtune.errors import UserError
 from llmtune.export.inference import dynamic_shapes, input_names, output_names
-from llmtune.export.job import ExportJob, require
+from llmtune.export.job import ExportJob, external, require
 from llmtune.export.manifest import write_manifest, write_readme
 from llmtune.export.verify import verify
 
@@ -37,34 +36,31 @@ def usage(family: str) -> str:
 def _export(job: ExportJob) -> None:
     family = job.loaded.family
     # the exporter reports progress on stdout and warns about its own internals
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    failing = external(job, "torch.onnx could not export the model", "try format=torchscript")
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), failing:
         warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                job.inference,
-                tuple(job.example.values()),
-                str(job.out / ARTIFACT),
-                dynamo=True,  # torch.export-based; needs onnxscript
-                input_names=list(input_names(family)),
-                output_names=list(output_names(job.inference.heads)),
-                dynamic_shapes=dynamic_shapes(family, job.max_positions),
-                external_data=False,  # one self-contained file (fine below 2 GB)
-                verbose=False,
-            )
-        except torch.onnx.errors.OnnxExporterError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(
-                f"format=onnx: torch.onnx could not export the model ({first})"
-            ) from exc
+        torch.onnx.export(
+            job.inference,
+            tuple(job.example.values()),
+            str(job.out / ARTIFACT),
+            dynamo=True,  # torch.export-based; needs onnxscript
+            input_names=list(input_names(family)),
+            output_names=list(output_names(job.inference.heads)),
+            dynamic_shapes=dynamic_shapes(family, job.max_positions),
+            external_data=False,  # one self-contained file (fine below 2 GB)
+            verbose=False,
+        )
 
 
 def write(job: ExportJob) -> list[str]:
     _, _, onnxruntime = require("onnx", "onnx", "onnxscript", "onnxruntime")
     _export(job)
     path = job.out / ARTIFACT
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in job.sample.items()}
-    got = session.run(list(output_names(job.inference.heads)), feeds)
+    hint = "upgrade onnxruntime (pip install -U onnxruntime) or use format=pt2"
+    with external(job, f"onnxruntime could not run {path}", hint):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(list(output_names(job.inference.heads)), feeds)
     line = verify(job, got, "onnxruntime")
     runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."
     write_readme(job, "ONNX export", runs, usage(job.loaded.family))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from llmtune.export.inference import dynamic_shapes
-from llmtune.export.job import ExportJob
+from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import torch_usage, write_manifest, write_readme
 from llmtune.export.verify import verify
 
@@ -23,8 +23,10 @@ def export_program(job: ExportJob) -> torch.export.ExportedProgram:
 @torch.no_grad()
 def write(job: ExportJob) -> list[str]:
     path = job.out / ARTIFACT
-    torch.export.save(export_program(job), path)
-    got = torch.export.load(path).module()(*job.sample.values())
+    with external(job, "torch.export could not capture the model", "try format=torchscript"):
+        torch.export.save(export_program(job), path)
+    with external(job, f"torch.export.load could not run {path}", "try format=torchscript"):
+        got = torch.export.load(path).module()(*job.sample.values())
     line = verify(job, got, "torch.export.load")
     usage = torch_usage(job, f'torch.export.load("{ARTIFACT}").module()')
     write_readme(job, "torch.export (PT2) export", "Runs with `torch` alone (2.6 or newer).", usage)

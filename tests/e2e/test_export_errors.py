@@ -127,3 +127,27 @@ def test_int8_metric_drop_above_the_bar_fails(tmp_path, ckpt, capsys, monkeypatc
         r"worse by \+(9|10)\.\d\d% relative\) exceeds export.max_metric_drop=0.02", err
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "target", "what"),
+    [
+        ("pt2", "torch.export.export", "torch.export could not capture the model"),
+        ("onnx", "onnxruntime.InferenceSession", "onnxruntime could not run"),
+    ],
+)
+def test_a_failing_exporter_or_runtime_is_one_line(
+    tmp_path, ckpt, capsys, monkeypatch, fmt, target, what
+):
+    """A failure inside torch.export or onnxruntime is not a traceback: one line, exit 2."""
+    pytest.importorskip(target.split(".")[0])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure\n  and the rest of a long report")
+
+    monkeypatch.setattr(target, broken)
+    out = tmp_path / "o"
+    err = _fails(capsys, f"ckpt={ckpt}", f"format={fmt}", f"out={out}", _run_dir(tmp_path))
+    assert f"format={fmt}: {what}" in err and "(simulated failure); try format=" in err, err
+    assert ".partial" not in err and not out.exists()
+    assert not list(tmp_path.glob(".o.partial*")), "the staging folder was left behind"

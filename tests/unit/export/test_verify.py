@@ -50,3 +50,17 @@ def test_require_names_the_missing_module_and_the_extra(monkeypatch):
     with pytest.raises(ConfigError) as info:
         require("onnx", "json", "onnxruntime")
     assert str(info.value) == f"format=onnx needs onnxruntime, which is not installed: {EXTRA_HINT}"
+
+
+def test_external_turns_a_foreign_failure_into_one_line_and_passes_user_errors():
+    from types import SimpleNamespace
+
+    from llmtune.errors import UserError
+    from llmtune.export.job import external
+
+    job = SimpleNamespace(config=SimpleNamespace(format="pt2"))
+    with pytest.raises(UserError) as info, external(job, "torch.export failed", "try x"):
+        raise RuntimeError("first line\nsecond line")
+    assert str(info.value) == "format=pt2: torch.export failed (first line); try x"
+    with pytest.raises(VerificationError), external(job, "torch.export failed", "try x"):
+        raise VerificationError("verification failed: ...")
