@@ -21,9 +21,9 @@ from llmtune.data.preference import (
     pair_batch,
     preference_columns,
 )
-from llmtune.errors import ConfigError
 from llmtune.objectives.base import Batch
 from llmtune.objectives.classification import trim_padding
+from llmtune.objectives.sft import checked_template, fill_template
 
 
 class PairTask:
@@ -40,11 +40,8 @@ class PairTask:
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
     ) -> None:
-        if "{instruction}" not in template:
-            raise ConfigError(
-                "objective.prompt_template must contain {instruction}, where the prompt goes"
-            )
-        self.info, self.tokenizer, self.data, self.template = info, tokenizer, data, template
+        self.info, self.tokenizer, self.data = info, tokenizer, data
+        self.template = checked_template(template)
         # tokenizer_info fills cls for bert and eos for gpt: the family without another argument
         self.family = "bert" if info.cls_id is not None else "gpt"
 
@@ -57,7 +54,7 @@ class PairTask:
 
     def prompt(self, text: str) -> str:
         """gpt: the prompt template filled (as sft trains it); bert: the text as segment A."""
-        return self.template.replace("{instruction}", text) if self.family == "gpt" else text
+        return fill_template(self.template, text) if self.family == "gpt" else text
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
         """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
