@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -23,6 +22,7 @@ from llmtune.data.preference import (
 )
 from llmtune.objectives.base import Batch
 from llmtune.objectives.classification import trim_padding
+from llmtune.objectives.rollout import action_logps
 from llmtune.objectives.sft import checked_template, fill_template
 
 
@@ -84,14 +84,12 @@ class PairTask:
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[N] summed log-probability of each row's target tokens (labels != IGNORE)."""
-    hidden = model(batch["input_ids"])  # [N,T,D]; right padding is never attended
-    targets = batch["labels"][:, 1:]  # position t predicts token t+1
-    scored = targets != IGNORE
-    logits = model.heads["lm"](hidden[:, :-1][scored]).float()  # [n_targets, V]
-    token_logps = -F.cross_entropy(logits, targets[scored], reduction="none")
-    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
-    out = torch.zeros(targets.shape[0], device=targets.device, dtype=token_logps.dtype)
+    """[N] summed log-probability of each row's target tokens (labels != IGNORE): PPO's
+    per-token action log-probs summed per row (pair rows' labels are their ids, or IGNORE)."""
+    scored = batch["labels"][:, 1:] != IGNORE  # position t predicts token t+1
+    token_logps, _ = action_logps(model, batch["input_ids"], scored)  # [n_targets]
+    rows = torch.arange(scored.shape[0], device=scored.device)[:, None].expand_as(scored)
+    out = torch.zeros(scored.shape[0], device=scored.device, dtype=token_logps.dtype)
     return out.index_add(0, rows[scored], token_logps)
 
 
