@@ -188,19 +188,38 @@ def encode_tagged(
     return Encoded(rows, _full_lengths(tok, inputs, encodings, True))
 
 
+def token_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens."""
+    return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def instruction_rows(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], eos_id: int, max_len: int
+) -> list[tuple[list[int], list[int], int]]:
+    """(ids, targets, full length) of each prompt + response + EOS, cut to max_len; targets
+    only on the response and EOS (prompt tokens IGNORE)."""
+    rows = []
+    for p, r in zip(prompt_ids, response_ids):
+        ids, targets = p + r + [eos_id], [IGNORE] * len(p) + r + [eos_id]
+        rows.append((ids[:max_len], targets[:max_len], len(ids)))
+    return rows
+
+
+def no_target(targets: list[int]) -> bool:
+    """True when the prompt filled the window: no response token is left to learn."""
+    return all(t == IGNORE for t in targets[1:])
+
+
 def encode_instructions(
     tok: Tokenizer, prompts: list[str], responses: list[str], eos_id: int, max_len: int
 ) -> Encoded:
     """prompt + response + EOS; targets only on the response and EOS (prompt tokens IGNORE)."""
-    prompt_ids = [e.ids for e in tok.encode_batch(prompts, add_special_tokens=False)]
-    response_ids = [e.ids for e in tok.encode_batch(responses, add_special_tokens=False)]
+    rows = instruction_rows(token_ids(tok, prompts), token_ids(tok, responses), eos_id, max_len)
     input_ids, labels, overlong, dropped = [], [], {}, 0
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        ids, targets = p + r + [eos_id], [IGNORE] * len(p) + r + [eos_id]
-        if len(ids) > max_len:
-            overlong[i] = len(ids)
-            ids, targets = ids[:max_len], targets[:max_len]
-        if all(t == IGNORE for t in targets[1:]):  # the prompt filled the window
+    for i, (ids, targets, length) in enumerate(rows):
+        if length > max_len:
+            overlong[i] = length
+        if no_target(targets):
             dropped += 1
             continue
         input_ids.append(ids)

@@ -15,8 +15,11 @@ from llmtune.data.labelled import (
     ROW_COLUMN,
     Encoded,
     encode_texts,
+    instruction_rows,
     load_labelled,
+    no_target,
     pad_rows,
+    token_ids,
 )
 from llmtune.errors import DataError
 
@@ -103,17 +106,6 @@ def _other_response(asks: list[str], texts: list[str], order: list[int], pos: in
     return None
 
 
-def _encode_gpt(tok: Tokenizer, prompts: list[str], responses: list[str], eos: int, max_len: int):
-    """(ids, labels, full length) rows: prompt + response + EOS, targets on response and EOS."""
-    prompt_ids = [e.ids for e in tok.encode_batch(prompts, add_special_tokens=False)]
-    response_ids = [e.ids for e in tok.encode_batch(responses, add_special_tokens=False)]
-    rows = []
-    for p, r in zip(prompt_ids, response_ids):
-        ids, labels = p + r + [eos], [IGNORE] * len(p) + r + [eos]
-        rows.append((ids[:max_len], labels[:max_len], len(ids)))
-    return rows
-
-
 def encode_pairs(tok: Tokenizer, family: str, rows: dict, eos_id: int, max_len: int) -> Encoded:
     """Chosen and rejected token rows of each pair (`rows`: prompt, chosen, rejected; gpt
     prompts already templated). gpt rows carry response targets; bert rows are text pairs
@@ -130,14 +122,15 @@ def encode_pairs(tok: Tokenizer, family: str, rows: dict, eos_id: int, max_len: 
     out: dict[str, list] = {k: [] for k in ("input_ids", "labels")}
     out.update({REJECTED + k: [] for k in ("input_ids", "labels")})
     overlong, dropped = {}, 0
+    prompts = token_ids(tok, rows["prompt"])  # encoded once for both responses
     pairs = zip(
-        _encode_gpt(tok, rows["prompt"], rows["chosen"], eos_id, max_len),
-        _encode_gpt(tok, rows["prompt"], rows["rejected"], eos_id, max_len),
+        instruction_rows(prompts, token_ids(tok, rows["chosen"]), eos_id, max_len),
+        instruction_rows(prompts, token_ids(tok, rows["rejected"]), eos_id, max_len),
     )
     for i, ((c_ids, c_labels, c_len), (r_ids, r_labels, r_len)) in enumerate(pairs):
         if max(c_len, r_len) > max_len:  # split position -> full length (data.overlong)
             overlong[i] = max(c_len, r_len)
-        if all(t == IGNORE for t in c_labels[1:]) or all(t == IGNORE for t in r_labels[1:]):
+        if no_target(c_labels) or no_target(r_labels):
             dropped += 1
             continue
         for prefix, ids, labels in (("", c_ids, c_labels), (REJECTED, r_ids, r_labels)):

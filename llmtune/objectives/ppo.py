@@ -23,6 +23,7 @@ from llmtune.objectives import rollout
 from llmtune.objectives.base import Batch, TermResult
 from llmtune.objectives.preference import Reference
 from llmtune.objectives.reward import scores
+from llmtune.objectives.sft import checked_template, fill_template
 
 
 def load_reward_model(path: str, tokenizer: Tokenizer) -> torch.nn.Module:
@@ -50,8 +51,7 @@ class ProximalPolicy:
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig
     ) -> None:
-        if "{instruction}" not in cfg.prompt_template:
-            raise ConfigError("objective.prompt_template must contain {instruction}")
+        checked_template(cfg.prompt_template)
         self.info, self.tokenizer, self.data, self.cfg = info, tokenizer, data, cfg
         self.reward_model = load_reward_model(cfg.reward_model, tokenizer)
         self.sampling = EvaluateConfig(
@@ -81,8 +81,7 @@ class ProximalPolicy:
                 f"prompt in model.max_seq_len={seq_len}; lower it"
             )
         texts = [
-            self.cfg.prompt_template.replace("{instruction}", str(t))
-            for t in split[self.data.instruction_column]
+            fill_template(self.cfg.prompt_template, t) for t in split[self.data.instruction_column]
         ]
         encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         rows = [e.ids[-room:] for e in encoded if e.ids]

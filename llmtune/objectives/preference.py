@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -21,9 +20,10 @@ from llmtune.data.preference import (
     pair_batch,
     preference_columns,
 )
-from llmtune.errors import ConfigError
 from llmtune.objectives.base import Batch
 from llmtune.objectives.classification import trim_padding
+from llmtune.objectives.rollout import action_logps
+from llmtune.objectives.sft import checked_template, fill_template
 
 
 class PairTask:
@@ -40,11 +40,8 @@ class PairTask:
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
     ) -> None:
-        if "{instruction}" not in template:
-            raise ConfigError(
-                "objective.prompt_template must contain {instruction}, where the prompt goes"
-            )
-        self.info, self.tokenizer, self.data, self.template = info, tokenizer, data, template
+        self.info, self.tokenizer, self.data = info, tokenizer, data
+        self.template = checked_template(template)
         # tokenizer_info fills cls for bert and eos for gpt: the family without another argument
         self.family = "bert" if info.cls_id is not None else "gpt"
 
@@ -57,7 +54,7 @@ class PairTask:
 
     def prompt(self, text: str) -> str:
         """gpt: the prompt template filled (as sft trains it); bert: the text as segment A."""
-        return self.template.replace("{instruction}", text) if self.family == "gpt" else text
+        return fill_template(self.template, text) if self.family == "gpt" else text
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
         """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
@@ -87,14 +84,12 @@ class PairTask:
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[N] summed log-probability of each row's target tokens (labels != IGNORE)."""
-    hidden = model(batch["input_ids"])  # [N,T,D]; right padding is never attended
-    targets = batch["labels"][:, 1:]  # position t predicts token t+1
-    scored = targets != IGNORE
-    logits = model.heads["lm"](hidden[:, :-1][scored]).float()  # [n_targets, V]
-    token_logps = -F.cross_entropy(logits, targets[scored], reduction="none")
-    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
-    out = torch.zeros(targets.shape[0], device=targets.device, dtype=token_logps.dtype)
+    """[N] summed log-probability of each row's target tokens (labels != IGNORE): PPO's
+    per-token action log-probs summed per row (pair rows' labels are their ids, or IGNORE)."""
+    scored = batch["labels"][:, 1:] != IGNORE  # position t predicts token t+1
+    token_logps, _ = action_logps(model, batch["input_ids"], scored)  # [n_targets]
+    rows = torch.arange(scored.shape[0], device=scored.device)[:, None].expand_as(scored)
+    out = torch.zeros(scored.shape[0], device=scored.device, dtype=token_logps.dtype)
     return out.index_add(0, rows[scored], token_logps)
 
 

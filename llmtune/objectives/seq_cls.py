@@ -16,6 +16,18 @@ from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
 from llmtune.objectives.classification import ClassificationTask
 
 
+def pooled_features(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """[B,D] one feature row per sequence (seq_cls, reward): bert's pooled [CLS], gpt's last
+    real token (the only one that has seen the whole sequence)."""
+    mask = batch["attention_mask"]
+    if model.config.family == "bert":
+        hidden = model(
+            batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=mask
+        )
+        return model.pool(hidden)
+    return model.pool(model(batch["input_ids"]), mask.sum(1) - 1)
+
+
 class SequenceClassification(ClassificationTask):
     name = "seq_cls"
     heads = ("seq_cls",)
@@ -47,16 +59,7 @@ class SequenceClassification(ClassificationTask):
 
     def logits(self, model: torch.nn.Module, batch: Batch) -> Tensor:
         """[B, n_labels] for a prepared batch."""
-        mask = batch["attention_mask"]
-        if model.config.family == "bert":
-            hidden = model(
-                batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=mask
-            )
-            pooled = model.pool(hidden)
-        else:
-            hidden = model(batch["input_ids"])
-            pooled = model.pool(hidden, mask.sum(1) - 1)  # [B,D]: the last real token
-        return model.heads["seq_cls"](pooled)
+        return model.heads["seq_cls"](pooled_features(model, batch))
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         weight = self.weight_on(batch["labels"].device)

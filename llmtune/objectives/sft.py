@@ -19,6 +19,20 @@ from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
 from llmtune.objectives.classification import trim_padding
 
 
+def checked_template(template: str) -> str:
+    """objective.prompt_template, checked to have the {instruction} slot (sft, reward, dpo, ppo)."""
+    if "{instruction}" not in template:
+        raise ConfigError(
+            "objective.prompt_template must contain {instruction}, where the instruction text goes"
+        )
+    return template
+
+
+def fill_template(template: str, instruction: object) -> str:
+    """The template filled with one instruction: what a user's prompt becomes."""
+    return template.replace("{instruction}", str(instruction))
+
+
 class InstructionTuning:
     name = "sft"
     heads = ("lm",)
@@ -27,15 +41,10 @@ class InstructionTuning:
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
     ) -> None:
-        if "{instruction}" not in template:
-            raise ConfigError(
-                "objective.prompt_template must contain {instruction}, where the "
-                "instruction text goes"
-            )
         self.info = info
         self.tokenizer = tokenizer
         self.data = data
-        self.template = template
+        self.template = checked_template(template)
 
     @staticmethod
     def columns(d: DataConfig) -> list[str]:
@@ -47,7 +56,7 @@ class InstructionTuning:
 
     def prompt(self, instruction: str) -> str:
         """The template filled with one instruction (what a user's prompt becomes)."""
-        return self.template.replace("{instruction}", str(instruction))
+        return fill_template(self.template, instruction)
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         prompts = [self.prompt(i) for i in split[self.data.instruction_column]]

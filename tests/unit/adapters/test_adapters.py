@@ -12,19 +12,9 @@ from llmtune.adapters import apply_method, merge_lora, parameter_summary
 from llmtune.config.schema import MethodConfig, ModelConfig
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
+from tests.unit.train.test_accumulation import tiny_model
 
-BERT = ModelConfig(
-    family="bert",
-    vocab_size=60,
-    d_model=32,
-    n_layers=2,
-    n_heads=2,
-    d_ff=64,
-    max_seq_len=16,
-    n_positions=40,
-    dropout=0.0,
-    attn_dropout=0.0,
-)
+BERT = tiny_model(vocab_size=60, n_positions=40)
 GPT = dataclasses.replace(BERT, family="gpt", layer_norm_eps=1e-5)
 
 

@@ -11,7 +11,6 @@ import torch
 from llmtune.config.schema import (
     DataConfig,
     HardwareConfig,
-    ModelConfig,
     ObjectiveConfig,
     RunConfig,
     TrainConfig,
@@ -19,9 +18,8 @@ from llmtune.config.schema import (
 from llmtune.models import build_model
 from llmtune.models.pooling import sentence_embedding
 from llmtune.objectives.contrastive import Contrastive, info_nce, label_info_nce
-from llmtune.train.hardware import resolve_runtime
-from llmtune.train.loop import Trainer, TrainSetup
-from tests.unit.train.test_accumulation import BERT_INFO
+from llmtune.train.loop import Trainer
+from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, tiny_model
 
 
 def test_info_nce_matches_a_hand_computation():
@@ -67,26 +65,13 @@ def test_label_positives_by_hand():
 def _pair_trainer(tmp_path) -> Trainer:
     config = RunConfig(
         command="finetune",
-        model=ModelConfig(
-            family="bert",
-            vocab_size=50,
-            d_model=32,
-            n_layers=1,
-            n_heads=2,
-            d_ff=64,
-            max_seq_len=8,
-            n_positions=16,
-            dropout=0.0,
-            attn_dropout=0.0,
-        ),
+        model=tiny_model(n_layers=1, max_seq_len=8, n_positions=16),
         objective=ObjectiveConfig(name="contrastive", positives="pair", temperature=0.1),
         data=DataConfig(text_pair_column="positive"),
         train=TrainConfig(global_batch_size=8, micro_batch_size=4),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )
     objective = Contrastive(BERT_INFO, None, config.data, config.objective)
-    torch.manual_seed(0)
-    model = build_model(config.model, objective.heads)
     g = torch.Generator().manual_seed(0)
     mask = torch.ones(8, 8, dtype=torch.long)
     mask[::2, -2:] = 0  # padding on some rows: mean pooling must ignore it
@@ -97,18 +82,7 @@ def _pair_trainer(tmp_path) -> Trainer:
         "pos_input_ids": torch.randint(5, 50, (8, 8), generator=g),
         "pos_attention_mask": torch.ones(8, 8, dtype=torch.long),
     }
-    setup = TrainSetup(
-        config,
-        model,
-        objective,
-        data,
-        data,
-        "{}",
-        tmp_path,
-        resolve_runtime(config.hardware),
-        tmp_path,
-    )
-    return Trainer(setup)
+    return cpu_trainer(config, objective, data, tmp_path)
 
 
 def _grads(t: Trainer, micro_batches) -> list[torch.Tensor]:
@@ -134,18 +108,7 @@ def test_accumulation_sums_micro_batch_info_nce_over_the_global_count(tmp_path):
 
 
 def test_mean_pooling_ignores_padding():
-    config = ModelConfig(
-        family="bert",
-        vocab_size=50,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_ff=32,
-        max_seq_len=8,
-        n_positions=16,
-        dropout=0.0,
-        attn_dropout=0.0,
-    )
+    config = tiny_model(d_model=16, n_layers=1, d_ff=32, max_seq_len=8, n_positions=16)
     model = build_model(config, ()).eval()
     ids = torch.tensor([[2, 7, 9, 3]])
     padded = torch.tensor([[2, 7, 9, 3, 0, 0]])

@@ -8,19 +8,16 @@ import torch
 from llmtune.config.schema import (
     DataConfig,
     HardwareConfig,
-    ModelConfig,
     ObjectiveConfig,
     RunConfig,
     TaskConfig,
     TrainConfig,
 )
-from llmtune.models import build_model
 from llmtune.objectives import build_objective
 from llmtune.objectives.multitask import MultiTask, stack_tasks, task_runs
 from llmtune.objectives.seq_cls import SequenceClassification
-from llmtune.train.hardware import resolve_runtime
-from llmtune.train.loop import Trainer, TrainSetup
-from tests.unit.train.test_accumulation import BERT_INFO, examples
+from llmtune.train.loop import Trainer
+from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, examples, tiny_model
 
 WEIGHTS = {"mlm": 0.5, "seq_cls": 2.0}
 
@@ -43,28 +40,12 @@ def _trainer(tmp_path) -> Trainer:
     data = {k: v[order] for k, v in data.items()}
     config = RunConfig(
         command="finetune",
-        model=ModelConfig(
-            family="bert",
-            vocab_size=50,
-            d_model=32,
-            n_layers=1,
-            n_heads=2,
-            d_ff=64,
-            max_seq_len=16,
-            n_positions=32,
-            dropout=0.0,
-            attn_dropout=0.0,
-        ),
+        model=tiny_model(n_layers=1),
         train=TrainConfig(global_batch_size=12, micro_batch_size=6),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )
     objective = MultiTask(objectives, WEIGHTS, data)
-    torch.manual_seed(0)
-    model = build_model(config.model, objective.heads, 2)
-    runtime = resolve_runtime(config.hardware)
-    return Trainer(
-        TrainSetup(config, model, objective, data, data, "{}", tmp_path, runtime, tmp_path)
-    )
+    return cpu_trainer(config, objective, data, tmp_path, n_labels=2)
 
 
 def _grads(t: Trainer, micro_batches) -> tuple[list[torch.Tensor], float]:

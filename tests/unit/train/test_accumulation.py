@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -58,41 +59,42 @@ def examples(family: str, n: int = 8, seq: int = 16) -> dict[str, torch.Tensor]:
     }
 
 
+def tiny_model(family: str = "bert", **changes) -> ModelConfig:
+    """A model config small enough for unit tests on CPU, without dropout (gradients compare)."""
+    config = ModelConfig(
+        family=family,
+        vocab_size=50,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        max_seq_len=16,
+        n_positions=32,
+        dropout=0.0,
+        attn_dropout=0.0,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def cpu_trainer(config: RunConfig, objective, data, tmp_path: Path, n_labels: int = 0) -> Trainer:
+    """A Trainer of a fresh seed-0 model on `data` (its train and validation examples)."""
+    torch.manual_seed(0)
+    model = build_model(config.model, objective.heads, n_labels)
+    runtime = resolve_runtime(config.hardware)
+    return Trainer(
+        TrainSetup(config, model, objective, data, data, "{}", tmp_path, runtime, tmp_path)
+    )
+
+
 def trainer(family: str, objective_name: str, tmp_path: Path) -> Trainer:
     config = RunConfig(
-        model=ModelConfig(
-            family=family,
-            vocab_size=50,
-            d_model=32,
-            n_layers=2,
-            n_heads=2,
-            d_ff=64,
-            max_seq_len=16,
-            n_positions=32,
-            dropout=0.0,
-            attn_dropout=0.0,
-        ),
+        model=tiny_model(family),
         objective=ObjectiveConfig(name=objective_name),
         train=TrainConfig(global_batch_size=8, micro_batch_size=8),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )
     info = GPT_INFO if family == "gpt" else BERT_INFO
-    objective = build_objective(config.objective, info)
-    torch.manual_seed(0)
-    model = build_model(config.model, objective.heads)
-    data = examples(family)
-    setup = TrainSetup(
-        config=config,
-        model=model,
-        objective=objective,
-        train_examples=data,
-        val_examples=data,
-        tokenizer_json="{}",
-        run_dir=tmp_path,
-        runtime=resolve_runtime(config.hardware),
-        cache_dir=tmp_path,
-    )
-    return Trainer(setup)
+    return cpu_trainer(config, build_objective(config.objective, info), examples(family), tmp_path)
 
 
 def grads(t: Trainer, micro_batches) -> list[torch.Tensor]:
