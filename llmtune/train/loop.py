@@ -22,11 +22,7 @@ from llmtune.config.validate import parse_duration
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
-from llmtune.train.flops import (
-    device_peak_flops,
-    head_flops_per_target,
-    trained_body_flops_per_position,
-)
+from llmtune.train.flops import device_peak_flops, head_flops_per_target, trained_body_flops
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
@@ -88,7 +84,11 @@ class Trainer:
         self.peak = self.parallel.info.world_size * device_peak_flops(
             setup.runtime.device, setup.runtime.precision, setup.cache_dir
         )
-        self.seq_len = next(iter(setup.train_examples.values())).shape[1]
+        # Model FLOPs: what trains is fixed for the run, so the per-model part is counted once.
+        self.body_flops = trained_body_flops(setup.model)
+        # the vocabulary projection at each LM target; classification heads are negligible
+        vocab_head = setup.objective.lm_term in _VOCAB_TERMS
+        self.head_flops = head_flops_per_target(setup.model.config) if vocab_head else 0.0
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -218,13 +218,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _flops(self, batch: Batch, counts: dict[str, Tensor]) -> float:
-        positions = batch["input_ids"].numel()
         width = batch["input_ids"].shape[1]  # task batches are cut to their longest row
-        body = positions * trained_body_flops_per_position(self.s.model, width)
-        # the vocabulary projection at each LM target; classification heads are negligible
-        lm_targets = float(counts.get(self.s.objective.lm_term, 0))
-        vocab_head = self.s.objective.lm_term in _VOCAB_TERMS
-        return body + (lm_targets * head_flops_per_target(self.s.model.config) if vocab_head else 0)
+        body = batch["input_ids"].numel() * self.body_flops.at(width)
+        return body + float(counts.get(self.s.objective.lm_term, 0)) * self.head_flops
 
     def _train_record(self, window: dict, seconds: float) -> dict:
         flops_per_s = window["flops"] / max(seconds, 1e-9)
