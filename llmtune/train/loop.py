@@ -191,10 +191,11 @@ class Trainer:
         Returns the step's loss (a tensor: no device sync), input tokens and model FLOPs.
         """
         objective, device = self.s.objective, self.s.runtime.device
-        counts = _total_counts(objective, micro_batches)
+        batch_counts = [objective.count(batch) for batch in micro_batches]
+        counts = _total_counts(batch_counts)
         step_loss, step_tokens, step_flops = torch.zeros((), device=device), 0, 0.0
         for i, batch in enumerate(micro_batches):
-            step_flops += self._flops(batch, objective.count(batch))
+            step_flops += self._flops(batch, batch_counts[i])
             step_tokens += objective.input_tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with self.parallel.sync(last=i == len(micro_batches) - 1):
@@ -354,11 +355,11 @@ def _new_window() -> dict:
     }
 
 
-def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str, Tensor]:
+def _total_counts(batch_counts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Targets per loss term over the whole step and all ranks (at least 1: empty adds 0)."""
     totals: dict[str, Tensor] = {}
-    for batch in micro_batches:
-        for name, n in objective.count(batch).items():
+    for counts in batch_counts:
+        for name, n in counts.items():
             totals[name] = totals.get(name, 0) + n
     totals = distributed.sum_counts(totals)  # over ranks: every rank divides by the global count
     return {name: n.clamp(min=1).float() for name, n in totals.items()}
