@@ -37,6 +37,12 @@ class Objective(Protocol):
     name: str
     heads: tuple[str, ...]  # heads the model must have
     lm_term: str  # the term whose mean loss gives perplexity
+    # exp(mean lm_term loss) is a perplexity (False: a classifier's or a pairwise loss)
+    perplexity: bool
+    # lm_term's targets go through the vocabulary projection (counted in model FLOPs)
+    vocab_head: bool
+    # rows are packed to full length (pretraining): nothing to gain from length grouping
+    packed: bool
 
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
         """Fixed-length training examples from a dataset of per-document token ids."""

@@ -29,7 +29,6 @@ from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
-_VOCAB_TERMS = ("mlm", "clm", "sft")  # loss terms computed through the vocabulary projection
 
 
 class TrainingError(UserError):
@@ -87,7 +86,7 @@ class Trainer:
         # Model FLOPs: what trains is fixed for the run, so the per-model part is counted once.
         self.body_flops = trained_body_flops(setup.model)
         # the vocabulary projection at each LM target; classification heads are negligible
-        vocab_head = setup.objective.lm_term in _VOCAB_TERMS
+        vocab_head = setup.objective.vocab_head
         self.head_flops = head_flops_per_target(setup.model.config) if vocab_head else 0.0
 
     # ---- the loop -------------------------------------------------------------------------
