@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llmtune.objectives.base import Batch, TermResult
+from llmtune.objectives.base import Batch, TermResult, pooled_features
 from llmtune.objectives.preference import PairTask
 
 
@@ -19,15 +19,7 @@ def pairwise_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
 def scores(model: torch.nn.Module, batch: Batch) -> Tensor:
     """[N] reward of each row: the `reward` head on pooled features (gpt: the last real
     token, which has seen the whole sequence; bert: the pooled [CLS])."""
-    mask = batch["attention_mask"]
-    if model.config.family == "bert":
-        hidden = model(
-            batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=mask
-        )
-        pooled = model.pool(hidden)
-    else:
-        pooled = model.pool(model(batch["input_ids"]), mask.sum(1) - 1)
-    return model.heads["reward"](pooled).float()
+    return model.heads["reward"](pooled_features(model, batch)).float()
 
 
 class RewardModel(PairTask):

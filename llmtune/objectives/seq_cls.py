@@ -12,7 +12,7 @@ from torch import Tensor
 
 from llmtune.config.schema import DataConfig
 from llmtune.data.labelled import Encoded, encode_texts, label_ids
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cross_entropy
 from llmtune.objectives.classification import ClassificationTask
 
 
@@ -47,16 +47,7 @@ class SequenceClassification(ClassificationTask):
 
     def logits(self, model: torch.nn.Module, batch: Batch) -> Tensor:
         """[B, n_labels] for a prepared batch."""
-        mask = batch["attention_mask"]
-        if model.config.family == "bert":
-            hidden = model(
-                batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=mask
-            )
-            pooled = model.pool(hidden)
-        else:
-            hidden = model(batch["input_ids"])
-            pooled = model.pool(hidden, mask.sum(1) - 1)  # [B,D]: the last real token
-        return model.heads["seq_cls"](pooled)
+        return model.heads["seq_cls"](pooled_features(model, batch))
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         weight = self.weight_on(batch["labels"].device)
