@@ -37,6 +37,12 @@ class Objective(Protocol):
     name: str
     heads: tuple[str, ...]  # heads the model must have
     lm_term: str  # the term whose mean loss gives perplexity
+    # exp(mean lm_term loss) is a perplexity (False: a classifier's or a pairwise loss)
+    perplexity: bool
+    # lm_term's targets go through the vocabulary projection (counted in model FLOPs)
+    vocab_head: bool
+    # rows are packed to full length (pretraining): nothing to gain from length grouping
+    packed: bool
 
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
         """Fixed-length training examples from a dataset of per-document token ids."""
@@ -80,3 +86,24 @@ def sum_cross_entropy(
     if not keep:
         return TermResult(loss, correct)
     return TermResult(loss, correct, predicted[valid], targets[valid])
+
+
+def hidden_states(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """[B,T,D] features of right-padded rows: bert reads segments and the padding mask; gpt
+    needs neither (it is causal, so right padding never reaches a real token)."""
+    if model.config.family == "bert":
+        return model(
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+        )
+    return model(batch["input_ids"])
+
+
+def pooled_features(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """[B,D] sequence features: bert's pooled [CLS]; gpt's last real token, the only one that
+    has seen the whole row."""
+    hidden = hidden_states(model, batch)
+    if model.config.family == "bert":
+        return model.pool(hidden)
+    return model.pool(hidden, batch["attention_mask"].sum(1) - 1)

@@ -31,6 +31,8 @@ class ClassificationTask:
     """Base of the label-predicting tasks; subclasses add encode, logits and losses."""
 
     perplexity = False  # validation: exp(cross-entropy) of a classifier means nothing
+    vocab_head = False
+    packed = False
 
     def __init__(
         self, info: TokenizerInfo, labels: list, tokenizer: Tokenizer, data: DataConfig

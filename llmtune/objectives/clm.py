@@ -15,6 +15,9 @@ class CausalLM:
     name = "clm"
     heads = ("lm",)
     lm_term = "clm"
+    perplexity = True
+    vocab_head = True
+    packed = True
 
     def __init__(self, eos_id: int, separate_documents: bool = True) -> None:
         self.eos_id = eos_id

@@ -65,6 +65,8 @@ class Contrastive:
     heads: tuple[str, ...] = ()  # the embedding is the pooled backbone output: no head
     lm_term = "contrastive"
     perplexity = False  # an InfoNCE loss over in-batch candidates has no perplexity
+    vocab_head = False
+    packed = False
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig

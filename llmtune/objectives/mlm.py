@@ -17,6 +17,9 @@ from llmtune.objectives.masking import MaskingSpec, mask_tokens
 class MaskedLM:
     name = "mlm"
     lm_term = "mlm"
+    perplexity = True
+    vocab_head = True
+    packed = True
 
     def __init__(self, info: TokenizerInfo, masking: MaskingSpec, nsp_prob: float = 0.0) -> None:
         self.info = info

@@ -57,6 +57,7 @@ def stack_tasks(per_task: dict[str, Batch]) -> Batch:
 
 class MultiTask:
     name = "multitask"
+    packed = False  # task rows vary in length
 
     def __init__(
         self, objectives: dict[str, Objective], weights: dict[str, float], sample: Batch
@@ -74,6 +75,8 @@ class MultiTask:
             self.terms[name] = {t: name if len(own) == 1 else f"{name}_{t}" for t in own}
         first = next(iter(objectives))
         self.lm_term = self.terms[first][objectives[first].lm_term]
+        self.perplexity = objectives[first].perplexity
+        self.vocab_head = objectives[first].vocab_head
 
     @staticmethod
     def _rows(batch: Batch, name: str, rows: Tensor) -> Batch:

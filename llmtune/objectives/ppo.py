@@ -47,6 +47,8 @@ class ProximalPolicy:
     heads = ("lm", "value")
     lm_term = "ppo"
     perplexity = False
+    vocab_head = False
+    packed = False
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig

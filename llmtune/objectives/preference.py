@@ -36,6 +36,8 @@ class PairTask:
     name = "pairs"
     lm_term = "pairs"
     perplexity = False  # validation: a pairwise loss has no perplexity
+    vocab_head = False  # dpo's response log-probs: not counted per pair
+    packed = False
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str

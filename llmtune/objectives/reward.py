@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llmtune.objectives.base import Batch, TermResult
+from llmtune.objectives.base import Batch, TermResult, pooled_features
 from llmtune.objectives.preference import PairTask
-from llmtune.objectives.seq_cls import pooled_features
 
 
 def pairwise_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
@@ -18,7 +17,8 @@ def pairwise_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
 
 
 def scores(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[N] reward of each row: the `reward` head on pooled features, as seq_cls pools them."""
+    """[N] reward of each row: the `reward` head on pooled features (gpt: the last real
+    token, which has seen the whole sequence; bert: the pooled [CLS])."""
     return model.heads["reward"](pooled_features(model, batch)).float()
 
 

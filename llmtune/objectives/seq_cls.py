@@ -12,20 +12,8 @@ from torch import Tensor
 
 from llmtune.config.schema import DataConfig
 from llmtune.data.labelled import Encoded, encode_texts, label_ids
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cross_entropy
 from llmtune.objectives.classification import ClassificationTask
-
-
-def pooled_features(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B,D] one feature row per sequence (seq_cls, reward): bert's pooled [CLS], gpt's last
-    real token (the only one that has seen the whole sequence)."""
-    mask = batch["attention_mask"]
-    if model.config.family == "bert":
-        hidden = model(
-            batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=mask
-        )
-        return model.pool(hidden)
-    return model.pool(model(batch["input_ids"]), mask.sum(1) - 1)
 
 
 class SequenceClassification(ClassificationTask):

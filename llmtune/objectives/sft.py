@@ -37,6 +37,9 @@ class InstructionTuning:
     name = "sft"
     heads = ("lm",)
     lm_term = "sft"
+    perplexity = True
+    vocab_head = True
+    packed = False
 
     def __init__(
         self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str

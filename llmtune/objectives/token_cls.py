@@ -14,7 +14,7 @@ from llmtune.config.schema import DataConfig
 from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids
 from llmtune.errors import DataError
 from llmtune.evaluation.metrics import entity_report
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.base import Batch, TermResult, hidden_states, sum_cross_entropy
 from llmtune.objectives.classification import ClassificationTask
 
 
@@ -63,15 +63,7 @@ class TokenClassification(ClassificationTask):
 
     def logits(self, model: torch.nn.Module, batch: Batch) -> Tensor:
         """[B, T, n_labels] for a prepared batch."""
-        if model.config.family == "bert":
-            hidden = model(
-                batch["input_ids"],
-                token_type_ids=batch["token_type_ids"],
-                attention_mask=batch["attention_mask"],
-            )
-        else:
-            hidden = model(batch["input_ids"])
-        return model.heads["token_cls"](hidden)
+        return model.heads["token_cls"](hidden_states(model, batch))
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         labels = batch["labels"]

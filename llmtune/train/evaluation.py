@@ -52,8 +52,7 @@ def validation_metrics(
                 predictions.setdefault(name, []).append((term.predicted, term.target))
             if term.row_sizes is not None:
                 rows.extend(_split_rows(term))
-    # preference losses are not likelihoods: no perplexity for them
-    lm_term = objective.lm_term if getattr(objective, "perplexity", True) else ""
+    lm_term = objective.lm_term if objective.perplexity else ""
     metrics = _mean_metrics(sums, lm_term)
     metrics.update(selection.classification_metrics(predictions, metrics))
     if rows:  # the objective offers row_metrics whenever its terms return row_sizes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,15 +36,28 @@ def body_flops_per_position(cfg: ModelConfig, seq_len: int) -> float:
     return float(matmul + attention)
 
 
-def trained_body_flops_per_position(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs of the body for one position, counting only the backward work done.
+@dataclass(frozen=True)
+class BodyFlops:
+    """Training FLOPs of the body per position: `fixed` + `per_len` x seq_len (the attention
+    products grow with the row width, which task batches cut to their longest row)."""
+
+    fixed: float
+    per_len: float
+
+    def at(self, seq_len: int) -> float:
+        return self.fixed + self.per_len * seq_len
+
+
+def trained_body_flops(model: torch.nn.Module) -> BodyFlops:
+    """Training FLOPs of the body per position, counting only the backward work done.
 
     Per block: the forward (2 per matmul weight, 4 x seq_len x d_model for attention); the
     backward through its activations (2 per weight, 8 x seq_len x d_model for attention) only
     when a trainable parameter sits in it or below it (embeddings, prompts and prefixes
     included); weight gradients (2 more per weight) only for the weights that train. Full
     training gives the 6N + 12 L T d of `body_flops_per_position`; a frozen lower stack costs
-    its forward only, LoRA about 4N.
+    its forward only, LoRA about 4N. Scans every parameter: compute once per run (what trains
+    does not change during one).
     """
     backbone, d = model.backbone, model.config.d_model
     # what feeds the first block: the embedding tables and their norm (checkpoint key names),
@@ -52,17 +66,22 @@ def trained_body_flops_per_position(model: torch.nn.Module, seq_len: int) -> flo
     inside = {id(p) for p in backbone.parameters()} | {id(p) for p in model.heads.parameters()}
     input_side += [p for p in model.parameters() if id(p) not in inside]
     trains_below = any(p.requires_grad for p in input_side)
-    total = 0.0
+    fixed, per_len = 0.0, 0.0
     for block in backbone.blocks:
         trains_below = trains_below or any(p.requires_grad for p in block.parameters())
         weights = [m.weight for m in block.modules() if isinstance(m, torch.nn.Linear)]
         n = sum(w.numel() for w in weights)
         trained = sum(w.numel() for w in weights if w.requires_grad)
-        total += 2 * n + 4 * seq_len * d  # forward: matmuls, then QK^T and AV
+        fixed, per_len = fixed + 2 * n, per_len + 4 * d  # forward: matmuls, then QK^T and AV
         if trains_below:  # activation gradients: 1 per weight, 2 per attention product
-            total += 2 * n + 8 * seq_len * d
-        total += 2 * trained
-    return total
+            fixed, per_len = fixed + 2 * n, per_len + 8 * d
+        fixed += 2 * trained
+    return BodyFlops(fixed, per_len)
+
+
+def trained_body_flops_per_position(model: torch.nn.Module, seq_len: int) -> float:
+    """`trained_body_flops(model)` at one sequence length."""
+    return trained_body_flops(model).at(seq_len)
 
 
 def head_flops_per_target(cfg: ModelConfig) -> float:

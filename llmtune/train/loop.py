@@ -22,18 +22,13 @@ from llmtune.config.validate import parse_duration
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
-from llmtune.train.flops import (
-    device_peak_flops,
-    head_flops_per_target,
-    trained_body_flops_per_position,
-)
+from llmtune.train.flops import device_peak_flops, head_flops_per_target, trained_body_flops
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
-_VOCAB_TERMS = ("mlm", "clm", "sft")  # loss terms computed through the vocabulary projection
 
 
 class TrainingError(UserError):
@@ -88,7 +83,11 @@ class Trainer:
         self.peak = self.parallel.info.world_size * device_peak_flops(
             setup.runtime.device, setup.runtime.precision, setup.cache_dir
         )
-        self.seq_len = next(iter(setup.train_examples.values())).shape[1]
+        # Model FLOPs: what trains is fixed for the run, so the per-model part is counted once.
+        self.body_flops = trained_body_flops(setup.model)
+        # the vocabulary projection at each LM target; classification heads are negligible
+        vocab_head = setup.objective.vocab_head
+        self.head_flops = head_flops_per_target(setup.model.config) if vocab_head else 0.0
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -191,10 +190,11 @@ class Trainer:
         Returns the step's loss (a tensor: no device sync), input tokens and model FLOPs.
         """
         objective, device = self.s.objective, self.s.runtime.device
-        counts = _total_counts(objective, micro_batches)
+        batch_counts = [objective.count(batch) for batch in micro_batches]
+        counts = _total_counts(batch_counts)
         step_loss, step_tokens, step_flops = torch.zeros((), device=device), 0, 0.0
         for i, batch in enumerate(micro_batches):
-            step_flops += self._flops(batch, objective.count(batch))
+            step_flops += self._flops(batch, batch_counts[i])
             step_tokens += objective.input_tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with self.parallel.sync(last=i == len(micro_batches) - 1):
@@ -218,13 +218,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _flops(self, batch: Batch, counts: dict[str, Tensor]) -> float:
-        positions = batch["input_ids"].numel()
         width = batch["input_ids"].shape[1]  # task batches are cut to their longest row
-        body = positions * trained_body_flops_per_position(self.s.model, width)
-        # the vocabulary projection at each LM target; classification heads are negligible
-        lm_targets = float(counts.get(self.s.objective.lm_term, 0))
-        vocab_head = self.s.objective.lm_term in _VOCAB_TERMS
-        return body + (lm_targets * head_flops_per_target(self.s.model.config) if vocab_head else 0)
+        body = batch["input_ids"].numel() * self.body_flops.at(width)
+        return body + float(counts.get(self.s.objective.lm_term, 0)) * self.head_flops
 
     def _train_record(self, window: dict, seconds: float) -> dict:
         flops_per_s = window["flops"] / max(seconds, 1e-9)
@@ -358,11 +354,11 @@ def _new_window() -> dict:
     }
 
 
-def _total_counts(objective: Objective, micro_batches: list[Batch]) -> dict[str, Tensor]:
+def _total_counts(batch_counts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Targets per loss term over the whole step and all ranks (at least 1: empty adds 0)."""
     totals: dict[str, Tensor] = {}
-    for batch in micro_batches:
-        for name, n in objective.count(batch).items():
+    for counts in batch_counts:
+        for name, n in counts.items():
             totals[name] = totals.get(name, 0) + n
     totals = distributed.sum_counts(totals)  # over ranks: every rank divides by the global count
     return {name: n.clamp(min=1).float() for name, n in totals.items()}

@@ -19,8 +19,6 @@ from llmtune.faults import fault_point
 from llmtune.objectives import Objective
 from llmtune.train.distributed import comm_device, current
 
-_PRETRAINING = ("mlm", "mlm_nsp", "clm")
-
 
 class _ObjectiveForward(torch.nn.Module):
     """The objective's losses as a module forward: DDP/FSDP hooks run around the whole call."""
@@ -49,6 +47,7 @@ class Parallel:
 
     def __init__(self, model: torch.nn.Module, objective: Objective, strategy: str) -> None:
         self.model = model
+        self.objective = objective
         self.info = current()
         self.strategy = strategy if self.info.world_size > 1 else "none"
         forward = _ObjectiveForward(model, objective)
@@ -77,7 +76,7 @@ class Parallel:
 
         micro, rank, world = config.train.micro_batch_size, self.info.rank, self.info.world_size
         # pretraining rows are packed to full length; labelled rows vary and pad per batch
-        grouped = config.data.group_by_length and config.objective.name not in _PRETRAINING
+        grouped = config.data.group_by_length and not self.objective.packed
         return BatchIterator(examples, micro, config.seed, rank, world, group_by_length=grouped)
 
     def data_state(self, batches: Any) -> dict[str, int]:

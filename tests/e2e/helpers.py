@@ -47,6 +47,21 @@ def pretrain(run_dir: Path, corpus: Path, *overrides: str) -> None:
     )
 
 
+def evaluate(run_dir: Path, *overrides: str) -> dict:
+    """Run `llmtune evaluate` on CPU; its results.json."""
+    main(["evaluate", f"hydra.run.dir={run_dir}", "hardware=cpu", *overrides])
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) from metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,6 @@ generation, zero/few-shot classification, batch predictions, and one-line user e
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -12,27 +11,22 @@ import pytest
 
 from llmtune.cli import main
 from tests.conftest import make_documents
-from tests.e2e.helpers import TINY_BERT, TINY_GPT, pretrain
+from tests.e2e.helpers import TINY_BERT, TINY_GPT, evaluate, pretrain, read_jsonl, write_jsonl
 
 SHORT = ["train.max_steps=20", "train.eval_every=20", "train.save_every=20"]
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
-    corpus = _jsonl(root / "corpus.jsonl", [{"text": d} for d in make_documents(120)])
+    corpus = write_jsonl(root / "corpus.jsonl", [{"text": d} for d in make_documents(120)])
     docs = make_documents(12, seed=3, sentences=2)
     labelled = [{"text": d, "label": ["neg", "pos"][i % 2]} for i, d in enumerate(docs)]
     out = {
         "corpus": corpus,
-        "test": _jsonl(root / "test.jsonl", [{"text": d} for d in make_documents(8, seed=9)]),
-        "labelled": _jsonl(root / "labelled.jsonl", labelled),
-        "unlabelled": _jsonl(root / "unlabelled.jsonl", [{"text": d} for d in docs[:5]]),
+        "test": write_jsonl(root / "test.jsonl", [{"text": d} for d in make_documents(8, seed=9)]),
+        "labelled": write_jsonl(root / "labelled.jsonl", labelled),
+        "unlabelled": write_jsonl(root / "unlabelled.jsonl", [{"text": d} for d in docs[:5]]),
         "prompts": root / "prompts.txt",
         "gpt": root / "gpt",
         "bert": root / "bert",
@@ -41,15 +35,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     pretrain(out["gpt"], corpus, *TINY_GPT, *SHORT)
     pretrain(out["bert"], corpus, *TINY_BERT, *SHORT)
     return out
-
-
-def evaluate(run_dir: Path, *overrides: str) -> dict:
-    main(["evaluate", f"hydra.run.dir={run_dir}", "hardware=cpu", *overrides])
-    return json.loads((run_dir / "results.json").read_text())
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_gpt_perplexity_and_generation_from_file(tmp_path, files):
@@ -66,7 +51,7 @@ def test_gpt_perplexity_and_generation_from_file(tmp_path, files):
     assert results["n_examples"] == 8 and results["n_tokens"] > 100
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-6)
     assert results["perplexity"] < 400  # tokenizer.vocab_size=400: better than uniform
-    rows = _lines(out / "generations.jsonl")
+    rows = read_jsonl(out / "generations.jsonl")
     assert [r["prompt"] for r in rows] == ["The river", "A quiet garden"]
     assert all(1 <= r["new_tokens"] <= 6 and r["stop"] in ("eos", "max_new_tokens") for r in rows)
     assert results["n_prompts"] == 2 and results["generations_file"] == "generations.jsonl"
@@ -92,8 +77,8 @@ def test_sampled_generation_from_a_list_on_a_step_folder(tmp_path, files):
     evaluate(tmp_path / "b", *args)
     assert first["ckpt"] == str(step)
     a, b = (
-        _lines(tmp_path / "a" / "generations.jsonl"),
-        _lines(tmp_path / "b" / "generations.jsonl"),
+        read_jsonl(tmp_path / "a" / "generations.jsonl"),
+        read_jsonl(tmp_path / "b" / "generations.jsonl"),
     )
     assert [r["prompt"] for r in a] == ["Once upon a time", "The city"]
     assert a == b  # the seed fixes the samples
@@ -108,7 +93,7 @@ def test_zero_and_few_shot_classification(tmp_path, files):
         assert key in results
     assert results["confusion_matrix"]["labels"] == ["neg", "pos"]
     assert sum(map(sum, results["confusion_matrix"]["matrix"])) == 12
-    predictions = _lines(tmp_path / "zero" / "predictions.jsonl")
+    predictions = read_jsonl(tmp_path / "zero" / "predictions.jsonl")
     assert len(predictions) == 12 and set(predictions[0]) == {
         "text",
         "label",
@@ -128,7 +113,7 @@ def test_unlabelled_test_split_writes_predictions_only(tmp_path, files):
         "evaluate.label_words=[river,garden]",
     )
     assert "accuracy" not in results and results["predictions_file"] == "predictions.jsonl"
-    rows = _lines(tmp_path / "out" / "predictions.jsonl")
+    rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
     assert len(rows) == 5 and all(r["prediction"] in ("river", "garden") for r in rows)
 
 

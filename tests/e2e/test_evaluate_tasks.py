@@ -11,14 +11,17 @@ import pytest
 
 from llmtune.cli import main
 from tests.conftest import make_documents
-from tests.e2e.helpers import FAST, TINY_BERT, TINY_GPT, pretrain
+from tests.e2e.helpers import (
+    FAST,
+    TINY_BERT,
+    TINY_GPT,
+    evaluate,
+    pretrain,
+    read_jsonl,
+    write_jsonl,
+)
 
 SHORT = ["train.max_steps=12", "train.eval_every=12", "train.save_every=12"]
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _task_rows(rng: random.Random) -> dict[str, list[dict]]:
@@ -60,13 +63,13 @@ def _finetune(run: Path, base: Path, train: Path, test: Path, *overrides: str) -
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tasks")
-    corpus = _jsonl(root / "corpus.jsonl", [{"text": d} for d in make_documents(120)])
+    corpus = write_jsonl(root / "corpus.jsonl", [{"text": d} for d in make_documents(120)])
     pretrain(root / "bert", corpus, *TINY_BERT, *SHORT)
     pretrain(root / "gpt", corpus, *TINY_GPT, *SHORT)
     out: dict[str, Path] = {}
     for name, rows in _task_rows(random.Random(0)).items():
-        out[f"{name}_train"] = _jsonl(root / f"{name}_train.jsonl", rows[: len(rows) * 2 // 3])
-        out[f"{name}_test"] = _jsonl(root / f"{name}_test.jsonl", rows[len(rows) * 2 // 3 :])
+        out[f"{name}_train"] = write_jsonl(root / f"{name}_train.jsonl", rows[: len(rows) * 2 // 3])
+        out[f"{name}_test"] = write_jsonl(root / f"{name}_test.jsonl", rows[len(rows) * 2 // 3 :])
     args = {"cls": ["objective=seq_cls"], "ner": ["objective=token_cls"]}
     for name in ("cls", "ner"):
         out[name] = _finetune(
@@ -91,18 +94,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def evaluate(run_dir: Path, *overrides: str) -> dict:
-    main(["evaluate", f"hydra.run.dir={run_dir}", "hardware=cpu", *overrides])
-    return json.loads((run_dir / "results.json").read_text())
-
-
 def _stored_metrics(run: Path) -> dict:
     step = sorted((run / "checkpoints").glob("step-*"))[-1]
     return json.loads((step / "meta.json").read_text())["metrics"]
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("run", ["cls", "cls_lora"])  # a full and an adapter checkpoint
@@ -113,15 +107,15 @@ def test_seq_cls_metrics_match_finetune_validation(tmp_path, runs, run):
     assert results["accuracy"] == pytest.approx(stored["val_accuracy"])
     assert results["f1_macro"] == pytest.approx(stored["val_f1_macro"])
     assert results["confusion_matrix"]["labels"] == ["neg", "pos"]
-    rows = _lines(tmp_path / "e" / "predictions.jsonl")
+    rows = read_jsonl(tmp_path / "e" / "predictions.jsonl")
     assert len(rows) == 14 and {"text", "label", "prediction", "confidence"} <= set(rows[0])
 
 
 def test_seq_cls_without_labels_writes_predictions_only(tmp_path, runs):
-    unlabelled = _jsonl(tmp_path / "u.jsonl", [{"text": "the quiet river"}, {"text": "red"}])
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [{"text": "the quiet river"}, {"text": "red"}])
     results = evaluate(tmp_path / "e", f"ckpt={runs['cls']}", f"data.test={unlabelled}")
     assert "accuracy" not in results and results["n_examples"] == 2
-    rows = _lines(tmp_path / "e" / "predictions.jsonl")
+    rows = read_jsonl(tmp_path / "e" / "predictions.jsonl")
     assert [r["prediction"] in ("neg", "pos") for r in rows] == [True, True]
 
 
@@ -134,7 +128,7 @@ def test_token_cls_reports_entities_per_type(tmp_path, runs):
     # validation during finetune scores entities with the same code, on the same file
     assert results["entity_f1"] == pytest.approx(stored["val_entity_f1"])
     assert results["per_type"]["LOC"]["f1"] == pytest.approx(stored["val_entity_f1/LOC"])
-    rows = _lines(tmp_path / "e" / "predictions.jsonl")
+    rows = read_jsonl(tmp_path / "e" / "predictions.jsonl")
     assert all(len(r["prediction"]) == len(r["tokens"]) == len(r["tags"]) for r in rows)
 
 
@@ -148,13 +142,13 @@ def test_sft_response_loss_and_templated_generation(tmp_path, runs):
     )
     assert results["task"] == "sft"
     assert results["loss"] == pytest.approx(_stored_metrics(runs["sft"])["val_sft_loss"], rel=1e-5)
-    assert _lines(tmp_path / "e" / "generations.jsonl")[0]["prompt"] == "name red"
-    instructions = _jsonl(tmp_path / "i.jsonl", [{"instruction": "name river"}])
+    assert read_jsonl(tmp_path / "e" / "generations.jsonl")[0]["prompt"] == "name red"
+    instructions = write_jsonl(tmp_path / "i.jsonl", [{"instruction": "name river"}])
     evaluate(
         tmp_path / "p",
         f"ckpt={runs['sft']}",
         f"data.test={instructions}",
         "evaluate.max_new_tokens=4",
     )
-    answers = _lines(tmp_path / "p" / "predictions.jsonl")
+    answers = read_jsonl(tmp_path / "p" / "predictions.jsonl")
     assert answers[0]["instruction"] == "name river" and "prediction" in answers[0]

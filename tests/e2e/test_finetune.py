@@ -93,14 +93,8 @@ def finetune(run: Path, init_from, *overrides: str) -> None:
 def test_seq_cls_full_finetune_learns_and_picks_best(tmp_path, bert_base, sentiment, capsys):
     train, val = sentiment
     run = tmp_path / "ft"
-    finetune(
-        run,
-        bert_base,
-        f"data.train={train}",
-        f"data.validation={val}",
-        "train.max_steps=60",
-        "train.best_metric=val_f1_macro",
-    )
+    args = (f"data.train={train}", f"data.validation={val}", "train.best_metric=val_f1_macro")
+    finetune(run, bert_base, *args, "train.max_steps=60")
     out = capsys.readouterr().out
     assert "created" in out and "dropped" in out and "trainable" in out
     _, evals = metrics(run)
@@ -113,14 +107,7 @@ def test_seq_cls_full_finetune_learns_and_picks_best(tmp_path, bert_base, sentim
     model, config, tokenizer, _ = load_model(run)
     assert config.command == "finetune" and model.heads["seq_cls"].proj.out_features == 2
     # resume=auto finds the finished run and does nothing
-    finetune(
-        run,
-        bert_base,
-        f"data.train={train}",
-        f"data.validation={val}",
-        "train.max_steps=60",
-        "train.best_metric=val_f1_macro",
-    )
+    finetune(run, bert_base, *args, "train.max_steps=60")
     assert "nothing to do" in capsys.readouterr().out
 
 

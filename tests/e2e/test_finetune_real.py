@@ -12,7 +12,7 @@ import pytest
 
 from llmtune.cli import main
 from tests.conftest import real_data
-from tests.e2e.test_evaluate_tasks import evaluate
+from tests.e2e.helpers import evaluate
 
 pytestmark = pytest.mark.slow
 
