@@ -23,7 +23,10 @@ def _compute_dtype(device: torch.device, weight: Tensor) -> torch.dtype:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """loss_sum, n_correct = CE(hidden @ weight.T, targets), ignore_index -100, summed."""
+    """loss_sum, n_correct = CE(hidden @ weight.T, targets), ignore_index -100, summed.
+
+    n_correct is counted only without gradients (validation); training steps return 0.
+    """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,6 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             n, v = hidden.shape[0], weight.shape[0]
             rows = max(1, min(n, CHUNK_ELEMENTS // v))
             buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device)
+            logp_buf = torch.empty_like(buf)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             grad_h = torch.empty_like(hidden) if needs_grad else None
@@ -47,17 +51,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     logits.copy_(h @ w.t())
                 valid = t != -100
-                safe_t = torch.where(valid, t, 0)
-                lse = torch.logsumexp(logits, dim=1)  # [c]
-                picked = logits.gather(1, safe_t[:, None]).squeeze(1)
-                loss += torch.where(valid, lse - picked, 0.0).sum()
-                correct += ((logits.argmax(dim=1) == t) & valid).sum()
-                if not needs_grad:
+                all_valid = bool(valid.all())  # packed LM rows: every position has a target
+                safe_t = t if all_valid else torch.where(valid, t, 0)
+                # one log-softmax pass (max, sum of exp, write) instead of logsumexp's
+                # temporaries plus a second subtract-and-exp for the gradient
+                logp = torch.log_softmax(logits, dim=1, out=logp_buf[: h.shape[0]])
+                picked = logp.gather(1, safe_t[:, None]).squeeze(1)
+                loss -= picked.sum() if all_valid else torch.where(valid, picked, 0.0).sum()
+                if not needs_grad:  # accuracy is a validation metric: no argmax while training
+                    correct += ((logits.argmax(dim=1) == t) & valid).sum()
                     continue
                 # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows
-                grad = logits.sub_(lse[:, None]).exp_()
+                grad = logp.exp_()
                 grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
-                grad.mul_(valid[:, None])
+                if not all_valid:
+                    grad.mul_(valid[:, None])
                 g = grad.to(dtype)
                 if dtype == torch.float32:
                     torch.mm(g, w, out=grad_h[start : start + rows])
@@ -81,5 +89,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy of `hidden` [N, D] projected by `weight` [V, D] (no bias) against
-    `targets` [N] (-100 = ignored), and how many argmax predictions were right."""
+    `targets` [N] (-100 = ignored), and how many argmax predictions were right (counted only
+    without gradients, i.e. in validation)."""
     return _LinearCrossEntropy.apply(hidden, weight, targets)

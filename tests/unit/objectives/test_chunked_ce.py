@@ -16,25 +16,30 @@ def _reference(hidden, weight, targets):
     return loss, correct
 
 
+@pytest.mark.parametrize("ignored", [[3, 10], []])  # [] = every row has a target (packed LM)
 @pytest.mark.parametrize("chunk_rows", [1, 5, 64])
-def test_matches_full_logits(monkeypatch, chunk_rows):
+def test_matches_full_logits(monkeypatch, chunk_rows, ignored):
     monkeypatch.setattr(chunked_ce, "CHUNK_ELEMENTS", 97 * chunk_rows)
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(23, 16, generator=gen, requires_grad=True)
     w = torch.randn(97, 16, generator=gen, requires_grad=True)
     t = torch.randint(97, (23,), generator=gen)
-    t[[3, 10]] = -100
+    t[ignored] = -100
     t[4] = int((h[4] @ w.T).argmax())  # at least one right answer
     loss, correct = linear_cross_entropy(h, w, t)
+    assert correct.item() == 0  # training steps skip the argmax
     (loss / 7).backward()
     grads = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
     ref_loss, ref_correct = _reference(h, w, t)
     (ref_loss / 7).backward()
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
-    assert correct.item() == ref_correct.item() >= 1
     torch.testing.assert_close(grads[0], h.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[1], w.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # validation: the loss again, and the right predictions counted
+        val_loss, val_correct = linear_cross_entropy(h, w, t)
+    assert val_loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert val_correct.item() == ref_correct.item() >= 1
 
 
 def test_no_grad_and_autocast():
