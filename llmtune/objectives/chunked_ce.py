@@ -29,9 +29,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx, hidden: Tensor, weight: Tensor, targets: Tensor, grad_enabled: bool
+    ) -> tuple[Tensor, Tensor]:
         dtype = _compute_dtype(hidden.device, weight)
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # needs_input_grad follows requires_grad even under no_grad (validation), and grad
+        # mode is always off in here: the caller says whether a backward can come
+        needs_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             n, v = hidden.shape[0], weight.shape[0]
@@ -84,11 +88,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.grads = None  # the graph is not kept (scaling in place forbids a second backward)
         grad_hidden = grad_h.mul_(grad_loss) if ctx.needs_input_grad[0] else None
         grad_weight = grad_w.mul_(grad_loss) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None
+        return grad_hidden, grad_weight, None, None
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy of `hidden` [N, D] projected by `weight` [V, D] (no bias) against
     `targets` [N] (-100 = ignored), and how many argmax predictions were right (counted only
     without gradients, i.e. in validation)."""
-    return _LinearCrossEntropy.apply(hidden, weight, targets)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, torch.is_grad_enabled())
