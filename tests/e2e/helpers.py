@@ -54,7 +54,9 @@ def evaluate(run_dir: Path, *overrides: str) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # split on newlines only: str.splitlines also breaks at U+2028 and friends, which real
+    # review texts hold inside their JSON strings
+    return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
