@@ -136,6 +136,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_peak_key(precision: str) -> str:
+    """This CPU's entry in the peak cache ("linear": peaks cached before the measurement moved
+    from torch.mm are measured again)."""
+    return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|linear"
+
+
 def device_peak_flops(device: torch.device, precision: str, cache_dir: Path) -> float | None:
     """Peak FLOP/s of the device: a table for GPUs, a matmul measured once (cached) for CPUs."""
     if device.type == "cuda":
@@ -144,8 +150,7 @@ def device_peak_flops(device: torch.device, precision: str, cache_dir: Path) -> 
             if fragment in name:
                 return peaks.get(precision) or None
         return None
-    # "linear": peaks cached before the measurement moved from torch.mm are measured again
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|linear"
+    key = cpu_peak_key(precision)
     path = cache_dir / "cpu_peak_flops.json"
     try:
         known = json.loads(path.read_text())

@@ -96,8 +96,7 @@ def _cached_peak() -> float:
 
     path = Path(os.environ["LLMTUNE_CACHE"]) / "cpu_peak_flops.json"
     values = json.loads(path.read_text())
-    key = next(k for k in values if k.endswith(f"threads={torch.get_num_threads()}|fp32"))
-    return float(values[key])
+    return float(values[flops.cpu_peak_key("fp32")])
 
 
 @pytest.mark.gpu
