@@ -1,9 +1,9 @@
 """Vocabulary projection fused with cross-entropy, in row chunks, never holding all logits.
 
 A GPT step of 8 x 256 tokens over a 50k vocabulary makes [2048, 50257] fp32 logits (412 MB),
-then as much again for log-softmax and for each gradient. Here one chunk buffer is reused:
-logits -> softmax in place -> (softmax - one-hot) -> gradients for that chunk, during the
-forward; backward only scales the stored gradients.
+then as much again for log-softmax and for each gradient. Here two chunk buffers are reused:
+logits -> log-softmax -> softmax in place -> (softmax - one-hot) -> gradients for that chunk,
+during the forward; backward only scales the stored gradients.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             grad_h = torch.empty_like(hidden) if needs_grad else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+            # packed LM rows: every position has a target. Asked once per call, not per chunk
+            # (on a GPU each answer is a host sync)
+            all_valid = bool((targets != -100).all())
             for start in range(0, n, rows):
                 h = hidden[start : start + rows].to(dtype)
                 t = targets[start : start + rows]
@@ -54,8 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(h, w.t(), out=logits)
                 else:
                     logits.copy_(h @ w.t())
-                valid = t != -100
-                all_valid = bool(valid.all())  # packed LM rows: every position has a target
+                valid = None if all_valid else t != -100
                 safe_t = t if all_valid else torch.where(valid, t, 0)
                 # one log-softmax pass (max, sum of exp, write) instead of logsumexp's
                 # temporaries plus a second subtract-and-exp for the gradient
@@ -63,7 +65,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 picked = logp.gather(1, safe_t[:, None]).squeeze(1)
                 loss -= picked.sum() if all_valid else torch.where(valid, picked, 0.0).sum()
                 if not needs_grad:  # accuracy is a validation metric: no argmax while training
-                    correct += ((logits.argmax(dim=1) == t) & valid).sum()
+                    hits = logits.argmax(dim=1) == t
+                    correct += (hits if all_valid else hits & valid).sum()
                     continue
                 # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows
                 grad = logp.exp_()
