@@ -79,11 +79,6 @@ def trained_body_flops(model: torch.nn.Module) -> BodyFlops:
     return BodyFlops(fixed, per_len)
 
 
-def trained_body_flops_per_position(model: torch.nn.Module, seq_len: int) -> float:
-    """`trained_body_flops(model)` at one sequence length."""
-    return trained_body_flops(model).at(seq_len)
-
-
 def head_flops_per_target(cfg: ModelConfig) -> float:
     """Training FLOPs of the vocabulary projection (plus BERT's transform) for one target."""
     params = cfg.vocab_size * cfg.d_model

@@ -17,7 +17,7 @@ from llmtune.train.flops import (
     device_peak_flops,
     head_flops_per_target,
     model_flops_per_token,
-    trained_body_flops_per_position,
+    trained_body_flops,
 )
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 
@@ -109,25 +109,24 @@ def test_gpu_peak_comes_from_the_table(tmp_path):
     assert (peak is not None) == known
 
 
-def _adapted(method: MethodConfig):
+def _trained_flops(method: MethodConfig, seq_len: int) -> float:
+    """Training FLOPs per position of BERT adapted by `method`."""
     model = build_model(BERT, ("mlm", "seq_cls"), n_labels=2)
     apply_method(model, method)
-    return model
+    return trained_body_flops(model).at(seq_len)
 
 
 def test_trained_flops_count_only_the_backward_work_done():
     seq_len, n = 32, _block_matmul_params(BERT)
     attention = 4 * BERT.n_layers * seq_len * BERT.d_model  # the forward's share of 12 L T d
-    full = trained_body_flops_per_position(_adapted(MethodConfig()), seq_len)
+    full = _trained_flops(MethodConfig(), seq_len)
     assert full == body_flops_per_position(BERT, seq_len)  # full training: 6N + 12 L T d
     # everything below the heads frozen: the body runs its forward only
-    head_only = trained_body_flops_per_position(_adapted(MethodConfig(name="freeze")), seq_len)
+    head_only = _trained_flops(MethodConfig(name="freeze"), seq_len)
     assert head_only == 2 * n + attention
     # the bottom block frozen: forward there; forward, backward and weight gradients above
-    top = trained_body_flops_per_position(
-        _adapted(MethodConfig(name="freeze", freeze_layers=1)), seq_len
-    )
+    top = _trained_flops(MethodConfig(name="freeze", freeze_layers=1), seq_len)
     assert top == (2 * n + attention) / 2 + (6 * n + 3 * attention) / 2
     # LoRA: gradients flow through every block, but only the small adapters get weight grads
-    lora = trained_body_flops_per_position(_adapted(MethodConfig(name="lora")), seq_len)
+    lora = _trained_flops(MethodConfig(name="lora"), seq_len)
     assert lora == pytest.approx(4 * n + 3 * attention, rel=0.05)
