@@ -19,7 +19,7 @@ from llmtune.models import build_model
 from llmtune.models.pooling import sentence_embedding
 from llmtune.objectives.contrastive import Contrastive, info_nce, label_info_nce
 from llmtune.train.loop import Trainer
-from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, tiny_model
+from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, grads, tiny_model
 
 
 def test_info_nce_matches_a_hand_computation():
@@ -85,19 +85,13 @@ def _pair_trainer(tmp_path) -> Trainer:
     return cpu_trainer(config, objective, data, tmp_path)
 
 
-def _grads(t: Trainer, micro_batches) -> list[torch.Tensor]:
-    t.model.zero_grad(set_to_none=True)
-    t.accumulate_gradients(micro_batches)
-    return [p.grad.clone() for p in t.model.parameters() if p.grad is not None]
-
-
 def test_accumulation_sums_micro_batch_info_nce_over_the_global_count(tmp_path):
     """2 x B/2 is the mean over all B anchors of InfoNCE within each half (B/2 - 1 negatives),
     not the InfoNCE of one batch of B: in-batch negatives depend on the micro-batch."""
     t = _pair_trainer(tmp_path)
     batch = t.s.objective.prepare(t.s.train_examples, None)
     halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    accumulated, whole = _grads(t, halves), _grads(t, [batch])
+    accumulated, whole = grads(t, halves), grads(t, [batch])
     t.model.zero_grad(set_to_none=True)
     by_hand = sum(t.s.objective.losses(t.model, h)["contrastive"].loss_sum for h in halves) / 8
     by_hand.backward()

@@ -21,6 +21,7 @@ from llmtune.objectives.preference import sequence_logps
 from llmtune.objectives.reward import pairwise_loss
 from llmtune.objectives.rollout import clipped_policy_loss, clipped_value_loss, gae, pack
 from tests.conftest import make_documents
+from tests.unit.train.test_accumulation import tiny_model
 
 PAIRS = {
     "prompt": ["the river", "a city", "blue road"],
@@ -36,16 +37,7 @@ def bpe() -> Tokenizer:
 
 def _gpt(bpe: Tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(
-        family="gpt",
-        vocab_size=bpe.get_vocab_size(),
-        d_model=32,
-        n_heads=2,
-        d_ff=64,
-        max_seq_len=32,
-        dropout=0.0,
-        attn_dropout=0.0,
-    )
+    config = tiny_model("gpt", vocab_size=bpe.get_vocab_size(), max_seq_len=32)
     return build_model(config, ("lm",))
 
 
