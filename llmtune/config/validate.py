@@ -201,6 +201,12 @@ def _check_data(config: RunConfig) -> None:
         "data.train is required with data=files; set data.train=<path or glob>",
     )
     _require(d.source != "hub" or bool(d.name), "data.name is required with data=hub")
+    for key in ("train", "validation", "test"):  # else the run would silently ignore the file
+        path = getattr(d, key)
+        _require(
+            d.source == "files" or not path,
+            f"data.{key}={path} is set, but data={d.source} reads no files; add data=files",
+        )
     _require(
         0 < d.validation_fraction < 1,
         f"data.validation_fraction={d.validation_fraction}: must be in (0, 1)",

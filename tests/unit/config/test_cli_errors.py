@@ -30,6 +30,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["model.max_seq_len=4096"], "exceeds the position table"),
         (["model=bert-tiny", "objective=clm"], "objective=clm needs a gpt model"),
         (["data=files"], "data.train is required"),
+        # the built-in corpus reads no files: a path must not be silently ignored
+        (["data.train=corpus.txt"], "data.train=corpus.txt is set, but data=builtin reads no"),
+        (["data=hub", "data.name=x", "data.test=t.txt"], "data=hub reads no files; add data=files"),
         (["train.max_steps=abc"], "train.max_steps='abc': expected a value of type int"),
         (["train.max_time=soon"], "train.max_time"),
     ],
