@@ -82,7 +82,11 @@ class GPTBackbone(nn.Module):
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
         cache: list[KV] = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, is_causal, None if past is None else past[i], use_cache=True)
+            layer_past = None if past is None else past[i]
+            if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
+                x = block(x, mask, is_causal, layer_past)
+                continue
+            x, kv = block(x, mask, is_causal, layer_past, use_cache=True)
             cache.append(kv)
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
