@@ -118,9 +118,15 @@ def init(config: RunConfig, info: DistInfo) -> None:
     )
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(completed: bool) -> None:
+    """Leave the process group. After a completed run, only once every rank is done: a gloo
+    worker whose peer closes its connections first can abort in its own teardown. After a
+    failure, at once (a barrier would wait for the dead rank until the timeout)."""
+    if not dist.is_initialized():
+        return
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def current() -> DistInfo:

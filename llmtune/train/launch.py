@@ -43,14 +43,16 @@ def run_worker(run: Run, config: RunConfig, run_dir: Path, info: distributed.Dis
     """Join the job's process group (if any), run the command, leave the group."""
     config = distributed.with_world(config, info)
     distributed.init(config, info)
+    completed = False
     try:
         run_dir = distributed.share_run_dir(run_dir)
         # Only rank 0 talks: the others' prints would repeat it N times.
         quiet = open(os.devnull, "w") if not info.is_main else None  # noqa: SIM115
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             run(config, run_dir)
+        completed = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(completed)
 
 
 def spawn(command: str, config: RunConfig, run_dir: Path) -> None:
