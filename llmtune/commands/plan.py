@@ -46,7 +46,7 @@ def _vocab_size(config: RunConfig) -> tuple[int, str]:
         path = path / "tokenizer.json" if path.is_dir() else path
         if path.exists():
             return Tokenizer.from_file(str(path)).get_vocab_size(), str(path)
-    return config.tokenizer.vocab_size, "tokenizer.vocab_size (at most)"
+    return config.tokenizer.vocab_size, "tokenizer.vocab_size, at most"
 
 
 def _targets_share(config: RunConfig) -> float:
