@@ -10,6 +10,7 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.models.blocks import Block
+from llmtune.models.dropout import Dropout
 
 
 class BertBackbone(nn.Module):
@@ -23,7 +24,7 @@ class BertBackbone(nn.Module):
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model)
         self.emb_ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.pooler = nn.Linear(config.d_model, config.d_model)
 

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
+from llmtune.models.dropout import Dropout, scaled_dot_product_attention
 
 # One layer's attention keys and values, each [B, H, positions, D/H].
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused q/k/v projection, computed by SDPA.
+    """Multi-head self-attention with a fused q/k/v projection, computed by SDPA (see dropout.py).
 
     The fused `qkv` weight is [3*D, D] with rows ordered q, k, v, so it maps onto GPT-2's
     `c_attn` (transposed) and onto BERT's separate query/key/value by splitting in three.
@@ -56,9 +57,7 @@ class Attention(nn.Module):
             mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
         # dropout only while training: SDPA applies dropout_p unconditionally
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
-        )
+        y = scaled_dot_product_attention(q, k, v, mask, is_causal, p)
         # [B,H,T,D/H] -> [B,T,H,D/H] -> [B,T,D]
         y = self.proj(y.transpose(1, 2).reshape(b, t, d))
         return (y, (k, v)) if use_cache else y
@@ -109,7 +108,7 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.ln_mlp = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,

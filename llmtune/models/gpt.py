@@ -12,6 +12,7 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.models.blocks import KV, Block
+from llmtune.models.dropout import Dropout
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ class GPTBackbone(nn.Module):
         super().__init__()
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
+from llmtune.models.dropout import Dropout
 
 
 class LMHead(nn.Module):
@@ -68,7 +69,7 @@ class SeqClsHead(nn.Module):
 
     def __init__(self, config: ModelConfig, n_labels: int) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.proj = nn.Linear(config.d_model, n_labels, bias=config.family == "bert")
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ class TokenClsHead(nn.Module):
 
     def __init__(self, config: ModelConfig, n_labels: int) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.proj = nn.Linear(config.d_model, n_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -60,18 +60,20 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
 
     Per token: the residual input and the LayerNorm input stay fp32 (2d); q, k, v, attention
     output, the projection input and the MLP input are matmul operands (6d), the MLP hidden
-    twice (before and after GELU, 2 d_ff); dropout keeps two masks of d. Without SDPA's fused
-    kernel the softmax, its dropout mask and the dropped weights ([B, H, T, T] each) stay too.
+    twice (before and after GELU, 2 d_ff); dropout keeps two 1-byte masks of d. Without SDPA's
+    fused kernel [B, H, T, T] weights stay too: in fp32 (models/dropout.py) the fp32 softmax and
+    a 1-byte keep mask; in bf16 (SDPA's unfused path) the softmax, mask and dropped weights.
     """
     tokens = shape.batch * shape.seq_len
     act = 2 if shape.half else 4
     d, ff = cfg.d_model, cfg.d_ff
     per_token = 2 * d * 4 + 6 * d * act + 2 * ff * act
     if cfg.dropout > 0:
-        per_token += 2 * d * act
+        per_token += 2 * d
     scores = 0
     if not shape.flash:
-        scores = 3 * shape.batch * cfg.n_heads * shape.seq_len**2 * 4
+        bytes_per_weight = 3 * 4 if shape.half else 4 + 1
+        scores = bytes_per_weight * shape.batch * cfg.n_heads * shape.seq_len**2
     return tokens * per_token + scores
 
 

@@ -90,7 +90,7 @@ def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
     measured = _saved_bytes(model, lambda: model.backbone(ids))
     shape = ActivationShape(batch=batch, seq_len=64, half=False, flash=dropout == 0)
     estimate = activation_bytes(cfg, shape)
-    assert 0.75 < estimate / measured < 1.33
+    assert 0.9 < estimate / measured < 1.12
 
 
 def test_fused_head_estimate_is_far_below_full_logits():
@@ -110,8 +110,10 @@ def test_estimates_grow_with_batch_and_shrink_with_checkpointing():
     full = ActivationShape(batch=8, seq_len=128, half=False, flash=False)
     ckpt = ActivationShape(batch=8, seq_len=128, half=False, flash=False, checkpointing=True)
     assert activation_bytes(cfg, ckpt) < activation_bytes(cfg, full) / 2
-    half = ActivationShape(batch=8, seq_len=128, half=True, flash=False)
-    assert activation_bytes(cfg, half) < activation_bytes(cfg, full)
+    # with SDPA's fused kernel (no [B, H, T, T] weights kept) bf16 halves the matmul operands
+    flash = ActivationShape(batch=8, seq_len=128, half=False, flash=True)
+    half = ActivationShape(batch=8, seq_len=128, half=True, flash=True)
+    assert activation_bytes(cfg, half) < activation_bytes(cfg, flash)
 
 
 def test_available_memory_is_known_on_linux():

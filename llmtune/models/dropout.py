@@ -1,0 +1,117 @@
+"""Dropout for CPU training: residual dropout and attention with dropout, with a cheap mask.
+
+torch draws one float per element for a dropout mask, which on a CPU costs more than the
+attention matmuls it guards; here each element gets 16 bits from a 64-bit random word.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LEVELS = 1 << 16  # a dropout probability is rounded to a multiple of 1/65536
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """A boolean mask of `shape`, False with probability p (rounded to 1/65536), and the
+    factor 1/(1-p) that keeps the expected value of what survives."""
+    n = math.prod(shape)
+    # random_(int64 min, None) is torch's full 64-bit range; plain random_() leaves the sign
+    # bit at 0, which would make every fourth 16-bit lane biased
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    dropped = round(p * _LEVELS)
+    keep = words.view(torch.int16)[:n].view(shape) >= dropped - _LEVELS // 2
+    return keep, _LEVELS / (_LEVELS - dropped)
+
+
+def cheap_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
+    """CPU fp32 training only: CUDA's dropout kernels are fused and bf16 goes through SDPA."""
+    return (
+        training
+        and p > 0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU fp32 mask comes from `keep_mask` (about 3x faster per element)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not cheap_dropout_applies(x, self.p, self.training):
+            return super().forward(x)
+        keep, scale = keep_mask(x.shape, self.p)
+        return torch.where(keep, x, 0.0).mul_(scale)  # backward keeps only the 1-byte mask
+
+
+def attention_with_dropout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    p: float,
+) -> torch.Tensor:
+    """What SDPA computes with dropout_p=p, for CPU fp32 (where SDPA has no fused kernel with
+    dropout and falls back to its unfused path). q [B,H,T,Dh]; k, v [B,H,S,Dh]; mask bool,
+    True = may attend, broadcastable to [B,H,T,S]. Rows that may attend nothing get a uniform
+    average instead of SDPA's zeros; no model here builds such a row."""
+    bias = None
+    if is_causal:
+        t = q.shape[-2]
+        mask = torch.ones(t, t, dtype=torch.bool).tril_()
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, torch.finfo(q.dtype).min)
+    return _AttentionWithDropout.apply(q, k, v, bias, p)
+
+
+class _AttentionWithDropout(torch.autograd.Function):
+    """softmax(q k^T / sqrt(Dh) + bias) with dropout, times v. Saves q, k, v (views of the
+    q/k/v projection), the probabilities and the 1-byte keep mask; the dropped probabilities
+    are recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, p):  # noqa: ANN001, ANN205 (autograd.Function signature)
+        # scaling q rather than the scores: [B,H,T,Dh] is smaller than [B,H,T,S]
+        scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+        if bias is not None:
+            scores.add_(bias)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        keep, scale = keep_mask(probs.shape, p)
+        # 1/(1-p) is applied to the [..,T,Dh] result rather than to every weight
+        y = torch.matmul(torch.where(keep, probs, 0.0), v).mul_(scale)
+        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # noqa: ANN001, ANN205
+        q, k, v, probs, keep = ctx.saved_tensors
+        scale = ctx.scale
+        dv = torch.matmul(torch.where(keep, probs, 0.0).transpose(-1, -2), dy).mul_(scale)
+        d_probs = torch.matmul(dy, v.transpose(-1, -2)).mul_(keep)
+        d_scores = torch.ops.aten._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+        del d_probs
+        scale /= math.sqrt(q.shape[-1])
+        dq = torch.matmul(d_scores, k).mul_(scale)
+        dk = torch.matmul(d_scores.transpose(-1, -2), q).mul_(scale)
+        return dq, dk, dv, None, None
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    p: float,
+) -> torch.Tensor:
+    """SDPA, except CPU fp32 attention with dropout, which goes through the cheaper mask."""
+    if cheap_dropout_applies(q, p, True):
+        return attention_with_dropout(q, k, v, mask, is_causal, p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)

@@ -1,0 +1,83 @@
+"""The cheap CPU dropout mask, residual dropout, and attention with dropout against SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmtune.models.dropout import Dropout, attention_with_dropout, keep_mask
+
+
+def test_keep_mask_drops_p_in_every_16_bit_lane():
+    torch.manual_seed(0)
+    keep, scale = keep_mask((1 << 20,), 0.1)
+    assert keep.dtype == torch.bool
+    # each 64-bit word feeds four consecutive elements; a biased lane shows up here
+    for lane in range(4):
+        assert abs(1 - keep[lane::4].float().mean().item() - 0.1) < 0.004
+    assert scale == pytest.approx(1 / (1 - 6554 / 65536))
+
+
+def test_keep_mask_follows_the_torch_seed():
+    torch.manual_seed(3)
+    a, _ = keep_mask((5, 7), 0.5)
+    torch.manual_seed(3)
+    b, _ = keep_mask((5, 7), 0.5)
+    assert a.shape == (5, 7) and torch.equal(a, b)
+
+
+def test_dropout_zeroes_and_rescales_in_training_and_is_identity_in_eval():
+    drop = Dropout(0.25)
+    x = torch.randn(64, 512, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.02
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def _inputs(t: int = 6, s: int = 6) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(1)
+    shapes = [(2, 3, t, 4), (2, 3, s, 4), (2, 3, s, 4)]
+    return tuple(torch.randn(*sh, dtype=torch.float64, requires_grad=True) for sh in shapes)
+
+
+@pytest.mark.parametrize("kind", ["causal", "padding", "prefix"])
+def test_attention_with_no_dropout_matches_sdpa(kind):
+    s = 9 if kind == "prefix" else 6
+    q, k, v = _inputs(6, s)
+    mask, is_causal = None, kind == "causal"
+    if kind == "padding":
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+        mask = mask[:, None, None, :]
+    if kind == "prefix":
+        mask = torch.ones(6, 9, dtype=torch.bool).tril(3)
+    ours = attention_with_dropout(q, k, v, mask, is_causal, 0.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    ours.square().sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    ref.square().sum().backward()
+    for mine, theirs in zip(grads, (q.grad, k.grad, v.grad), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-12)
+
+
+def test_attention_with_dropout_forward_and_gradients():
+    q, k, v = _inputs()
+
+    def attend(q, k, v):
+        torch.manual_seed(7)  # the same keep mask on every call, so gradcheck sees one function
+        return attention_with_dropout(q, k, v, None, True, 0.5)
+
+    torch.manual_seed(7)
+    keep, scale = keep_mask((2, 3, 6, 6), 0.5)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-1, -2) / 2).masked_fill(~causal, float("-inf"))
+    expected = (scores.softmax(-1) * keep * scale) @ v
+    assert torch.allclose(attend(q, k, v), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(attend, (q, k, v))
