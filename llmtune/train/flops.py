@@ -7,6 +7,7 @@ attention term 12 x n_layers x seq_len x d_model, counting heads only where they
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -137,8 +138,14 @@ def cpu_peak_key(precision: str) -> str:
     return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|linear"
 
 
-def device_peak_flops(device: torch.device, precision: str, cache_dir: Path) -> float | None:
-    """Peak FLOP/s of the device: a table for GPUs, a matmul measured once (cached) for CPUs."""
+def device_peak_flops(
+    device: torch.device, precision: str, cache_dir: Path, achieved: float = 0.0
+) -> float | None:
+    """Peak FLOP/s of the device: a table for GPUs, a matmul measured once (cached) for CPUs.
+
+    A cached CPU peak below `achieved` (FLOP/s a run has just reached) was measured on a busy
+    machine: it is measured again and the higher of the two kept, so MFU stays honest.
+    """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for fragment, peaks in GPU_PEAKS.items():
@@ -151,9 +158,12 @@ def device_peak_flops(device: torch.device, precision: str, cache_dir: Path) -> 
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if key not in known:
+    if known.get(key, 0.0) <= achieved:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        known[key] = _measure_cpu_peak(dtype)
+        known[key] = max(known.get(key, 0.0), _measure_cpu_peak(dtype))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(known, indent=2))
+        # written whole then renamed: ranks of one machine may read it at the same moment
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=2))
+        tmp.replace(path)
     return float(known[key])

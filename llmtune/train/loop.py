@@ -80,9 +80,8 @@ class Trainer:
         self.progress = Progress()
         self.ckpt_root = setup.run_dir / "checkpoints"
         self.max_time = parse_duration(cfg.train.max_time)
-        self.peak = self.parallel.info.world_size * device_peak_flops(
-            setup.runtime.device, setup.runtime.precision, setup.cache_dir
-        )
+        self.peak = self._device_peak()
+        self.peak_rechecked = False
         # Model FLOPs: what trains is fixed for the run, so the per-model part is counted once.
         self.body_flops = trained_body_flops(setup.model)
         # the vocabulary projection at each LM target; classification heads are negligible
@@ -222,8 +221,19 @@ class Trainer:
         body = batch["input_ids"].numel() * self.body_flops.at(width)
         return body + float(counts.get(self.s.objective.lm_term, 0)) * self.head_flops
 
+    def _device_peak(self, achieved: float = 0.0) -> float | None:
+        """Peak FLOP/s of all ranks together (see flops.device_peak_flops)."""
+        world, runtime = self.parallel.info.world_size, self.s.runtime
+        per_device = device_peak_flops(
+            runtime.device, runtime.precision, self.s.cache_dir, achieved / world
+        )
+        return world * per_device if per_device else None
+
     def _train_record(self, window: dict, seconds: float) -> dict:
         flops_per_s = window["flops"] / max(seconds, 1e-9)
+        if self.peak and flops_per_s > self.peak and not self.peak_rechecked:
+            self.peak_rechecked = True  # once per run: the new figure is the best we can do
+            self.peak = self._device_peak(achieved=flops_per_s)
         return {
             "step": self.progress.step,
             "loss": float(distributed.all_sum(window["loss"])) / max(1, window["steps"]),

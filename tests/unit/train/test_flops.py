@@ -69,6 +69,32 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
 
 
+def test_cpu_peak_below_what_a_run_achieved_is_measured_again(tmp_path, monkeypatch):
+    measured = iter([5e10, 1e9])
+    monkeypatch.setattr(flops, "_measure_cpu_peak", lambda dtype: next(measured))
+    cpu = torch.device("cpu")
+    path = tmp_path / "cpu_peak_flops.json"
+    path.write_text(json.dumps({flops.cpu_peak_key("fp32"): 2e9}))  # measured while busy
+    assert device_peak_flops(cpu, "fp32", tmp_path, achieved=1e9) == 2e9  # plausible: kept
+    assert device_peak_flops(cpu, "fp32", tmp_path, achieved=3e9) == 5e10
+    assert json.loads(path.read_text()) == {flops.cpu_peak_key("fp32"): 5e10}
+    # a second measurement lower than the cached peak never lowers it
+    assert device_peak_flops(cpu, "fp32", tmp_path, achieved=6e10) == 5e10
+
+
+def test_loop_remeasures_a_stale_cpu_peak(tmp_path, jsonl_corpus):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "cpu_peak_flops.json").write_text(json.dumps({flops.cpu_peak_key("fp32"): 1.0}))
+    run = tmp_path / "run"
+    pretrain(run, jsonl_corpus, *TINY_GPT, "train.max_steps=2", f"data.cache_dir={cache}")
+    train, _ = metrics(run)
+    # against the stale 1 FLOP/s the first MFU would be ~1e9; a measured peak puts it below 1
+    assert all(0 < r["mfu"] < 1 for r in train)
+    peak = json.loads((cache / "cpu_peak_flops.json").read_text())[flops.cpu_peak_key("fp32")]
+    assert peak > 1e8
+
+
 @pytest.mark.parametrize(
     ("family", "tiny"), [("gpt", TINY_GPT), ("bert", TINY_BERT)], ids=["gpt", "bert"]
 )
