@@ -57,5 +57,7 @@ def test_minilm_fine_tuned_on_rt_sentiment_reloads_in_transformers(tmp_path, cap
             batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
         )
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
-    # the fine-tune moved the classifier off its initialisation: a real, non-trivial comparison
-    assert float(ours.std(0).max()) > 1e-3
+    # After 6 steps the logits differ between texts by only ~1e-3, so the tolerance above alone
+    # could pass a broken encoder: the export error must also be tiny against that spread.
+    spread = float((ours.max(0).values - ours.min(0).values).max())
+    assert float((theirs - ours).abs().max()) < 0.01 * spread, spread
