@@ -16,6 +16,7 @@ from rich.table import Table
 from llmtune.config.schema import RunConfig
 from llmtune.data import cache_root
 from llmtune.models import build_model
+from llmtune.train.cpu_bf16 import native_bf16_matmul
 from llmtune.train.flops import device_peak_flops, model_flops_per_token
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.memory import (
@@ -61,6 +62,7 @@ def _memory(config: RunConfig, model: torch.nn.Module, device: torch.device, pre
         batch=config.train.micro_batch_size,
         seq_len=config.model.max_seq_len,
         half=precision in ("bf16", "fp16"),
+        half_via_fp32=device.type == "cpu" and precision == "bf16" and not native_bf16_matmul(),
         # SDPA's fused kernels: always on a GPU; on the CPU only without attention dropout
         flash=device.type == "cuda" or config.model.attn_dropout == 0,
         checkpointing=config.hardware.activation_checkpointing,
@@ -110,15 +112,12 @@ def _speed_rows(config: RunConfig, peak: float | None, device: str) -> list[tupl
     ]
 
 
-def _warn_slow_bf16(console: Console, runtime, peak: float | None, config: RunConfig) -> None:
-    """CPUs without bf16 matmul instructions emulate it, often far slower than fp32."""
-    if runtime.device.type != "cpu" or runtime.precision != "bf16" or not peak:
-        return
-    fp32 = device_peak_flops(runtime.device, "fp32", cache_root(config.data))
-    if fp32 and fp32 > peak:
+def _note_cpu_bf16(console: Console, runtime) -> None:
+    """Say what bf16 buys on a CPU without bf16 units (see train/cpu_bf16.py)."""
+    if runtime.device.type == "cpu" and runtime.precision == "bf16" and not native_bf16_matmul():
         console.print(
-            f"[bold yellow]note:[/] bf16 matmuls reach {peak / 1e9:.1f} GFLOP/s on this CPU, "
-            f"fp32 {fp32 / 1e9:.1f}: hardware.precision=fp32 will be faster"
+            "[bold yellow]note:[/] this CPU has no bf16 matmul units: bf16 products run in fp32 "
+            "arithmetic on bf16-rounded operands, so bf16 saves activation memory, not time"
         )
 
 
@@ -140,7 +139,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     for name, value in _speed_rows(config, peak, runtime.device.type):
         summary.add_row(name, value)
     console.print(summary)
-    _warn_slow_bf16(console, runtime, peak, config)
+    _note_cpu_bf16(console, runtime)
     estimate = _memory(config, model, runtime.device, runtime.precision)
     free = available_memory(runtime.device)
     console.print(_memory_table(estimate, free))

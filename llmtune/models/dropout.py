@@ -28,18 +28,21 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
 
 
 def cheap_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
-    """CPU fp32 training only: CUDA's dropout kernels are fused and bf16 goes through SDPA."""
+    """CPU training only (CUDA's dropout kernels are fused). Attention takes this path in
+    fp32; in bf16 it goes through train/cpu_bf16.py, which calls it with fp32 copies."""
+    return training and p > 0 and x.device.type == "cpu"
+
+
+def _cheap_attention_applies(q: torch.Tensor, p: float) -> bool:
     return (
-        training
-        and p > 0
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        cheap_dropout_applies(q, p, True)
+        and q.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     )
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout whose CPU fp32 mask comes from `keep_mask` (about 3x faster per element)."""
+    """nn.Dropout whose CPU mask comes from `keep_mask` (about 3x faster per element)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not cheap_dropout_applies(x, self.p, self.training):
@@ -112,6 +115,6 @@ def scaled_dot_product_attention(
     p: float,
 ) -> torch.Tensor:
     """SDPA, except CPU fp32 attention with dropout, which goes through the cheaper mask."""
-    if cheap_dropout_applies(q, p, True):
+    if _cheap_attention_applies(q, p):
         return attention_with_dropout(q, k, v, mask, is_causal, p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)

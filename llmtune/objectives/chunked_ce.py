@@ -11,15 +11,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from llmtune.train.cpu_bf16 import native_bf16_matmul
+
 # Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
 # (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.
 CHUNK_ELEMENTS = 2**25
 
 
-def _compute_dtype(device: torch.device, weight: Tensor) -> torch.dtype:
+def _operand_dtypes(device: torch.device, weight: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(the precision operands are rounded to, the dtype the products run in)."""
+    dtype = weight.dtype
     if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return weight.dtype
+        dtype = torch.get_autocast_dtype(device.type)
+    if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16_matmul():
+        return dtype, torch.float32  # bf16-rounded operands, fp32 arithmetic (see cpu_bf16)
+    return dtype, dtype
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -32,12 +38,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, hidden: Tensor, weight: Tensor, targets: Tensor, grad_enabled: bool
     ) -> tuple[Tensor, Tensor]:
-        dtype = _compute_dtype(hidden.device, weight)
+        rounding, dtype = _operand_dtypes(hidden.device, weight)
         # needs_input_grad follows requires_grad even under no_grad (validation), and grad
         # mode is always off in here: the caller says whether a backward can come
         needs_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)
+            w = weight.to(rounding).to(dtype)
             n, v = hidden.shape[0], weight.shape[0]
             rows = max(1, min(n, CHUNK_ELEMENTS // v))
             buf = torch.empty(rows, v, dtype=torch.float32, device=hidden.device)
@@ -50,7 +56,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # (on a GPU each answer is a host sync)
             all_valid = bool((targets != -100).all())
             for start in range(0, n, rows):
-                h = hidden[start : start + rows].to(dtype)
+                h = hidden[start : start + rows].to(rounding).to(dtype)
                 t = targets[start : start + rows]
                 logits = buf[: h.shape[0]]
                 if dtype == torch.float32:

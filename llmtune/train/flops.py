@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from llmtune.config.schema import ModelConfig
+from llmtune.train.cpu_bf16 import bf16_products, native_bf16_matmul
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
 GPU_PEAKS = {
@@ -134,8 +135,9 @@ def _cpu_name() -> str:
 
 def cpu_peak_key(precision: str) -> str:
     """This CPU's entry in the peak cache ("linear": peaks cached before the measurement moved
-    from torch.mm are measured again)."""
-    return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|linear"
+    from torch.mm are measured again; "fp32-products": bf16 as cpu_bf16 runs it)."""
+    how = "linear" if precision != "bf16" or native_bf16_matmul() else "linear|fp32-products"
+    return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|{how}"
 
 
 def device_peak_flops(
@@ -160,7 +162,9 @@ def device_peak_flops(
         known = {}
     if known.get(key, 0.0) <= achieved:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        known[key] = max(known.get(key, 0.0), _measure_cpu_peak(dtype))
+        with bf16_products():  # bf16 measured the way training multiplies it
+            measured = _measure_cpu_peak(dtype)
+        known[key] = max(known.get(key, 0.0), measured)
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole then renamed: ranks of one machine may read it at the same moment
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

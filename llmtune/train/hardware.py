@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmtune.config.schema import HardwareConfig
 from llmtune.errors import ConfigError
+from llmtune.train.cpu_bf16 import bf16_products
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -26,11 +27,16 @@ class Runtime:
     def autocast_dtype(self) -> torch.dtype | None:
         return _DTYPES[self.precision]
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def autocast(self):
         """Mixed-precision context for forward passes (a no-op in fp32)."""
         if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            yield
+            return
+        # on a CPU without bf16 units, products run in fp32 arithmetic (see cpu_bf16)
+        products = bf16_products() if self.device.type == "cpu" else contextlib.nullcontext()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype), products:
+            yield
 
 
 def resolve_runtime(cfg: HardwareConfig) -> Runtime:
@@ -51,6 +57,10 @@ def resolve_runtime(cfg: HardwareConfig) -> Runtime:
     return Runtime(device=device, precision=precision, threads=threads)
 
 
+def _recompute_contexts():
+    return contextlib.nullcontext(), bf16_products()
+
+
 def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Module:
     """Apply hardware.activation_checkpointing and hardware.compile to a built model, in place.
 
@@ -61,7 +71,10 @@ def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Modul
     if cfg.activation_checkpointing and backbone is not None:
         for block in backbone.blocks:
             # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation
-            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+            # the recomputation in backward runs outside Runtime.autocast's products context
+            block.forward = functools.partial(
+                checkpoint, block.forward, use_reentrant=False, context_fn=_recompute_contexts
+            )
     if cfg.compile:
         # objectives call model.backbone and model.heads directly, so compile those modules;
         # Module.compile() compiles in place and keeps state_dict keys unchanged

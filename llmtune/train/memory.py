@@ -27,6 +27,8 @@ class ActivationShape:
     seq_len: int
     half: bool  # bf16/fp16 autocast: matmul outputs stored in 2 bytes
     flash: bool  # SDPA's fused kernel (no [T, T] scores kept); the CPU keeps them with dropout
+    # CPU bf16 without bf16 units (train/cpu_bf16.py): attention runs on fp32 copies of q, k, v
+    half_via_fp32: bool = False
     checkpointing: bool = False  # hardware.activation_checkpointing: keep block inputs only
     lm_rows_share: float = 1.0  # share of positions projected onto the vocabulary
     fused_lm_loss: bool = True  # gpt: chunked projection + loss (objectives/chunked_ce.py)
@@ -63,16 +65,20 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     twice (before and after GELU, 2 d_ff); dropout keeps two 1-byte masks of d. Without SDPA's
     fused kernel [B, H, T, T] weights stay too: in fp32 (models/dropout.py) the fp32 softmax and
     a 1-byte keep mask; in bf16 (SDPA's unfused path) the softmax, mask and dropped weights.
+    bf16 through fp32 products keeps q, k, v in fp32, the fp32 attention path's weights, and
+    with SDPA's fused kernel its fp32 output besides the bf16 copy the projection keeps.
     """
     tokens = shape.batch * shape.seq_len
     act = 2 if shape.half else 4
     d, ff = cfg.d_model, cfg.d_ff
     per_token = 2 * d * 4 + 6 * d * act + 2 * ff * act
+    if shape.half_via_fp32:
+        per_token += 3 * d * 2 + (d * 4 if shape.flash else 0)
     if cfg.dropout > 0:
         per_token += 2 * d
     scores = 0
     if not shape.flash:
-        bytes_per_weight = 3 * 4 if shape.half else 4 + 1
+        bytes_per_weight = 3 * 4 if shape.half and not shape.half_via_fp32 else 4 + 1
         scores = bytes_per_weight * shape.batch * cfg.n_heads * shape.seq_len**2
     return tokens * per_token + scores
 
