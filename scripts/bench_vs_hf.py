@@ -323,15 +323,15 @@ def bench(args: argparse.Namespace, workload: str, precision: str) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'workload':<11}{'prec':<6}{'llmtune tok/s':>14}{'HF tok/s':>10}{'ratio':>7}"
+        f"{'workload':<11}{'prec':<6}{'llmtune tok/s':>14}{'HF tok/s':>10}{'ratio':>9}"
         f"{'llmtune RSS':>13}{'HF RSS':>9}{'MFU':>7}{'TFLOP/s':>9}{'data wait':>10}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['workload']:<11}{r['precision']:<6}{r['llmtune_tok_s']:>14.0f}"
-            f"{r['hf_tok_s']:>10.0f}{r['ratio']:>6.2f}x{r['llmtune_rss_mib']:>9.0f} MiB"
+            f"{r['workload']:<11}{r['precision']:<6}{r['llmtune_tok_s']:>14.1f}"
+            f"{r['hf_tok_s']:>10.1f}{r['ratio']:>8.2f}x{r['llmtune_rss_mib']:>9.0f} MiB"
             f"{r['hf_rss_mib']:>5.0f} MiB{100 * r['mfu']:>6.1f}%{r['tflops']:>9.3f}"
             f"{100 * r['data_wait']:>9.1f}%"
         )

@@ -1,7 +1,7 @@
 """bf16 on CPUs without bf16 matmul instructions: products of bf16 values computed in fp32.
 
 Without AVX512-BF16 or AMX, oneDNN's bf16 matmul falls back to a kernel that reaches 0.3-1.5
-GFLOP/s where fp32 reaches 50-70 on the same cores (a 40x to 200x gap). Hardware bf16 units
+GFLOP/s where fp32 reaches 40-70 on the same cores (a 30x to 200x gap). Hardware bf16 units
 multiply bf16 operands exactly and accumulate in fp32; an fp32 matmul of bf16-rounded operands
 does the same arithmetic. So under bf16 autocast on such a CPU every product (linear, matmul,
 attention) rounds its operands to bf16, multiplies in fp32 and rounds the result to bf16:
