@@ -16,9 +16,9 @@ from rich.table import Table
 from llmtune.config.schema import RunConfig
 from llmtune.data import cache_root
 from llmtune.models import build_model
-from llmtune.train.cpu_bf16 import native_bf16_matmul
+from llmtune.train.cpu_bf16 import bf16_via_fp32
 from llmtune.train.flops import device_peak_flops, model_flops_per_token
-from llmtune.train.hardware import resolve_runtime
+from llmtune.train.hardware import Runtime, resolve_runtime
 from llmtune.train.memory import (
     ActivationShape,
     MemoryEstimate,
@@ -57,12 +57,13 @@ def _targets_share(config: RunConfig) -> float:
     return config.objective.mask_prob
 
 
-def _memory(config: RunConfig, model: torch.nn.Module, device: torch.device, precision: str):
+def _memory(config: RunConfig, model: torch.nn.Module, runtime: Runtime):
+    device = runtime.device
     shape = ActivationShape(
         batch=config.train.micro_batch_size,
         seq_len=config.model.max_seq_len,
-        half=precision in ("bf16", "fp16"),
-        half_via_fp32=device.type == "cpu" and precision == "bf16" and not native_bf16_matmul(),
+        half=runtime.autocast_dtype is not None,
+        half_via_fp32=bf16_via_fp32(device.type, runtime.autocast_dtype),
         # SDPA's fused kernels: always on a GPU; on the CPU only without attention dropout
         flash=device.type == "cuda" or config.model.attn_dropout == 0,
         checkpointing=config.hardware.activation_checkpointing,
@@ -112,9 +113,9 @@ def _speed_rows(config: RunConfig, peak: float | None, device: str) -> list[tupl
     ]
 
 
-def _note_cpu_bf16(console: Console, runtime) -> None:
+def _note_cpu_bf16(console: Console, runtime: Runtime) -> None:
     """Say what bf16 buys on a CPU without bf16 units (see train/cpu_bf16.py)."""
-    if runtime.device.type == "cpu" and runtime.precision == "bf16" and not native_bf16_matmul():
+    if bf16_via_fp32(runtime.device.type, runtime.autocast_dtype):
         console.print(
             "[bold yellow]note:[/] this CPU has no bf16 matmul units: bf16 products run in fp32 "
             "arithmetic on bf16-rounded operands, so bf16 saves activation memory, not time"
@@ -140,7 +141,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
         summary.add_row(name, value)
     console.print(summary)
     _note_cpu_bf16(console, runtime)
-    estimate = _memory(config, model, runtime.device, runtime.precision)
+    estimate = _memory(config, model, runtime)
     free = available_memory(runtime.device)
     console.print(_memory_table(estimate, free))
     if free is not None and estimate.total > free:

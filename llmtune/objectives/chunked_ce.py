@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmtune.train.cpu_bf16 import native_bf16_matmul
+from llmtune.train.cpu_bf16 import bf16_via_fp32
 
 # Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
 # (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.
@@ -23,7 +23,7 @@ def _operand_dtypes(device: torch.device, weight: Tensor) -> tuple[torch.dtype, 
     dtype = weight.dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16_matmul():
+    if bf16_via_fp32(device.type, dtype):
         return dtype, torch.float32  # bf16-rounded operands, fp32 arithmetic (see cpu_bf16)
     return dtype, dtype
 

@@ -11,6 +11,7 @@ bf16 numerics at fp32 speed. Linear layers keep their saved inputs in bf16, as a
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,16 @@ from llmtune.models.dropout import scaled_dot_product_attention
 BF16 = torch.bfloat16
 
 
+@functools.cache  # a fact of the machine, asked on every forward pass
 def native_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def bf16_via_fp32(device_type: str, dtype: torch.dtype | None) -> bool:
+    """Whether products in `dtype` on this device run as fp32 products of bf16-rounded operands."""
+    return device_type == "cpu" and dtype == BF16 and not native_bf16_matmul()
 
 
 def bf16_products() -> contextlib.AbstractContextManager:

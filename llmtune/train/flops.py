@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from llmtune.config.schema import ModelConfig
-from llmtune.train.cpu_bf16 import bf16_products, native_bf16_matmul
+from llmtune.train.cpu_bf16 import bf16_products, bf16_via_fp32
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
 GPU_PEAKS = {
@@ -136,7 +136,8 @@ def _cpu_name() -> str:
 def cpu_peak_key(precision: str) -> str:
     """This CPU's entry in the peak cache ("linear": peaks cached before the measurement moved
     from torch.mm are measured again; "fp32-products": bf16 as cpu_bf16 runs it)."""
-    how = "linear" if precision != "bf16" or native_bf16_matmul() else "linear|fp32-products"
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    how = "linear|fp32-products" if bf16_via_fp32("cpu", dtype) else "linear"
     return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|{how}"
 
 
