@@ -35,9 +35,10 @@ def bf16_via_fp32(device_type: str, dtype: torch.dtype | None) -> bool:
     return device_type == "cpu" and dtype == BF16 and not native_bf16_matmul()
 
 
-def bf16_products() -> contextlib.AbstractContextManager:
-    """The context that routes bf16 CPU products through fp32 (a no-op where bf16 is native)."""
-    return contextlib.nullcontext() if native_bf16_matmul() else Bf16ViaFp32()
+def bf16_products(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Bf16ViaFp32 where `bf16_via_fp32` holds, else a no-op: nothing intercepts fp32, GPU or
+    native-bf16 work."""
+    return Bf16ViaFp32() if bf16_via_fp32(device_type, dtype) else contextlib.nullcontext()
 
 
 def _round(x: Tensor) -> Tensor:

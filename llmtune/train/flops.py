@@ -133,11 +133,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def cpu_peak_key(precision: str) -> str:
     """This CPU's entry in the peak cache ("linear": peaks cached before the measurement moved
     from torch.mm are measured again; "fp32-products": bf16 as cpu_bf16 runs it)."""
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    how = "linear|fp32-products" if bf16_via_fp32("cpu", dtype) else "linear"
+    how = "linear|fp32-products" if bf16_via_fp32("cpu", _cpu_dtype(precision)) else "linear"
     return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|{how}"
 
 
@@ -162,8 +165,8 @@ def device_peak_flops(
     except (OSError, ValueError):
         known = {}
     if known.get(key, 0.0) <= achieved:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        with bf16_products():  # bf16 measured the way training multiplies it
+        dtype = _cpu_dtype(precision)
+        with bf16_products("cpu", dtype):  # bf16 measured the way training multiplies it
             measured = _measure_cpu_peak(dtype)
         known[key] = max(known.get(key, 0.0), measured)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,9 @@ class Runtime:
         if self.autocast_dtype is None:
             yield
             return
+        device, dtype = self.device.type, self.autocast_dtype
         # on a CPU without bf16 units, products run in fp32 arithmetic (see cpu_bf16)
-        products = bf16_products() if self.device.type == "cpu" else contextlib.nullcontext()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype), products:
+        with torch.autocast(device, dtype=dtype), bf16_products(device, dtype):
             yield
 
 
@@ -58,7 +58,10 @@ def resolve_runtime(cfg: HardwareConfig) -> Runtime:
 
 
 def _recompute_contexts():
-    return contextlib.nullcontext(), bf16_products()
+    """Called during the forward. Backward's recomputation runs outside Runtime.autocast:
+    torch restores the autocast state there, and this restores the forward's bf16 products."""
+    cpu_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return contextlib.nullcontext(), bf16_products("cpu", cpu_dtype)
 
 
 def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Module:
@@ -71,7 +74,6 @@ def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Modul
     if cfg.activation_checkpointing and backbone is not None:
         for block in backbone.blocks:
             # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation
-            # the recomputation in backward runs outside Runtime.autocast's products context
             block.forward = functools.partial(
                 checkpoint, block.forward, use_reentrant=False, context_fn=_recompute_contexts
             )
