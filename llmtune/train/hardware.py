@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmtune.config.schema import HardwareConfig
 from llmtune.errors import ConfigError
-from llmtune.train.cpu_bf16 import bf16_products
+from llmtune.train.cpu_bf16 import bf16_products, bf16_via_fp32
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -52,6 +52,15 @@ def resolve_runtime(cfg: HardwareConfig) -> Runtime:
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("hardware.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if (
+        cfg.compile
+        and cfg.activation_checkpointing
+        and bf16_via_fp32(device.type, _DTYPES[precision])
+    ):
+        raise ConfigError(
+            "hardware.compile=true with hardware.activation_checkpointing=true cannot run bf16 on "
+            "this CPU (no bf16 matmul units); turn one of them off or use hardware.precision=fp32"
+        )
     threads = cfg.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     return Runtime(device=device, precision=precision, threads=threads)
@@ -71,12 +80,15 @@ def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Modul
     stay as they are: no `_orig_mod.` or `_checkpoint_wrapped_module.` prefixes.
     """
     backbone = getattr(model, "backbone", None)
+    # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation.
+    # torch.compile accepts only dispatch modes from a context_fn; resolve_runtime refuses
+    # the one compiled case that would need it (bf16 products through fp32)
+    kwargs: dict = {"use_reentrant": False}
+    if not cfg.compile:
+        kwargs["context_fn"] = _recompute_contexts
     if cfg.activation_checkpointing and backbone is not None:
         for block in backbone.blocks:
-            # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation
-            block.forward = functools.partial(
-                checkpoint, block.forward, use_reentrant=False, context_fn=_recompute_contexts
-            )
+            block.forward = functools.partial(checkpoint, block.forward, **kwargs)
     if cfg.compile:
         # objectives call model.backbone and model.heads directly, so compile those modules;
         # Module.compile() compiles in place and keeps state_dict keys unchanged

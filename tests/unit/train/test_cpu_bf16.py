@@ -170,3 +170,16 @@ def test_plan_says_what_bf16_buys_on_this_cpu(capsys):
     out = capsys.readouterr().out
     assert "cpu bf16" in out
     assert ("no bf16 matmul units" in out) == (not native_bf16_matmul())
+
+
+@pytest.mark.skipif(native_bf16_matmul(), reason="this CPU multiplies bf16 in hardware")
+def test_compiled_checkpointing_in_bf16_is_refused_in_one_line(capsys, tmp_path):
+    # torch.compile cannot give the recomputation the fp32 products the forward used
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", f"hydra.run.dir={tmp_path}", "model=gpt-tiny", "hardware=cpu",
+              "hardware.precision=bf16", "hardware.compile=true",
+              "hardware.activation_checkpointing=true"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and "hardware.activation_checkpointing=true" in err
+    assert not (tmp_path / "checkpoints").exists()

@@ -12,7 +12,7 @@ from llmtune.commands import plan
 from llmtune.config.schema import HardwareConfig, ModelConfig
 from llmtune.models import build_model
 from llmtune.objectives.clm import CausalLM
-from llmtune.train.hardware import prepare_model
+from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.memory import (
     ActivationShape,
     activation_bytes,
@@ -139,13 +139,25 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.slow
-def test_compile_trains_a_tiny_model_on_cpu():
+@pytest.mark.parametrize(
+    "precision, checkpointing", [("fp32", False), ("fp32", True), ("bf16", False)]
+)
+def test_compile_trains_and_evaluates_a_tiny_model_on_cpu(precision, checkpointing):
     cfg = ModelConfig(family="gpt", vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64)
-    model = prepare_model(build_model(cfg, ("lm",)), HardwareConfig(compile=True))
+    hardware = HardwareConfig(
+        compile=True, activation_checkpointing=checkpointing, precision=precision
+    )
+    model = prepare_model(build_model(cfg, ("lm",)), hardware)
+    runtime = Runtime(device=torch.device("cpu"), precision=precision, threads=1)
     ids = {"input_ids": torch.randint(300, (2, 16))}
-    loss = CausalLM(eos_id=0).losses(model, ids)["clm"].loss_sum
+    with runtime.autocast():
+        loss = CausalLM(eos_id=0).losses(model, ids)["clm"].loss_sum
     loss.backward()
     assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad(), runtime.autocast():  # evaluation, as the loop runs it: a new graph
+        assert torch.isfinite(CausalLM(eos_id=0).losses(model, ids)["clm"].loss_sum)
     assert all("_orig_mod" not in k for k in model.state_dict())
 
 
