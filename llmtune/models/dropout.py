@@ -29,7 +29,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
 
 def cheap_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     """CPU training only (CUDA's dropout kernels are fused). Attention takes this path in
-    fp32; in bf16 it goes through train/cpu_bf16.py, which calls it with fp32 copies."""
+    fp32; in bf16 it goes through models/cpu_bf16.py, which calls it with fp32 copies."""
     return training and p > 0 and x.device.type == "cpu"
 
 

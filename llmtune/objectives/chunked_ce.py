@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmtune.train.cpu_bf16 import bf16_via_fp32
+from llmtune.models.cpu_bf16 import bf16_via_fp32
 
 # Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
 # (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from llmtune.config.schema import ModelConfig
-from llmtune.train.cpu_bf16 import bf16_products, bf16_via_fp32
+from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
 GPU_PEAKS = {

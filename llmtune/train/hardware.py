@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmtune.config.schema import HardwareConfig
 from llmtune.errors import ConfigError
-from llmtune.train.cpu_bf16 import bf16_products, bf16_via_fp32
+from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 

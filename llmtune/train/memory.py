@@ -27,7 +27,7 @@ class ActivationShape:
     seq_len: int
     half: bool  # bf16/fp16 autocast: matmul outputs stored in 2 bytes
     flash: bool  # SDPA's fused kernel (no [T, T] scores kept); the CPU keeps them with dropout
-    # CPU bf16 without bf16 units (train/cpu_bf16.py): attention runs on fp32 copies of q, k, v
+    # CPU bf16 without bf16 units (models/cpu_bf16.py): attention runs on fp32 copies of q, k, v
     half_via_fp32: bool = False
     checkpointing: bool = False  # hardware.activation_checkpointing: keep block inputs only
     lm_rows_share: float = 1.0  # share of positions projected onto the vocabulary

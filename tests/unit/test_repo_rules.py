@@ -36,6 +36,8 @@ def test_ownership_boundaries():
             assert rel == "cli.py" or rel.startswith("config/"), f"{rel} imports Hydra"
         if "llmtune.commands" in text:
             assert rel == "cli.py", f"{rel} imports commands/"
+        if rel.startswith("objectives/"):
+            assert "llmtune.train" not in text, f"{rel} imports train/ (the layer above it)"
         if rel.startswith("models/"):
             for banned in ("llmtune.data", "llmtune.objectives", "llmtune.train", "omegaconf"):
                 assert banned not in text, f"{rel} imports {banned}"

@@ -1,4 +1,4 @@
-"""bf16 products through fp32 arithmetic (train/cpu_bf16.py): bf16 numerics, bf16 memory."""
+"""bf16 products through fp32 arithmetic (models/cpu_bf16.py): bf16 numerics, bf16 memory."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from llmtune.cli import main
 from llmtune.config.schema import HardwareConfig, ModelConfig
 from llmtune.models import build_model
+from llmtune.models.cpu_bf16 import Bf16ViaFp32, native_bf16_matmul
 from llmtune.objectives.chunked_ce import linear_cross_entropy
-from llmtune.train.cpu_bf16 import Bf16ViaFp32, native_bf16_matmul
 from llmtune.train.hardware import prepare_model
 from llmtune.train.memory import ActivationShape, activation_bytes
 
