@@ -90,7 +90,7 @@ def _hydra_task(command: str) -> Callable[[], None]:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path="configs", config_name=command)
+    @hydra.main(version_base="1.3", config_path="pkg://llmtune.configs", config_name=command)
     def task(cfg: DictConfig) -> float | None:
         from llmtune.config import from_hydra
         from llmtune.config.sweep_summary import final_metrics

@@ -7,6 +7,7 @@ gives one line with the closest valid name. `+key=` additions are checked too.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import typing
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from llmtune.config.build import section_fields, suggestion
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The top-level configs/ folder, installed as the package llmtune.configs (see setup.py).
+CONFIG_DIR = Path(importlib.resources.files("llmtune.configs"))
 
 
 def group_options(group: str) -> list[str]:

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "llmtune"
+CONFIG_DIR = PACKAGE.parent / "configs"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
@@ -44,6 +45,6 @@ def test_ownership_boundaries():
 
 
 def test_no_import_paths_in_user_yaml():
-    for path in (PACKAGE / "configs").rglob("*.yaml"):
-        if "hydra" not in path.relative_to(PACKAGE / "configs").parts:
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        if "hydra" not in path.relative_to(CONFIG_DIR).parts:
             assert "_target_" not in path.read_text(), path
