@@ -56,3 +56,35 @@ def test_every_yaml_starts_with_a_comment():
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("# @package")]
         assert lines[0].startswith("# "), path
+
+
+def _declared(node: dict, prefix: str = "") -> dict[str, object]:
+    """Flattened leaf values of a primary YAML's own keys (hydra and defaults left out)."""
+    flat = {}
+    for key, value in node.items():
+        if key in ("hydra", "defaults"):
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_declared(value, f"{path}."))
+        elif value != "???":
+            flat[path] = value
+    return flat
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "export"])
+def test_primary_config_values_beat_the_group_defaults(command: str):
+    """What a command's own YAML declares is what runs (finetune's lr 5e-5 once lost to
+    optim/adamw.yaml's 5e-4 because `_self_` came first in its defaults list)."""
+    declared = _declared(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{command}.yaml")))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name=command), resolve=False)
+    got = _declared(cfg)
+    assert declared, command
+    for key, value in declared.items():
+        assert got[key] == value, f"{command}: {key} composed to {got[key]!r}, YAML says {value!r}"
+
+
+def test_experiment_beats_the_primary_config():
+    config = composed("finetune", ["experiment=finetune-rt-sentiment-minilm", "init_from=x"])
+    assert config.optim.warmup_steps == 30 and config.train.max_steps == 320
