@@ -92,7 +92,7 @@ def _hydra_task(command: str) -> Callable[[], None]:
 
     @hydra.main(version_base="1.3", config_path="pkg://llmtune.configs", config_name=command)
     def task(cfg: DictConfig) -> float | None:
-        from llmtune.config import from_hydra
+        from llmtune.config.load import from_hydra
         from llmtune.config.sweep_summary import final_metrics
         from llmtune.train.launch import run_command
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llmtune.models.blocks import KV
+from llmtune.models.family import Kind
 
 INIT_STD = 0.02
 _ATTN_DEFAULTS = (None, None, False, None)  # Attention.forward's x, mask, is_causal, past
@@ -42,7 +43,7 @@ def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     prefix = PrefixKV(cfg.n_layers, cfg.n_heads, cfg.d_model, n_tokens)
     prefix.to(next(model.parameters()).device)
     model.add_module("adapter", prefix)
-    if cfg.family == "gpt":
+    if model.kind == Kind.DECODER:  # its forward takes a KV cache: the prefix is one
 
         def gpt_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if len(args) > 2 or kwargs.get("past") is not None:

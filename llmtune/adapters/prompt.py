@@ -53,10 +53,10 @@ def attach_prompt(
     better than random vectors, which sit far from anything the model has seen).
     """
     cfg, backbone = model.config, model.backbone
-    if cfg.max_seq_len + n_tokens > cfg.n_positions:
+    if cfg.max_seq_len + n_tokens > cfg.max_positions:
         raise ConfigError(
             f"method.n_tokens={n_tokens} + model.max_seq_len={cfg.max_seq_len} exceed the "
-            f"model's {cfg.n_positions} positions; lower one of them"
+            f"model.s {cfg.max_positions} positions; lower one of them"
         )
     table = backbone.tok_emb.weight
     rows = torch.randint(table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(seed))

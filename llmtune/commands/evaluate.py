@@ -34,6 +34,8 @@ from llmtune.evaluation.report import (
 )
 from llmtune.evaluation.tasks import evaluate_task
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
+from llmtune.models import Kind
+from llmtune.models.registry import names_of_kind
 from llmtune.objectives import TASK_OBJECTIVES
 from llmtune.train.hardware import resolve_runtime
 
@@ -82,10 +84,10 @@ def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -
             results["predictions_file"] = PREDICTIONS
         return results
     if config.evaluate.label_words:
-        if loaded.family != "gpt":
+        if loaded.model.kind != Kind.DECODER:
             raise ConfigError(
-                "evaluate.label_words: zero/few-shot scoring needs a gpt checkpoint; "
-                f"{loaded.step_dir} is a {loaded.family} model"
+                f"evaluate.label_words: zero/few-shot scoring needs a {names_of_kind(Kind.DECODER)}"
+                f" checkpoint; {loaded.step_dir} is a {loaded.family} model"
             )
         return _zero_shot(loaded, config, run_dir)
     return evaluate_language_model(loaded, config.data, config.evaluate, config.seed)
@@ -124,10 +126,11 @@ def run(config: RunConfig, run_dir: Path) -> None:
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
     loaded = load_checkpoint(config.ckpt, runtime.device)
-    if prompts and (loaded.family != "gpt" or "lm" not in loaded.model.heads):
+    if prompts and (loaded.model.kind != Kind.DECODER or "lm" not in loaded.model.heads):
         raise ConfigError(
-            f"prompts: generation needs a gpt checkpoint with an lm head; {loaded.step_dir} is "
-            f"a {loaded.family} model with heads {', '.join(loaded.model.heads)}"
+            f"prompts: generation needs a {names_of_kind(Kind.DECODER)} checkpoint with an lm "
+            f"head; {loaded.step_dir} is a {loaded.family} model with heads "
+            f"{', '.join(loaded.model.heads)}"
         )
     console = Console(highlight=False)
     results: dict[str, Any] = {

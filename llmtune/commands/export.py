@@ -37,7 +37,7 @@ def _build_job(config: RunConfig, staging: Path) -> ExportJob:
     merge_lora(loaded.model)  # plain Linears: every format (and HF) knows those
     loaded.model.float().eval()
     sample = sample_inputs(
-        loaded.tokenizer, loaded.info, loaded.family, loaded.config.model.max_seq_len
+        loaded.tokenizer, loaded.info, loaded.model, loaded.config.model.max_seq_len
     )
     inference = InferenceModel(loaded.model, loaded.config.objective.pooling).eval()
     return ExportJob(loaded, inference, example_inputs(sample), sample, staging, config)

@@ -19,6 +19,7 @@ from llmtune.data import (
 )
 from llmtune.errors import ConfigError, DataError
 from llmtune.models import build_model
+from llmtune.models import family as family_of
 from llmtune.objectives import build_objective
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
@@ -43,10 +44,11 @@ def run(config: RunConfig, run_dir: Path) -> None:
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
     family, seq_len = config.model.family, config.model.max_seq_len
+    native = family_of(family).tokenizer
     cache = cache_root(config.data)
     corpus = load_corpus(config.data, config.seed)
-    tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, family)
+    tokenizer = get_tokenizer(config.tokenizer, native, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, native)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     examples = {}

@@ -7,6 +7,8 @@ import difflib
 
 from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
 from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.models.registry import family, names_of_kind
 
 POOLINGS = ("cls", "mean")
 POSITIVES = ("auto", "dropout", "pair", "label")
@@ -97,21 +99,23 @@ def check_tasks(config: RunConfig) -> None:
     )
 
 
-def check_task_families(config: RunConfig, families: dict[str, tuple[str, ...]]) -> None:
-    """cls pooling needs bert's [CLS] token: a causal gpt has read nothing at position 0."""
+def check_task_families(config: RunConfig, kinds: dict[str, tuple[Kind, ...]]) -> None:
+    """cls pooling needs an encoder's [CLS] token: a causal model has read nothing at
+    position 0."""
     names = [task_objective(n, config) for n in config.tasks] or [config.objective.name]
     uses_pooling = "contrastive" in names
+    kind = family(config.model.family).kind
     _require(
-        not uses_pooling or config.objective.pooling != "cls" or config.model.family == "bert",
-        "objective.pooling=cls needs a bert model (a gpt's first token has seen nothing else); "
-        "use objective.pooling=mean",
+        not uses_pooling or config.objective.pooling != "cls" or kind == Kind.ENCODER,
+        f"objective.pooling=cls needs a {names_of_kind(Kind.ENCODER)} model (a causal model's "
+        "first token has seen nothing else); use objective.pooling=mean",
     )
     for name in config.tasks:
         objective = task_objective(name, config)
         _require(
-            config.model.family in families[objective],
-            f"tasks.{name} (objective {objective}) needs a {'/'.join(families[objective])} model, "
-            f"but the model is a {config.model.family}",
+            kind in kinds[objective],
+            f"tasks.{name} (objective {objective}) needs a {names_of_kind(*kinds[objective])} "
+            f"model, but the model is a {config.model.family}",
         )
 
 

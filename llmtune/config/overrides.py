@@ -10,10 +10,12 @@ import dataclasses
 import importlib.resources
 import typing
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
+from llmtune.config import choices
 from llmtune.config.build import section_fields, suggestion
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError
@@ -41,21 +43,37 @@ def _check_group_choice(group: str, values: list[str]) -> None:
             )
 
 
+def _fields(cls: Any, path: str) -> dict[str, Any]:
+    """Keys of a section; a choice section (model, objective, ...) takes any choice's keys
+    here, since which choice a composed config makes is known only after composition."""
+    if path not in choices.SELECTORS:
+        return section_fields(cls)
+    fields = {}
+    for option in [*choices.classes(path).values(), *choices.EXTRA.get(path, ())]:
+        fields |= section_fields(option)
+    return fields
+
+
 def _check_key(key: str) -> None:
     parts = key.split(".")
-    cls: type = RunConfig
+    cls: Any = RunConfig
     for depth, part in enumerate(parts):
         if typing.get_origin(cls) is dict:  # tasks.<name>: the name is free, its keys are not
             cls = typing.get_args(cls)[1]
             continue
-        fields = section_fields(cls)
+        fields = _fields(cls, ".".join(parts[:depth]))
         if part not in fields:
             prefix = ".".join(parts[:depth])
             where = f"'{prefix}'" if prefix else "the top level"
             valid = fields if prefix else [*fields, *config_groups()]
             raise ConfigError(f"unknown key '{key}' in {where}{suggestion(part, valid)}")
         cls = fields[part]
-        is_section = dataclasses.is_dataclass(cls) or typing.get_origin(cls) is dict
+        path = ".".join(parts[: depth + 1])
+        is_section = (
+            path in choices.SELECTORS
+            or dataclasses.is_dataclass(cls)
+            or typing.get_origin(cls) is dict
+        )
         if not is_section and depth < len(parts) - 1:
             raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section")
 

@@ -8,24 +8,65 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmtune.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. `family` picks the wiring (bert: post-LN encoder, gpt: pre-LN decoder)."""
+    """Keys every model family has. Each family (models/<family>.py) subclasses this with its
+    own keys; `model.family` picks the class, and a key of another family is refused."""
 
-    family: str = "gpt"  # "bert" | "gpt"
+    family: str = ""  # registered family name (models/registry.py): bert, gpt, ...
     vocab_size: int = 0  # 0 = take it from the tokenizer
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 512
-    max_seq_len: int = 128  # training/eval sequence length; must fit in n_positions
-    n_positions: int = 512  # size of the learned position table
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads per block
+    d_ff: int = 512  # hidden width of each block's MLP
+    max_seq_len: int = 128  # training/eval sequence length
     dropout: float = 0.1  # hidden and embedding dropout
-    attn_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12  # BERT uses 1e-12, GPT-2 uses 1e-5
-    type_vocab_size: int = 2  # BERT token types; ignored by gpt
-    tie_embeddings: bool = True
+    attn_dropout: float = 0.1  # dropout on attention probabilities
+    tie_embeddings: bool = True  # the output projection shares the token embedding table
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the architecture takes (a learned position table's size)."""
+        return self.max_seq_len
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid key (families add their own checks)."""
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size}: must be >= 0 (0 = tokenizer's)")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}"
+            )
+        if self.max_seq_len > self.max_positions:
+            raise ConfigError(
+                f"model.max_seq_len={self.max_seq_len} exceeds the position table "
+                f"({self.max_positions} positions)"
+            )
+        for key in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)}: must be in [0, 1)")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value}: must be positive")
+
+
+@dataclass(frozen=True)
+class FinetuneModel:
+    """finetune's model section: the architecture comes from init_from. These keys adjust the
+    loaded model; any other model key given must equal the checkpoint's (checked once read)."""
+
+    max_seq_len: int = 0  # 0 = the checkpoint's own length (shortened so a soft prompt fits)
+    dropout: float = 0.1  # hidden and embedding dropout while fine-tuning
+    attn_dropout: float = 0.1  # dropout on attention probabilities while fine-tuning
+    # every other model.<key>=<value> given, as (key, value) pairs: must match the checkpoint
+    expected: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,7 +272,8 @@ class TaskConfig:
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # finetune: FinetuneModel until the checkpoint's own config replaces it
+    model: ModelConfig | FinetuneModel = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -6,23 +6,26 @@ import dataclasses
 import re
 
 from llmtune.config import objective_checks
-from llmtune.config.schema import RunConfig
+from llmtune.config.schema import ModelConfig, RunConfig
 from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.models.registry import family as family_of
+from llmtune.models.registry import names_of_kind
 
-FAMILIES = ("bert", "gpt")
-NATIVE_OBJECTIVE = {"bert": "mlm", "gpt": "clm"}
+ENCODER, DECODER = (Kind.ENCODER,), (Kind.DECODER,)
+ANY = (Kind.ENCODER, Kind.DECODER, Kind.ENCODER_DECODER)
 OBJECTIVE_FAMILIES = {
-    "mlm": ("bert",),
-    "mlm_nsp": ("bert",),
-    "clm": ("gpt",),
-    "seq_cls": FAMILIES,
-    "token_cls": FAMILIES,
-    "sft": ("gpt",),
-    "reward": FAMILIES,
-    "dpo": ("gpt",),
-    "ppo": ("gpt",),
-    "contrastive": FAMILIES,
-    "multitask": FAMILIES,
+    "mlm": ENCODER,
+    "mlm_nsp": ENCODER,
+    "clm": DECODER,
+    "seq_cls": ANY,
+    "token_cls": ANY,
+    "sft": DECODER,
+    "reward": ANY,
+    "dpo": DECODER,
+    "ppo": DECODER,
+    "contrastive": ANY,
+    "multitask": ANY,
 }
 # labelled data (or several tasks' data): finetune only
 TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft", "contrastive", "multitask")
@@ -31,7 +34,6 @@ PREFERENCE_PAIRS = ("columns", "other_response", "shuffled_response")
 METHODS = ("full", "freeze", "lora", "prefix", "prompt")
 PROMPT_ENCODERS = ("none", "mlp", "lstm")
 CLASS_WEIGHTS = ("none", "balanced")
-NATIVE_TOKENIZER = {"bert": "wordpiece", "gpt": "bpe"}
 TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
 DATA_SOURCES = ("builtin", "files", "hub")
 OVERLONG = ("truncate", "drop", "error")  # data.overlong (data/overlong.py)
@@ -54,15 +56,16 @@ def parse_duration(text: str) -> float:
 
 
 def resolve_auto(config: RunConfig) -> RunConfig:
-    """Replace 'auto' objective and tokenizer choices by the family's native ones."""
-    family = config.model.family
-    if family not in FAMILIES:
-        raise ConfigError(f"model.family={family!r}: expected one of {', '.join(FAMILIES)}")
+    """Replace 'auto' objective and tokenizer choices by the family's native ones (once the
+    family is known: finetune resolves them after reading its checkpoint)."""
+    if not isinstance(config.model, ModelConfig) or not config.model.family:
+        return config
+    family = family_of(config.model.family)
     objective, tokenizer = config.objective, config.tokenizer
     if objective.name == "auto":
-        objective = dataclasses.replace(objective, name=NATIVE_OBJECTIVE[family])
+        objective = dataclasses.replace(objective, name=family.native_objective)
     if tokenizer.kind == "auto":
-        tokenizer = dataclasses.replace(tokenizer, kind=NATIVE_TOKENIZER[family])
+        tokenizer = dataclasses.replace(tokenizer, kind=family.tokenizer)
     return dataclasses.replace(config, objective=objective, tokenizer=tokenizer)
 
 
@@ -75,36 +78,21 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value!r}: expected one of {', '.join(allowed)}")
 
 
-def _check_model(config: RunConfig) -> None:
-    m = config.model
-    for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
-        _require(getattr(m, key) > 0, f"model.{key}={getattr(m, key)}: must be positive")
-    _require(m.vocab_size >= 0, f"model.vocab_size={m.vocab_size}: must be >= 0 (0 = tokenizer's)")
-    _require(
-        m.d_model % m.n_heads == 0,
-        f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}",
-    )
-    _require(
-        m.max_seq_len <= m.n_positions,
-        f"model.max_seq_len={m.max_seq_len} exceeds the position table "
-        f"(model.n_positions={m.n_positions})",
-    )
-    for key in ("dropout", "attn_dropout"):
-        _require(0 <= getattr(m, key) < 1, f"model.{key}={getattr(m, key)}: must be in [0, 1)")
-
-
 def _check_objective(config: RunConfig) -> None:
-    o, family = config.objective, config.model.family
-    families = OBJECTIVE_FAMILIES.get(o.name)
+    o = config.objective
+    kinds = OBJECTIVE_FAMILIES.get(o.name)
     _require(
-        families is not None,
+        kinds is not None,
         f"objective.name={o.name!r}: expected one of {', '.join(OBJECTIVE_FAMILIES)}",
     )
     # finetune takes its model from the checkpoint: `check_model_fits` runs once it is known
-    _require(
-        config.command == "finetune" or family in families,
-        f"objective={o.name} needs a {'/'.join(families)} model, but model.family={family}",
-    )
+    if config.command != "finetune":
+        kind = family_of(config.model.family).kind
+        _require(
+            kind in kinds,
+            f"objective={o.name} needs a {names_of_kind(*kinds)} model, but model.family="
+            f"{config.model.family}",
+        )
     _require(
         o.name not in TASK_OBJECTIVES or config.command != "pretrain",
         f"objective={o.name} needs labelled data; use `llmtune finetune` for it",
@@ -211,6 +199,8 @@ def _check_data(config: RunConfig) -> None:
         0 < d.validation_fraction < 1,
         f"data.validation_fraction={d.validation_fraction}: must be in (0, 1)",
     )
+    if config.command != "pretrain":  # the others take the checkpoint's tokenizer
+        return
     _one_of("tokenizer.kind", tok.kind, TOKENIZER_KINDS)
     _require(tok.kind != "file" or bool(tok.path), "tokenizer.path is required with tokenizer=file")
     _require(
@@ -283,11 +273,12 @@ def _check_export(config: RunConfig) -> None:
 
 def check_model_fits(config: RunConfig) -> None:
     """Model checks, and that the objective suits the family (finetune: once the model is known)."""
-    _check_model(config)
-    families = OBJECTIVE_FAMILIES[config.objective.name]
+    config.model.check()
+    kinds = OBJECTIVE_FAMILIES[config.objective.name]
+    kind = family_of(config.model.family).kind
     _require(
-        config.model.family in families,
-        f"objective={config.objective.name} needs a {'/'.join(families)} model, "
+        kind in kinds,
+        f"objective={config.objective.name} needs a {names_of_kind(*kinds)} model, "
         f"but the checkpoint is a {config.model.family} model",
     )
     objective_checks.check_task_families(config, OBJECTIVE_FAMILIES)
@@ -297,10 +288,11 @@ def validate(config: RunConfig) -> None:
     """Raise ConfigError naming the first invalid key."""
     if config.command == "finetune":
         _check_finetune(config)
-    else:
-        _check_model(config)
-    _check_objective(config)
-    _check_training(config)
+    elif config.command == "pretrain":
+        config.model.check()
+    if config.command in ("pretrain", "finetune"):  # evaluate and export train nothing
+        _check_objective(config)
+        _check_training(config)
     _check_data(config)
     if config.command == "evaluate":
         _check_evaluate(config)

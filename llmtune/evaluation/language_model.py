@@ -16,6 +16,7 @@ from llmtune.errors import DataError
 from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.likelihood import perplexity
 from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.models import Kind
 from llmtune.objectives import build_objective
 
 
@@ -52,12 +53,12 @@ def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, see
 def evaluate_language_model(
     loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig, seed: int
 ) -> dict[str, Any]:
-    """Perplexity (gpt) or masked-LM loss (bert) of the checkpoint on data.test."""
+    """Perplexity (a decoder) or masked-LM loss (an encoder) of the checkpoint on data.test."""
     documents = test_documents(data, seed)
     if cfg.max_examples and len(documents) > cfg.max_examples:
         documents = documents.select(range(cfg.max_examples))
     token_ids = tokenize_corpus(documents, loaded.tokenizer, cache_root(data), data.num_proc)
-    if loaded.family == "gpt":
+    if loaded.model.kind == Kind.DECODER:
         results = perplexity(
             loaded.model, token_ids["input_ids"], loaded.info.eos_id, cfg.batch_size
         )

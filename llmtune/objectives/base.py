@@ -89,21 +89,12 @@ def sum_cross_entropy(
 
 
 def hidden_states(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B,T,D] features of right-padded rows: bert reads segments and the padding mask; gpt
-    needs neither (it is causal, so right padding never reaches a real token)."""
-    if model.config.family == "bert":
-        return model(
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-        )
-    return model(batch["input_ids"])
+    """[B,T,D] features of right-padded rows, read as the model's family reads a batch (an
+    encoder takes segments and the padding mask; a causal decoder needs neither)."""
+    return model.features(batch)
 
 
 def pooled_features(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B,D] sequence features: bert's pooled [CLS]; gpt's last real token, the only one that
-    has seen the whole row."""
-    hidden = hidden_states(model, batch)
-    if model.config.family == "bert":
-        return model.pool(hidden)
-    return model.pool(hidden, batch["attention_mask"].sum(1) - 1)
+    """[B,D] sequence features, pooled as the family pools (bert: its pooled [CLS]; gpt: the
+    last real token, the only one that has seen the whole row)."""
+    return model.pool(model.features(batch), batch["attention_mask"].sum(1) - 1)

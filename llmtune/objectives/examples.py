@@ -13,13 +13,14 @@ from llmtune.data import cache_root, load_corpus, tokenize_corpus, tokenizer_inf
 from llmtune.data.labelled import label_names, load_labelled, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.errors import DataError
+from llmtune.models import family
 from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task, task_columns
 from llmtune.objectives.multitask import combine, task_runs
 
 
 def _task_examples(config: RunConfig, tokenizer: Tokenizer, console: Console) -> tuple:
     """(objective, {split: examples}, labels) for seq_cls, token_cls or sft."""
-    info = tokenizer_info(tokenizer, config.model.family)
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
     task = TASKS[config.objective.name]
     # preference objectives load (or build) their pairs themselves
     load = getattr(task, "load", None)
@@ -54,7 +55,7 @@ def _task_examples(config: RunConfig, tokenizer: Tokenizer, console: Console) ->
 
 def _lm_examples(config: RunConfig, tokenizer: Tokenizer) -> tuple:
     """Continued pretraining (mlm/clm) on plain text, as `pretrain` builds it."""
-    info = tokenizer_info(tokenizer, config.model.family)
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
     objective = build_objective(config.objective, info)
     cache = cache_root(config.data)
     corpus = load_corpus(config.data, config.seed)

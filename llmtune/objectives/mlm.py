@@ -47,11 +47,7 @@ class MaskedLM:
         return counts
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        hidden = model.backbone(
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-        )  # [B, T, D]
+        hidden = model.backbone.features(batch)  # [B, T, D]
         labels = batch["mlm_labels"]
         at_masks = labels != -100  # [B, T]
         logits = model.heads["mlm"](hidden[at_masks])  # [n_masked, V]

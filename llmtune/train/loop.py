@@ -16,13 +16,13 @@ import torch
 from torch import Tensor
 
 from llmtune import checkpoint
-from llmtune.config import to_yaml
+from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
 from llmtune.errors import CheckpointError, UserError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
-from llmtune.train.flops import device_peak_flops, head_flops_per_target, trained_body_flops
+from llmtune.train.flops import device_peak_flops, trained_body_flops, vocab_head_flops
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
@@ -86,7 +86,8 @@ class Trainer:
         self.body_flops = trained_body_flops(setup.model)
         # the vocabulary projection at each LM target; classification heads are negligible
         vocab_head = setup.objective.vocab_head
-        self.head_flops = head_flops_per_target(setup.model.config) if vocab_head else 0.0
+        lm_head = setup.model.heads[setup.model.family.lm_head] if vocab_head else None
+        self.head_flops = vocab_head_flops(lm_head) if lm_head is not None else 0.0
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

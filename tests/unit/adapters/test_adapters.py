@@ -15,7 +15,7 @@ from llmtune.models import build_model
 from tests.unit.train.test_accumulation import tiny_model
 
 BERT = tiny_model(vocab_size=60, n_positions=40)
-GPT = dataclasses.replace(BERT, family="gpt", layer_norm_eps=1e-5)
+GPT = tiny_model("gpt", vocab_size=60, n_positions=40, layer_norm_eps=1e-5)
 
 
 def _model(config: ModelConfig, head: str = "seq_cls"):

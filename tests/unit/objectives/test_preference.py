@@ -10,11 +10,12 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune.adapters import adapters_disabled, apply_method
-from llmtune.config.schema import DataConfig, MethodConfig, ModelConfig, ObjectiveConfig, RunConfig
+from llmtune.config.schema import DataConfig, MethodConfig, ObjectiveConfig, RunConfig
 from llmtune.data import tokenizer_info, train_tokenizer
 from llmtune.data.labelled import IGNORE
 from llmtune.data.preference import build_pairs
 from llmtune.models import build_model
+from llmtune.models.bert import BertConfig
 from llmtune.objectives import build_task
 from llmtune.objectives.dpo import preference_loss
 from llmtune.objectives.preference import sequence_logps
@@ -43,7 +44,7 @@ def _gpt(bpe: Tokenizer) -> torch.nn.Module:
 
 def _dpo(bpe: Tokenizer, model, method: str = "full", loss: str = "dpo"):
     cfg = ObjectiveConfig(name="dpo", beta=0.5, loss=loss, prompt_template="Q: {instruction} A:")
-    task = build_task(cfg, tokenizer_info(bpe, "gpt"), bpe, DataConfig())
+    task = build_task(cfg, tokenizer_info(bpe, "bpe"), bpe, DataConfig())
     task.bind(model, RunConfig(method=MethodConfig(name=method)))
     return task
 
@@ -191,7 +192,7 @@ def test_dpo_and_ppo_need_a_decoder_but_reward_models_take_both(name):
     from llmtune.config.validate import check_model_fits
     from llmtune.errors import ConfigError
 
-    bert = ModelConfig(family="bert")
+    bert = BertConfig()
     config = RunConfig(command="finetune", model=bert, objective=ObjectiveConfig(name=name))
     with pytest.raises(ConfigError, match=f"objective={name} needs a gpt model.*bert model"):
         check_model_fits(config)

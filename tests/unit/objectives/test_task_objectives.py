@@ -54,7 +54,7 @@ def test_seq_cls_encodes_pairs_with_token_types_and_counts_truncation(tmp_path, 
         text_pair_column="b",
         label_column="y",
     )
-    info = tokenizer_info(wordpiece, "bert")
+    info = tokenizer_info(wordpiece, "wordpiece")
     task = build_task(ObjectiveConfig(name="seq_cls"), info, wordpiece, data, ["no", "yes"])
     split = load_labelled(data, task.columns(data), 0)["train"]
     encoded = task.encode(split, 16)
@@ -72,7 +72,7 @@ def test_unknown_validation_label_is_one_line(tmp_path, wordpiece):
         train=_write(tmp_path / "t.jsonl", [{"text": "a", "label": 0}]),
         validation=_write(tmp_path / "v.jsonl", [{"text": "b", "label": 7}]),
     )
-    info = tokenizer_info(wordpiece, "bert")
+    info = tokenizer_info(wordpiece, "wordpiece")
     task = build_task(ObjectiveConfig(name="seq_cls"), info, wordpiece, data, [0])
     split = load_labelled(data, task.columns(data), 0)["validation"]
     with pytest.raises(DataError) as err:
@@ -88,7 +88,7 @@ def test_token_cls_labels_the_first_sub_token_only(tmp_path, wordpiece):
         train=_write(tmp_path / "t.jsonl", rows * 2),
         validation=_write(tmp_path / "v.jsonl", rows),
     )
-    info = tokenizer_info(wordpiece, "bert")
+    info = tokenizer_info(wordpiece, "wordpiece")
     task = build_task(ObjectiveConfig(name="token_cls"), info, wordpiece, data, ["B-x", "I-x", "O"])
     encoded = task.encode(load_labelled(data, task.columns(data), 0)["validation"], 32)
     ids, labels = encoded.rows["input_ids"][0], encoded.rows["labels"][0]
@@ -108,7 +108,11 @@ def test_token_cls_rows_must_have_one_tag_per_word(tmp_path, wordpiece):
         validation="",
     )
     task = build_task(
-        ObjectiveConfig(name="token_cls"), tokenizer_info(wordpiece, "bert"), wordpiece, data, ["O"]
+        ObjectiveConfig(name="token_cls"),
+        tokenizer_info(wordpiece, "wordpiece"),
+        wordpiece,
+        data,
+        ["O"],
     )
     with pytest.raises(DataError, match="row 0 has 2 tokens but 1 tags"):
         task.label_values(load_labelled(data, task.columns(data), 0)["train"], data)
@@ -121,7 +125,7 @@ def test_sft_targets_only_the_response_and_appends_eos(tmp_path, bpe):
         train=_write(tmp_path / "t.jsonl", rows * 3),
         validation=_write(tmp_path / "v.jsonl", rows),
     )
-    info = tokenizer_info(bpe, "gpt")
+    info = tokenizer_info(bpe, "bpe")
     task = build_task(
         ObjectiveConfig(name="sft", prompt_template="Q: {instruction}\nA:"), info, bpe, data
     )

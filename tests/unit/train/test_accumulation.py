@@ -17,6 +17,7 @@ from llmtune.config.schema import (
 )
 from llmtune.data import TokenizerInfo
 from llmtune.models import build_model
+from llmtune.models.registry import model_config
 from llmtune.objectives import build_objective
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
@@ -61,8 +62,8 @@ def examples(family: str, n: int = 8, seq: int = 16) -> dict[str, torch.Tensor]:
 
 def tiny_model(family: str = "bert", **changes) -> ModelConfig:
     """A model config small enough for unit tests on CPU, without dropout (gradients compare)."""
-    config = ModelConfig(
-        family=family,
+    config = model_config(
+        family,
         vocab_size=50,
         d_model=32,
         n_layers=2,
@@ -72,6 +73,7 @@ def tiny_model(family: str = "bert", **changes) -> ModelConfig:
         n_positions=32,
         dropout=0.0,
         attn_dropout=0.0,
+        layer_norm_eps=1e-12,
     )
     return dataclasses.replace(config, **changes)
 

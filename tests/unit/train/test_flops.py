@@ -11,6 +11,9 @@ import torch
 from llmtune.adapters.method import apply_method
 from llmtune.config.schema import MethodConfig, ModelConfig
 from llmtune.models import build_model
+from llmtune.models.bert import BertConfig
+from llmtune.models.gpt import GPTConfig
+from llmtune.models.registry import model_config
 from llmtune.train import flops
 from llmtune.train.flops import (
     body_flops_per_position,
@@ -21,8 +24,8 @@ from llmtune.train.flops import (
 )
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 
-GPT = ModelConfig(family="gpt", vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
-BERT = ModelConfig(family="bert", vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
+GPT = GPTConfig(vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
+BERT = BertConfig(vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
 
 
 def _block_matmul_params(cfg: ModelConfig) -> int:
@@ -103,7 +106,7 @@ def test_loop_reports_consistent_throughput(tmp_path, jsonl_corpus, family, tiny
     pretrain(run, jsonl_corpus, *tiny, "train.max_steps=3", "train.eval_every=100")
     train, _ = metrics(run)
     assert [r["step"] for r in train] == [1, 2, 3]
-    cfg = ModelConfig(family=family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
+    cfg = model_config(family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
     body = body_flops_per_position(cfg, 32)
     for r in train:
         assert r["tokens_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
