@@ -7,6 +7,7 @@ and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -120,9 +121,17 @@ def _worker(args: list[str]) -> None:
         fail(str(exc), exc.exit_code)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run `llmtune <command> [overrides]`; `argv` excludes the program name."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def _command_help(command: str, overrides: list[str]) -> None:
+    """`llmtune <command> --help`: groups, options and every key, from the schema and YAML."""
+    from llmtune.config.compose import compose
+    from llmtune.config.help import command_help
+
+    composed = compose(command, [o for o in overrides if not o.startswith("hydra.")])
+    print(command_help(command, composed, COMMANDS[command][0]))
+    print(f"e.g. {COMMANDS[command][1]}")
+
+
+def _run(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         _print_help()
         raise SystemExit(0 if args else 2)
@@ -136,14 +145,35 @@ def main(argv: list[str] | None = None) -> None:
     from llmtune.config.overrides import check_overrides
 
     try:
-        checked = iter(check_overrides(_without_flags(overrides)))
+        checked = iter(check_overrides(command, _without_flags(overrides)))
+        if any(a in ("-h", "--help") for a in overrides):
+            _command_help(command, [a for a in _without_flags(overrides)])
+            raise SystemExit(0)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     flags = set(_flag_positions(overrides))
     overrides = [arg if i in flags else next(checked) for i, arg in enumerate(overrides)]
+    if not any(overrides[i] in ("-m", "--multirun") for i in flags):
+        from llmtune.config.compose import compose
+
+        try:  # a composition error is one line here, not Hydra's report
+            compose(command, [arg for i, arg in enumerate(overrides) if i not in flags])
+        except UserError as exc:
+            fail(str(exc), exc.exit_code)
     saved_argv = sys.argv
     sys.argv = [f"llmtune {command}", *overrides]
     try:
         _hydra_task(command)()
     finally:
         sys.argv = saved_argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `llmtune <command> [overrides]`; `argv` excludes the program name."""
+    try:
+        _run(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # the reader went away (`llmtune pretrain --help | head`): nothing more to say, and
+        # the interpreter's last flush of stdout must not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None

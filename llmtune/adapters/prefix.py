@@ -8,14 +8,34 @@ generation); BERT, which has no cache, gets it per attention layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from llmtune.config.schema import MethodConfig
+from llmtune.errors import ConfigError
 from llmtune.models.blocks import KV
 from llmtune.models.family import Kind
 
 INIT_STD = 0.02
 _ATTN_DEFAULTS = (None, None, False, None)  # Attention.forward's x, mask, is_causal, past
+
+
+@dataclass(frozen=True)
+class PrefixConfig(MethodConfig):
+    """P-tuning v2: trainable key/value prefixes at every layer; the rest frozen."""
+
+    name: str = "prefix"  # full | freeze | lora | prefix | prompt
+    n_tokens: int = 16  # key/value positions per layer
+
+    @property
+    def positions(self) -> int:
+        return self.n_tokens
+
+    def check(self) -> None:
+        if self.n_tokens <= 0:
+            raise ConfigError(f"method.n_tokens={self.n_tokens}: must be positive")
 
 
 class PrefixKV(nn.Module):

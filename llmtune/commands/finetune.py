@@ -13,15 +13,15 @@ import datasets
 import torch
 from rich.console import Console
 
-from llmtune.adapters import ADAPTER_METHODS, apply_method, parameter_summary
+from llmtune.adapters import METHODS, apply_method, parameter_summary
 from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
+from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits, resolve_auto
-from llmtune.data import cache_root
+from llmtune.data import cache_root, tokenizer_info
 from llmtune.errors import ConfigError
-from llmtune.models import build_model
-from llmtune.objectives import TASK_OBJECTIVES
-from llmtune.objectives.examples import finetune_examples
+from llmtune.models import build_model, family
+from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -52,7 +52,7 @@ def merged_config(config: RunConfig, base: Base) -> tuple[RunConfig, list[tuple[
     """
     _check_expected(config, base)
     m = base.model_config
-    room = m.max_positions - (config.method.n_tokens if config.method.name == "prompt" else 0)
+    room = m.max_positions - config.method.positions
     changes = {
         "max_seq_len": config.model.max_seq_len or min(m.max_seq_len, room),
         "dropout": config.model.dropout,
@@ -69,10 +69,14 @@ def merged_config(config: RunConfig, base: Base) -> tuple[RunConfig, list[tuple[
     return config, rows
 
 
+# Heads whose weights mean something only for the labels (or scores) they were trained on.
+LABELLED_HEADS = ("seq_cls", "token_cls", "reward")
+
+
 def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[str, ...]:
     """Base heads worth keeping: LM heads always; a classifier only for the same labels."""
     same_labels = bool(labels) and base.meta.get("labels") == labels
-    return tuple(h for h in heads if h not in TASK_OBJECTIVES or same_labels)
+    return tuple(h for h in heads if h not in LABELLED_HEADS or same_labels)
 
 
 def run(config: RunConfig, run_dir: Path) -> None:
@@ -83,17 +87,20 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     base = read_base(config.init_from)
     config, settings = merged_config(config, base)
-    objective, examples, labels = finetune_examples(config, base.tokenizer, console)
+    fam = family(config.model.family)
+    info = tokenizer_info(base.tokenizer, fam.tokenizer)
+    ctx = Context(config, base.tokenizer, info, fam.kind, console, load_model=load_model)
+    built = entry(config.objective.name).build(ctx)
+    objective, examples, labels = built.objective, built.examples, built.labels
     model = build_model(config.model, objective.heads, len(labels))
     source = base.ref["path"]
     rows = load_base_weights(
         model, base.weights, source, _reusable_heads(base, objective.heads, labels)
     )
     console.print(load_table([*rows, *settings], source))
-    if hasattr(objective, "bind"):  # dpo, ppo: their reference is the model as loaded
-        objective.bind(model, config)
+    objective.bind(model, config)  # dpo, ppo: their reference is the model as loaded
     apply_method(model, config.method, config.seed)
-    adapter = config.method.name in ADAPTER_METHODS
+    adapter = METHODS[config.method.name].adapter
     n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "

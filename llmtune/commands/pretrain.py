@@ -10,17 +10,11 @@ import datasets
 import torch
 
 from llmtune.config.schema import RunConfig
-from llmtune.data import (
-    cache_root,
-    get_tokenizer,
-    load_corpus,
-    tokenize_corpus,
-    tokenizer_info,
-)
-from llmtune.errors import ConfigError, DataError
+from llmtune.data import cache_root, get_tokenizer, load_corpus, tokenizer_info
+from llmtune.errors import ConfigError
 from llmtune.models import build_model
 from llmtune.models import family as family_of
-from llmtune.objectives import build_objective
+from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -43,29 +37,21 @@ def run(config: RunConfig, run_dir: Path) -> None:
     datasets.logging.set_verbosity_error()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    family, seq_len = config.model.family, config.model.max_seq_len
-    native = family_of(family).tokenizer
+    family = family_of(config.model.family)
     cache = cache_root(config.data)
     corpus = load_corpus(config.data, config.seed)
-    tokenizer = get_tokenizer(config.tokenizer, native, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, native)
+    tokenizer = get_tokenizer(config.tokenizer, family.tokenizer, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, family.tokenizer)
     config = _with_vocab(config, info.vocab_size)
-    objective = build_objective(config.objective, info)
-    examples = {}
-    for split in ("train", "validation"):
-        token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
-        examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
-        n = len(examples[split]["input_ids"])
-        if n == 0:
-            raise DataError(
-                f"data.{split}: no training example of {seq_len} tokens could be built; "
-                "add text or lower model.max_seq_len"
-            )
+    ctx = Context(config, tokenizer, info, family.kind, corpus=corpus)
+    built = entry(config.objective.name).build(ctx)
+    objective, examples = built.objective, built.examples
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()
+    seq_len = config.model.max_seq_len
     print(
-        f"{family} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
+        f"{family.name} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
         f"{len(examples['train']['input_ids'])} train / "
         f"{len(examples['validation']['input_ids'])} validation examples of {seq_len} tokens, "
         f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
@@ -80,6 +66,6 @@ def run(config: RunConfig, run_dir: Path) -> None:
         run_dir=run_dir,
         runtime=runtime,
         cache_dir=cache,
-        meta={"family": family, "heads": list(objective.heads), "objective": objective.name},
+        meta={"family": family.name, "heads": list(objective.heads), "objective": objective.name},
     )
     Trainer(setup).fit()

@@ -16,6 +16,7 @@ from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.models import Kind
 from llmtune.models.pooling import embed_rows
 from llmtune.models.registry import names_of_kind
+from llmtune.objectives.contrastive import embedding_pooling
 
 
 def knn_accuracy(embeddings: Tensor, labels: Tensor, k: int) -> float:
@@ -74,7 +75,7 @@ def _embedded_split(
 
 def pooling_of(loaded: LoadedCheckpoint, config: RunConfig) -> str:
     """evaluate.pooling, else the checkpoint's objective.pooling; cls needs an encoder."""
-    pooling = config.evaluate.pooling or loaded.config.objective.pooling
+    pooling = config.evaluate.pooling or embedding_pooling(loaded.config.objective)
     if pooling == "cls" and loaded.model.kind != Kind.ENCODER:
         raise ConfigError(
             f"evaluate.pooling=cls needs a {names_of_kind(Kind.ENCODER)} checkpoint; "

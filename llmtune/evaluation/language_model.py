@@ -1,5 +1,5 @@
-"""Language-model quality on data.test: causal perplexity for GPT checkpoints, masked-LM
-loss/perplexity with fixed-seed masks for BERT checkpoints (not pseudo-perplexity)."""
+"""Language-model quality on data.test: causal perplexity for decoders, masked-LM
+loss/perplexity with fixed-seed masks for encoders (not pseudo-perplexity)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.likelihood import perplexity
 from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.models import Kind
-from llmtune.objectives import build_objective
+from llmtune.objectives import Context, entry
 
 
 @torch.no_grad()
 def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, seed: int) -> dict:
     """Mean masked-LM loss over masks drawn once from `seed` (so reruns compare exactly),
     with the checkpoint's own masking settings."""
-    objective_cfg = dataclasses.replace(loaded.config.objective, name="mlm")
-    objective = build_objective(objective_cfg, loaded.info)
+    mlm = entry("mlm")
+    settings = dataclasses.asdict(loaded.config.objective)  # e.g. mlm_nsp's mask_prob
+    keys = {f.name for f in dataclasses.fields(mlm.config)} - {"name"}
+    objective_cfg = mlm.config(**{k: settings[k] for k in keys if k in settings})
+    config = dataclasses.replace(loaded.config, objective=objective_cfg)
+    objective = mlm.make(Context(config, loaded.tokenizer, loaded.info, loaded.model.kind), [])
     examples = objective.make_examples(token_ids, loaded.config.model.max_seq_len, seed)
     if len(examples["input_ids"]) == 0:
         raise DataError("data.test: too little text for one masked-LM example; add text")

@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune import checkpoint
-from llmtune.adapters import load_model
 from llmtune.adapters.base_model import HF_PREFIX, load_base_weights, read_base
+from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig
 from llmtune.data import TokenizerInfo, tokenizer_info
 from llmtune.models import LanguageModel, build_model

@@ -245,7 +245,7 @@ class Trainer:
             "mfu": flops_per_s / self.peak if self.peak else None,
             "data_wait_share": window["wait"] / max(seconds, 1e-9),
             # objective statistics, e.g. PPO's mean reward, KL and response length
-            **getattr(self.s.objective, "train_metrics", dict)(),
+            **self.s.objective.train_metrics(),
         }
 
     # ---- evaluation -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters import load_model
+from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel

@@ -11,14 +11,13 @@ import torch
 from llmtune.config.schema import (
     HardwareConfig,
     ModelConfig,
-    ObjectiveConfig,
     RunConfig,
     TrainConfig,
 )
 from llmtune.data import TokenizerInfo
 from llmtune.models import build_model
 from llmtune.models.registry import model_config
-from llmtune.objectives import build_objective
+from llmtune.objectives import build_objective, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -91,7 +90,7 @@ def cpu_trainer(config: RunConfig, objective, data, tmp_path: Path, n_labels: in
 def trainer(family: str, objective_name: str, tmp_path: Path) -> Trainer:
     config = RunConfig(
         model=tiny_model(family),
-        objective=ObjectiveConfig(name=objective_name),
+        objective=entry(objective_name).config(),
         train=TrainConfig(global_batch_size=8, micro_batch_size=8),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )

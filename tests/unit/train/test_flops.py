@@ -8,6 +8,8 @@ import time
 import pytest
 import torch
 
+from llmtune.adapters.freeze import FreezeConfig
+from llmtune.adapters.lora import LoraConfig
 from llmtune.adapters.method import apply_method
 from llmtune.config.schema import MethodConfig, ModelConfig
 from llmtune.models import build_model
@@ -151,11 +153,11 @@ def test_trained_flops_count_only_the_backward_work_done():
     full = _trained_flops(MethodConfig(), seq_len)
     assert full == body_flops_per_position(BERT, seq_len)  # full training: 6N + 12 L T d
     # everything below the heads frozen: the body runs its forward only
-    head_only = _trained_flops(MethodConfig(name="freeze"), seq_len)
+    head_only = _trained_flops(FreezeConfig(), seq_len)
     assert head_only == 2 * n + attention
     # the bottom block frozen: forward there; forward, backward and weight gradients above
-    top = _trained_flops(MethodConfig(name="freeze", freeze_layers=1), seq_len)
+    top = _trained_flops(FreezeConfig(freeze_layers=1), seq_len)
     assert top == (2 * n + attention) / 2 + (6 * n + 3 * attention) / 2
     # LoRA: gradients flow through every block, but only the small adapters get weight grads
-    lora = _trained_flops(MethodConfig(name="lora"), seq_len)
+    lora = _trained_flops(LoraConfig(dropout=0.0), seq_len)
     assert lora == pytest.approx(4 * n + 3 * attention, rel=0.05)

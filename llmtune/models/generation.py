@@ -1,5 +1,5 @@
-"""Text generation from a GPT checkpoint: greedy or sampled (temperature, top-k, top-p),
-one prompt at a time, with a key/value cache so each new token costs one position."""
+"""Text generation from a decoder (its `lm` head): greedy or sampled (temperature, top-k,
+top-p), one prompt at a time, with a key/value cache so each new token costs one position."""
 
 from __future__ import annotations
 

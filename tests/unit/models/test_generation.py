@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llmtune.config.schema import EvaluateConfig
-from llmtune.evaluation.generation import filter_logits, generate, next_token
 from llmtune.models import build_model
+from llmtune.models.generation import filter_logits, generate, next_token
 from llmtune.models.gpt import GPTConfig
 
 TINY = GPTConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
