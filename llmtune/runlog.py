@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 # CSI sequences (colours, cursor moves), OSC sequences (hyperlinks), and carriage returns
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\r(?!\n)")
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\r")
 
 
 class Tee:

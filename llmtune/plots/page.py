@@ -42,7 +42,7 @@ tr.best td{background:#eaf6ec;font-weight:600}
 .card b{display:block;font-size:18px}.card span{color:#59636e;font-size:12px}
 """
 
-# Click a header to sort by that column; numbers compare as numbers, "-" sorts last.
+# Click a header to sort by that column; numbers compare as numbers, missing values sort last.
 _SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function(table){
  table.querySelectorAll("th").forEach(function(th,col){
@@ -57,6 +57,10 @@ document.querySelectorAll("table.sortable").forEach(function(table){
     var nx=parseFloat(x),ny=parseFloat(y),c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;
     return desc?-c:c;});
    rows.forEach(function(r){body.appendChild(r)});});});});
+// report.html#sort=val_loss opens sorted by that column (#sort=-val_loss: descending)
+var want=decodeURIComponent((location.hash.match(/sort=([^&]+)/)||[])[1]||"");
+document.querySelectorAll("table.sortable th").forEach(function(th){
+ if(want&&th.textContent===want.replace(/^-/,"")){th.click();if(want[0]==="-")th.click();}});
 """
 
 
