@@ -50,9 +50,10 @@ def test_max_tokens_ends_the_run_early():
 
 
 def test_max_time_caps_the_estimate():
-    eta = Eta(TrainConfig(max_steps=10_000, max_time="60s", eval_every=10_000, save_every=10_000))
+    train = TrainConfig(max_steps=10_000, max_time="60s", eval_every=10_000, eval_batches=3)
+    eta = Eta(train)
     eta.observe_steps(10, 10.0, 100)
-    assert eta.remaining(10, 100) <= 60
+    assert eta.remaining(10, 100) <= 60 + 1  # the time left, then the final evaluation
 
 
 def test_the_pace_follows_recent_windows_so_a_slow_warm_up_fades():
@@ -60,4 +61,4 @@ def test_the_pace_follows_recent_windows_so_a_slow_warm_up_fades():
     eta.observe_steps(10, 100.0, 100)  # 10 s a step while warming up
     for _ in range(10):
         eta.observe_steps(10, 10.0, 100)  # then 1 s a step
-    assert eta.step_seconds == pytest.approx(1.0, rel=0.01)
+    assert eta.step_seconds == pytest.approx(1.0, rel=0.1)
