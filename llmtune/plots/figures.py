@@ -126,7 +126,9 @@ def curve(runs: list[Run], key: str, title: str, ylabel: str) -> bytes | None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax.xaxis.set_major_locator(pyplot().MaxNLocator(integer=True))
     ax.set(title=title, xlabel="step", ylabel=ylabel)
-    if len(runs) > 1 or key == "loss":
+    if len(runs) > 6:  # many runs: the legend beside the axes, not over the curves
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif len(runs) > 1 or key == "loss":
         ax.legend(loc="best")
     return png(fig)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.plots import figures
-from llmtune.plots.runs import Run
+from llmtune.plots.runs import Run, varying
 
 PAGE = "report.html"
 
@@ -31,6 +31,7 @@ figure img{width:100%;height:auto;display:block}
 table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de;font-size:13px}
 th,td{padding:5px 10px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
+td.wrap{white-space:normal;text-align:left;min-width:260px;font-size:12px;color:#59636e}
 th{background:#f0f3f6;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th:hover{background:#e2e8ee}
@@ -105,7 +106,8 @@ def _best_value(run: Run) -> Any:
 
 def runs_table(runs: list[Run], metrics: list[str]) -> str:
     """One row per run: final step and loss, last validation metrics, the best checkpoint."""
-    columns = ["run", "command", "step", "loss", *metrics, "best step", "best metric", "best"]
+    columns = ["run", "command", "step", "loss", *metrics, "best step", "best by", "best value"]
+    columns.append("overrides")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = []
     for run in runs:
@@ -114,7 +116,8 @@ def runs_table(runs: list[Run], metrics: list[str]) -> str:
         values += [final.get(m) for m in metrics]
         values += [run.best_step, run.best_metric if run.best_step is not None else None]
         values.append(_best_value(run))
-        rows.append("<tr>" + "".join(_cell(v) for v in values) + "</tr>")
+        overrides = f'<td class="wrap">{html.escape(varying(run, runs) or "-")}</td>'
+        rows.append("<tr>" + "".join(_cell(v) for v in values) + overrides + "</tr>")
     return (
         '<div class="scroll"><table class="sortable"><thead><tr>'
         + head

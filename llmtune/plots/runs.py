@@ -129,14 +129,24 @@ def find_runs(paths: list[str]) -> tuple[list[Run], bool]:
     return runs, sweep or len(runs) > 1
 
 
+LABEL_CHARS = 40  # longer override lists name a run by its folder; the table shows them all
+
+
+def varying(run: Run, runs: list[Run]) -> str:
+    """The overrides of `run` that not every run shares (`optim.lr=0.001`), without `++`."""
+    shared = set.intersection(*(set(r.overrides) for r in runs))
+    return " ".join(o.lstrip("+") for o in run.overrides if o not in shared)
+
+
 def _label(runs: list[Run]) -> None:
-    """A sweep job is named by the overrides that differ between runs, others by folder."""
-    shared = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
+    """A sweep job is named by the overrides that differ between runs when they are short,
+    any other run by its folder (with the parent's name when two folders share a name)."""
     names = [r.path.name for r in runs]
-    for run in runs:
-        varying = [o for o in run.overrides if o not in shared]
-        if len(runs) > 1 and varying:
-            run.label = " ".join(varying)
+    differ = [varying(run, runs) if len(runs) > 1 else "" for run in runs]
+    by_overrides = all(0 < len(d) <= LABEL_CHARS for d in differ)  # one naming for all runs
+    for run, differs in zip(runs, differ, strict=True):
+        if by_overrides:
+            run.label = differs
         elif names.count(run.path.name) > 1:
             run.label = f"{run.path.parent.name}/{run.path.name}"
         else:
