@@ -12,9 +12,9 @@ from typing import Any
 
 import datasets
 import torch
-from rich.console import Console
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import console as shared_console
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
@@ -129,7 +129,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
             f"prompts: generation needs a gpt checkpoint with an lm head; {loaded.step_dir} is "
             f"a {loaded.family} model with heads {', '.join(loaded.model.heads)}"
         )
-    console = Console(highlight=False)
+    console = shared_console()  # no wrapping off a terminal
     results: dict[str, Any] = {
         "ckpt": str(loaded.step_dir),
         "step": loaded.meta.get("step"),

@@ -12,11 +12,12 @@ from llmtune.config.validate import parse_duration
 
 
 def due(step: int, end: int, every: int) -> int:
-    """Evaluations (or saves) still to run after `step` up to `end`: one at every multiple of
-    `every`, and the loop's final one at `end` when `end` is not such a multiple."""
-    if end <= step or every <= 0:
+    """Evaluations (or saves) still to run when step `step` is logged (its own evaluation
+    comes after the log line): one at every multiple of `every` from `step` to `end`, and the
+    loop's final one at `end` when `end` is not such a multiple."""
+    if end < step or every <= 0:
         return 0
-    return end // every - step // every + (1 if end % every else 0)
+    return end // every - max(step - 1, 0) // every + (1 if end % every else 0)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -12,13 +12,15 @@ from llmtune.train.eta import Eta, due
     ("step", "end", "every", "expected"),
     [
         (0, 100, 50, 2),  # at 50 and 100
-        (50, 100, 50, 1),  # 50 is done
+        (50, 100, 50, 2),  # step 50 is logged before its evaluation runs
+        (51, 100, 50, 1),
         (0, 120, 50, 3),  # 50, 100, and the final one at 120
-        (100, 100, 50, 0),  # finished
+        (100, 100, 50, 1),  # the last step's evaluation is still to come
+        (101, 100, 50, 0),
         (0, 10, 0, 0),  # never
     ],
 )
-def test_due_counts_the_remaining_evaluations_and_the_final_one(step, end, every, expected):
+def test_due_counts_the_evaluations_still_to_come_and_the_final_one(step, end, every, expected):
     assert due(step, end, every) == expected
 
 
