@@ -28,6 +28,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px;
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:14px}
 figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:8px}
 figure img{width:100%;height:auto;display:block}
+figure.heatmap img{max-width:460px;margin:0 auto}
 table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de;font-size:13px}
 th,td{padding:5px 10px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
@@ -73,7 +74,7 @@ class Page:
     parts: list[str] = field(default_factory=list)
     pngs: list[Path] = field(default_factory=list)
 
-    def figure(self, name: str, data: bytes | None) -> str:
+    def figure(self, name: str, data: bytes | None, css: str = "") -> str:
         if data is None:
             return ""
         path = self.out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
@@ -81,7 +82,8 @@ class Page:
         self.pngs.append(path)
         encoded = base64.b64encode(data).decode()
         alt = html.escape(name)
-        return f'<figure><img alt="{alt}" src="data:image/png;base64,{encoded}"></figure>'
+        image = f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'
+        return f'<figure class="{css}">{image}</figure>'
 
 
 def _fmt(value: Any) -> str:
@@ -167,7 +169,7 @@ def _scores(title: str, scores: dict[str, dict[str, Any]]) -> str:
 def evaluation(page: Page, run: Run) -> str:
     """An evaluate run's results: headline numbers, per-class scores, the confusion matrix."""
     results = run.results or {}
-    ckpt = (run.config or {}).get("ckpt")
+    ckpt = results.get("ckpt") or run.config.get("ckpt")
     parts = [f"<h3>{html.escape(run.label)}</h3>"]
     if ckpt:
         parts.append(f'<p class="sub">checkpoint <code>{html.escape(str(ckpt))}</code></p>')
@@ -179,7 +181,7 @@ def evaluation(page: Page, run: Run) -> str:
     if isinstance(results.get("per_type"), dict):
         tables += _scores("entities per type", results["per_type"])
     if heatmap or tables:
-        figure = page.figure(f"confusion-{run.label}", heatmap)
+        figure = page.figure(f"confusion-{run.label}", heatmap, css="heatmap")
         parts.append(f'<div class="grid"><div class="scroll">{tables}</div>{figure}</div>')
     return "".join(parts)
 
