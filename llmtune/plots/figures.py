@@ -121,7 +121,9 @@ def curve(runs: list[Run], key: str, title: str, ylabel: str) -> bytes | None:
         plt.close(fig)
         return None
     if key == "mfu":
-        ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     elif key == "lr":
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax.xaxis.set_major_locator(pyplot().MaxNLocator(integer=True))

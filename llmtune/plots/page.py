@@ -87,6 +87,8 @@ class Page:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
