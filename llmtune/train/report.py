@@ -123,14 +123,15 @@ class Reporter:
         self.eta.observe_steps(steps, trained, round(tokens_per_step * steps))
         self.last = {"step": step, "time": now, "paused": 0.0}
         remaining = self.eta.remaining(step, record["tokens"])
+        total = self.eta.end_step(step, record["tokens"])  # train.max_tokens may end it early
         stats = (
             f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
             f"MFU {_fmt_pct(record.get('mfu'))}"
         )
         extra = "".join(f"  {k} {_fmt(v)}" for k, v in record.items() if k not in _TRAIN_KEYS)
-        pct = 100 * step / max(1, self.max_steps)
+        pct = 100 * step / max(1, total)
         line = (
-            f"step {step}/{self.max_steps} ({pct:.0f}%)  loss {record['loss']:.4f}  "
+            f"step {step}/{total} ({pct:.0f}%)  loss {record['loss']:.4f}  "
             f"lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
             f"MFU {_fmt_pct(record.get('mfu'))}{extra}  "
             f"elapsed {clock(now - self.eta.started)}  "
@@ -140,7 +141,9 @@ class Reporter:
             self.message(line)
             return
         deadline = None if remaining is None else now + remaining
-        self.progress.update(self.task, completed=step, stats=stats + extra, deadline=deadline)
+        self.progress.update(
+            self.task, completed=step, total=total, stats=stats + extra, deadline=deadline
+        )
         runlog.log_only(line)  # the log keeps the plain line the bar stands for
 
     def close(self, summary: dict[str, Any]) -> None:
