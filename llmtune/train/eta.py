@@ -30,7 +30,7 @@ class Eta:
     of warm-up fades), and the measured cost of each evaluation and checkpoint."""
 
     train: TrainConfig
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
     step_seconds: float | None = None
     tokens_per_step: float | None = None
     costs: dict[str, list[float]] = field(default_factory=lambda: {"eval": [], "save": []})
