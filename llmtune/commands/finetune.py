@@ -11,13 +11,14 @@ from pathlib import Path
 
 import datasets
 import torch
-from rich.console import Console
 
 from llmtune.adapters import METHODS, apply_method, parameter_summary
 from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
 from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits, resolve_auto
+from llmtune.console import console as shared_console
+from llmtune.console import note, stage
 from llmtune.data import cache_root, tokenizer_info
 from llmtune.errors import ConfigError
 from llmtune.models import build_model, family
@@ -82,26 +83,34 @@ def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[s
 def run(config: RunConfig, run_dir: Path) -> None:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    console = Console(highlight=False)
+    console = shared_console()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    base = read_base(config.init_from)
+    with stage("base model", f"reading {config.init_from}"):
+        base = read_base(config.init_from)
+        note(f"{len(base.weights)} tensors and the tokenizer of {base.ref['path']}")
     config, settings = merged_config(config, base)
     fam = family(config.model.family)
     info = tokenizer_info(base.tokenizer, fam.tokenizer)
     ctx = Context(config, base.tokenizer, info, fam.kind, console, load_model=load_model)
-    built = entry(config.objective.name).build(ctx)
-    objective, examples, labels = built.objective, built.examples, built.labels
+    with stage("data", "reading and tokenizing the task's rows"):
+        built = entry(config.objective.name).build(ctx)
+        objective, examples, labels = built.objective, built.examples, built.labels
+        n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
+        note(
+            f"{n_train:,} train / {n_val:,} validation examples"
+            + (labels and f", {len(labels)} labels" or "")
+        )
     model = build_model(config.model, objective.heads, len(labels))
     source = base.ref["path"]
-    rows = load_base_weights(
-        model, base.weights, source, _reusable_heads(base, objective.heads, labels)
-    )
+    with stage("weights", "loading the base model's weights into the task model"):
+        rows = load_base_weights(
+            model, base.weights, source, _reusable_heads(base, objective.heads, labels)
+        )
     console.print(load_table([*rows, *settings], source))
     objective.bind(model, config)  # dpo, ppo: their reference is the model as loaded
     apply_method(model, config.method, config.seed)
     adapter = METHODS[config.method.name].adapter
-    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "

@@ -10,6 +10,7 @@ import datasets
 import torch
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import note, stage
 from llmtune.data import cache_root, get_tokenizer, load_corpus, tokenizer_info
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
@@ -39,12 +40,15 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     family = family_of(config.model.family)
     cache = cache_root(config.data)
-    corpus = load_corpus(config.data, config.seed)
-    tokenizer = get_tokenizer(config.tokenizer, family.tokenizer, corpus["train"], cache)
+    with stage("corpus", f"reading data={config.data.source}"):
+        corpus = load_corpus(config.data, config.seed)
+        note(f"{len(corpus['train']):,} train / {len(corpus['validation']):,} validation documents")
+    with stage("tokenizer", f"{config.tokenizer.kind} for {family.name}"):
+        tokenizer = get_tokenizer(config.tokenizer, family.tokenizer, corpus["train"], cache)
     info = tokenizer_info(tokenizer, family.tokenizer)
     config = _with_vocab(config, info.vocab_size)
     ctx = Context(config, tokenizer, info, family.kind, corpus=corpus)
-    built = entry(config.objective.name).build(ctx)
+    built = entry(config.objective.name).build(ctx)  # its examples, staged (data/examples.py)
     objective, examples = built.objective, built.examples
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)

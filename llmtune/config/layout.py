@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from llmtune.errors import ConfigError
+
 # The top-level configs/ folder, installed as the package llmtune.configs (see setup.py).
 CONFIG_DIR = Path(importlib.resources.files("llmtune.configs"))
 # groups every command may take besides its own (Hydra's, sweeps, experiments)
@@ -51,7 +53,10 @@ def command_sections(command: str) -> tuple[str, ...]:
 def _primary(command: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(groups selected, own top-level keys) of configs/<command>.yaml, following a primary
     config it builds on (plan: pretrain)."""
-    body = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{command}.yaml"))
+    path = CONFIG_DIR / f"{command}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"command={command}: no such command (the subcommand sets it)")
+    body = OmegaConf.to_container(OmegaConf.load(path))
     groups: list[str] = []
     own = [k for k in body if k not in _NOT_SECTIONS]
     for item in body.get("defaults", []):

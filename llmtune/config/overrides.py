@@ -88,6 +88,8 @@ def _fields(command: str, path: str, cls: Any) -> dict[str, Any]:
 
 def _check_key(command: str, key: str, dirs: tuple[Path, ...]) -> None:
     parts = key.split(".")
+    if parts[0] == "command":
+        raise ConfigError(f"{key}: set by the subcommand (llmtune {command}); it is not a key")
     sections = layout.command_sections(command)
     if parts[0] in section_fields(RunConfig) and parts[0] not in sections:
         raise ConfigError(

@@ -292,6 +292,7 @@ class RunConfig:
 
     command: str = "pretrain"  # the subcommand (set by its primary config)
     seed: int = 0  # seeds data order, masks, dropout and initialisation
+    verbose: bool = False  # show third-party log lines and warnings on the console too
     # finetune: FinetuneModel until the checkpoint's own config replaces it
     model: ModelConfig | FinetuneModel = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -311,6 +312,7 @@ class RunConfig:
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
+    runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)
 
 
 # Sections whose class depends on the command (the others' is RunConfig's annotation).

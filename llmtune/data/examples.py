@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import note, stage
 from llmtune.data.labelled import Encoded
 from llmtune.data.overlong import fit_to_length
 from llmtune.data.sources import cache_root, load_corpus
@@ -35,10 +36,12 @@ def text_examples(
     corpus = corpus if corpus is not None else load_corpus(config.data, config.seed)
     examples = {}
     for split in SPLITS:
-        token_ids = tokenize_corpus(
-            corpus[split], tokenizer, cache_root(config.data), config.data.num_proc
-        )
-        examples[split] = make_examples(token_ids, seq_len, config.seed)
+        with stage("tokenization", f"the {split} split into examples of {seq_len} tokens"):
+            token_ids = tokenize_corpus(
+                corpus[split], tokenizer, cache_root(config.data), config.data.num_proc
+            )
+            examples[split] = make_examples(token_ids, seq_len, config.seed)
+            note(f"{len(examples[split]['input_ids']):,} examples")
         if len(examples[split]["input_ids"]) == 0:
             raise DataError(
                 f"data.{split}: no training example of {seq_len} tokens could be built; "

@@ -51,7 +51,9 @@ def test_ownership_boundaries():
 LAYERS = {
     "errors": 0,
     "faults": 0,
+    "runlog": 0,
     "": 0,  # llmtune/__init__.py
+    "console": 1,  # rich output and timed stages, for any layer
     "config.schema": 1,  # the typed sections: read by every layer
     "data": 2,
     "models": 2,
@@ -64,6 +66,7 @@ LAYERS = {
     "train": 7,
     "evaluation": 7,
     "export": 8,
+    "plots": 8,  # figures of runs (llmtune report)
     "commands": 9,
     "cli": 10,
     "__main__": 11,

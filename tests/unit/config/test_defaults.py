@@ -32,7 +32,7 @@ from llmtune.config.schema import (
 from llmtune.models import FAMILIES
 from llmtune.objectives import OBJECTIVES
 
-COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan")
+COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report")
 
 
 def _options(command: str) -> list[tuple[str, list[str]]]:
