@@ -135,7 +135,3 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         for layer in layers:
             layer.enabled = True
         model.train(was_training)
-
-
-def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 from llmtune.config.schema import FilesData, ModelConfig, RunConfig
+from llmtune.data.preference import PAIR_MODES
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.models.registry import family as family_of
@@ -14,12 +15,12 @@ from llmtune.objectives.contrastive import POOLINGS
 from llmtune.objectives.registry import OBJECTIVES
 from llmtune.objectives.registry import entry as objective_entry
 
-PREFERENCE_PAIRS = ("columns", "other_response", "shuffled_response")
 TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
 OVERLONG = ("truncate", "drop", "error")  # data.overlong (data/overlong.py)
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("none", "ddp", "fsdp")  # hardware.strategy (train/parallel.py)
 EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -120,7 +121,7 @@ def _check_training(config: RunConfig) -> None:
     )
     parse_duration(t.max_time)
     _one_of("train.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
-    _one_of("hardware.strategy", h.strategy, ("none", "ddp", "fsdp"))
+    _one_of("hardware.strategy", h.strategy, STRATEGIES)
     _require(h.nproc >= 1, f"hardware.nproc={h.nproc}: must be >= 1")
     _require(
         h.strategy != "none" or max(h.nproc, h.world_size) == 1,
@@ -138,7 +139,7 @@ def _check_data(config: RunConfig) -> None:
     d, tok = config.data, config.tokenizer
     if isinstance(d, FilesData):
         _one_of("data.overlong", d.overlong, OVERLONG)
-        _one_of("data.preference_pairs", d.preference_pairs, PREFERENCE_PAIRS)
+        _one_of("data.preference_pairs", d.preference_pairs, PAIR_MODES)
     # evaluate and export read data.test only (data.train just for few-shot examples)
     _require(
         d.source != "files" or bool(d.train) or config.command in ("evaluate", "export"),

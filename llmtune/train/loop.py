@@ -19,7 +19,7 @@ from llmtune import checkpoint
 from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
-from llmtune.errors import CheckpointError, UserError
+from llmtune.errors import CheckpointError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
 from llmtune.train.flops import device_peak_flops, trained_body_flops, vocab_head_flops
@@ -29,10 +29,6 @@ from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
-
-
-class TrainingError(UserError):
-    """Training cannot continue (e.g. the loss became NaN or infinite)."""
 
 
 @dataclass
