@@ -6,45 +6,22 @@ and exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from llmtune.commands import COMMANDS
 from llmtune.errors import UserError
 
-COMMANDS = {
-    "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
-    "plan": (
-        "estimate parameters, FLOPs, memory and step time of a pretrain run",
-        "llmtune plan model=gpt2-small train.micro_batch_size=8",
-    ),
-    "evaluate": (
-        "score a checkpoint on data or complete prompts",
-        "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",
-    ),
-    "finetune": (
-        "adapt a checkpoint to a task (full, freeze, lora, prefix, prompt)",
-        "llmtune finetune init_from=runs/pretrain/<time> objective=seq_cls data.train=train.jsonl",
-    ),
-    "export": (
-        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
-        "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
-    ),
-    "report": (
-        "an HTML page with plots of run, sweep or several run directories",
-        "llmtune report runs/pretrain/<time> runs/finetune/<time>",
-    ),
-}
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
 
 
 def _print_help() -> None:
     lines = [USAGE, "", "commands:"]
-    for name, (what, example) in COMMANDS.items():
-        lines.append(f"  {name:<10} {what}")
-        lines.append(f"  {'':<10} e.g. {example}")
+    for name, command in COMMANDS.items():
+        lines.append(f"  {name:<10} {command.what}")
+        lines.append(f"  {'':<10} e.g. {command.example}")
     lines += ["", "`llmtune <command> --help` lists its config groups and keys."]
     print("\n".join(lines))
 
@@ -109,7 +86,7 @@ def _hydra_task(command: str) -> Callable[[], None]:
         with runlog.capture(log_file, verbose=bool(cfg.get("verbose", False))):
             try:
                 config, run_dir = from_hydra(cfg)
-                run = importlib.import_module(f"llmtune.commands.{command}").run
+                run = COMMANDS[command].load()
                 run_command(run, command, config, run_dir)  # one process, or nproc workers
             except UserError as exc:
                 fail(str(exc), exc.exit_code)
@@ -132,7 +109,7 @@ def _worker(args: list[str]) -> None:
     verbose = bool(OmegaConf.load(config_path).get("verbose", False))
     with runlog.capture(log_file, verbose):
         try:
-            run = importlib.import_module(f"llmtune.commands.{command}").run
+            run = COMMANDS[command].load()
             worker_main(run, command, config_path, run_dir)
         except UserError as exc:
             fail(str(exc), exc.exit_code)
@@ -144,8 +121,8 @@ def _command_help(command: str, overrides: list[str]) -> None:
     from llmtune.config.help import command_help
 
     composed = compose(command, [o for o in overrides if not o.startswith("hydra.")])
-    print(command_help(command, composed, COMMANDS[command][0]))
-    print(f"e.g. {COMMANDS[command][1]}")
+    print(command_help(command, composed, COMMANDS[command].what))
+    print(f"e.g. {COMMANDS[command].example}")
 
 
 def _run(args: list[str]) -> None:

@@ -35,8 +35,8 @@ def test_ownership_boundaries():
         rel = path.relative_to(PACKAGE).as_posix()
         if "import hydra" in text or "from hydra" in text:
             assert rel == "cli.py" or rel.startswith("config/"), f"{rel} imports Hydra"
-        if "llmtune.commands" in text:
-            assert rel == "cli.py", f"{rel} imports commands/"
+        if "llmtune.commands" in text:  # the package's own registry imports its modules
+            assert rel == "cli.py" or rel.startswith("commands/"), f"{rel} imports commands/"
         if rel.startswith("objectives/"):
             for banned in ("llmtune.train", "llmtune.evaluation"):
                 assert banned not in text, f"{rel} imports {banned} (a layer above it)"
