@@ -13,6 +13,7 @@ from rich.console import Console
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import ObjectiveConfig, RunConfig
+from llmtune.console import console as shared_console
 from llmtune.data import TokenizerInfo
 from llmtune.data.examples import encoded_splits, text_examples
 from llmtune.data.labelled import label_names
@@ -42,7 +43,7 @@ class Context:
     tokenizer: Tokenizer
     info: TokenizerInfo
     kind: Kind
-    console: Console = field(default_factory=lambda: Console(highlight=False))
+    console: Console = field(default_factory=shared_console)  # where data notes go
     # a checkpoint loader, path -> (model, run config, tokenizer, meta): ppo's reward model
     load_model: Callable[[str], tuple[Any, RunConfig, Tokenizer, dict]] | None = None
     # the run's text when the command has read it already (pretrain trains its tokenizer on it)
