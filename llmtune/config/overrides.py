@@ -56,7 +56,9 @@ def search_dirs(parsed: list[Override]) -> tuple[Path, ...]:
 
 def _check_group(command: str, text: str, override: Override, dirs: tuple[Path, ...]) -> None:
     group, used = override.key_or_group, layout.command_groups(command)
-    if group not in used:
+    # +<group>=<option> of a user's own group (hydra.searchpath) adds what it holds
+    users_own = override.type.name == "ADD" and group not in layout.config_groups()
+    if group not in used and not users_own:
         raise ConfigError(
             f"{text}: llmtune {command} has no {group} group (its groups: {', '.join(used)})"
         )

@@ -129,3 +129,15 @@ def test_searchpath_keeps_the_key_check_and_valid_keys(capsys, tmp_path):
     main(["pretrain", search, "model=gpt-micro", "model.dropout=0", "--cfg", "job"])
     out = capsys.readouterr().out
     assert "d_model: 64" in out and "dropout: 0" in out
+
+
+def test_a_users_own_group_can_be_added(capsys, tmp_path):
+    """+<group>=<option> of a group only a user's config folder has is checked, not refused."""
+    folder = tmp_path / "my-configs" / "recipe"
+    folder.mkdir(parents=True)
+    (folder / "short.yaml").write_text("# @package _global_\n# mine\ntrain:\n  max_steps: 7\n")
+    search = f"hydra.searchpath=[file://{tmp_path / 'my-configs'}]"
+    code, err = run_cli(capsys, "pretrain", search, "+recipe=shrt")
+    assert code == 2 and "did you mean 'short'" in err, err
+    main(["pretrain", search, "+recipe=short", "--cfg", "job"])
+    assert "max_steps: 7" in capsys.readouterr().out
