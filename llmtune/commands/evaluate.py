@@ -98,11 +98,11 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     # sft and the preference tunings after it all answer prompts laid out by the template
     is_sft = loaded.meta.get("objective") in ("sft", "dpo", "ppo")
     template = loaded.config.objective.prompt_template if is_sft else ""
-    for prompt in prompts:
-        # an instruction-tuned model answers prompts laid out as it was trained
-        text = template.replace("{instruction}", prompt) if template else prompt
-        ids = loaded.tokenizer.encode(text, add_special_tokens=False).ids
-        out = generate(loaded.model, ids, config.evaluate, eos, generator)
+    # an instruction-tuned model answers prompts laid out as it was trained
+    texts = [template.replace("{instruction}", p) if template else p for p in prompts]
+    ids = [loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    outs = generate(loaded.model, ids, config.evaluate, eos, generator)
+    for prompt, out in zip(prompts, outs):
         text_ids = [t for t in out.token_ids if t != eos]
         rows.append(
             {

@@ -45,8 +45,9 @@ class Attention(nn.Module):
         """x [B,T,D]; mask is boolean, True = may attend, broadcastable to [B,H,T,T].
 
         `past` = (k, v) [B,H,P,D/H] of P earlier positions (a generation cache, or learned
-        prefixes), attended by every query; `mask` covers the T new keys only. With
-        `use_cache` returns (y, (k, v)) where k, v include `past`.
+        prefixes); `mask` covers either the T new keys (past keys are then visible to every
+        query) or all P+T keys (padded generation batches). With `use_cache` returns
+        (y, (k, v)) where k, v include `past`.
         """
         b, t, d = x.shape
         # [B,T,3D] -> 3 x [B,T,D] -> [B,H,T,D/H]: SDPA wants heads before time
@@ -73,6 +74,8 @@ def _mask_with_past(
     """
     if mask is None and not is_causal:
         return None, False
+    if mask is not None and mask.shape[-1] == t + n_past:  # already covers the past keys
+        return mask, False
     if mask is None:
         if t == 1:  # one new query sees every key: no mask at all
             return None, False
