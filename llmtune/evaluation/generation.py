@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from llmtune.config.schema import EvaluateConfig
+from llmtune.models.blocks import KV, GrowingKV
 
 # The largest seed a row generator gets (torch.Generator.manual_seed takes 64 bits).
 _SEED_RANGE = 2**62
@@ -119,6 +120,22 @@ def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[Tensor, T
     return ids.to(device), mask.to(device)
 
 
+def _growing(
+    past: list[KV | GrowingKV], rows: list[list[int]], cfg: EvaluateConfig, limit: int
+) -> list[GrowingKV]:
+    """The prompt's cache as GrowingKV buffers, with room for every position still to come:
+    at most max_new_tokens, and no row goes past max_seq_len (+1 for the final token)."""
+    steps = min(cfg.max_new_tokens, limit + 1 - min(len(r) for r in rows))
+    return [GrowingKV(layer, layer[0].shape[2] + steps) for layer in past]
+
+
+def _select(layer: KV | GrowingKV, rows: Tensor) -> KV | GrowingKV:
+    """The cache of the given batch rows only."""
+    if isinstance(layer, GrowingKV):
+        return layer.select(rows)
+    return layer[0].index_select(0, rows), layer[1].index_select(0, rows)
+
+
 def _stopped(
     new: list[int], prompt_len: int, cfg: EvaluateConfig, eos_id: int | None, limit: int
 ) -> str | None:
@@ -152,7 +169,10 @@ def _complete(
     step_input, past = ids, None
     while True:
         if use_cache:
+            first = past is None
             hidden, past = model(step_input, past=past, use_cache=True, attention_mask=mask)
+            if first:  # from here on each step writes one position into preallocated buffers
+                past = _growing(past, rows, cfg, limit)
         else:
             hidden = model(ids, attention_mask=mask)
         logits = model.heads["lm"](hidden[:, -1])  # [A,V]: only the last position matters
@@ -172,7 +192,7 @@ def _complete(
             tokens, ids = tokens[index], ids[index]
             mask = None if mask is None else mask[index]
             if past is not None:
-                past = [(k.index_select(0, index), v.index_select(0, index)) for k, v in past]
+                past = [_select(layer, index) for layer in past]
             active = [active[j] for j in keep]
         step_input = tokens.view(-1, 1)
         if not use_cache:

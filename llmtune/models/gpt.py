@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
-from llmtune.models.blocks import KV, Block
+from llmtune.models.blocks import KV, Block, GrowingKV
 from llmtune.models.dropout import Dropout
 
 
@@ -79,10 +79,10 @@ class GPTBackbone(nn.Module):
         self,
         input_ids: torch.Tensor,
         doc_ids: torch.Tensor | None = None,
-        past: Sequence[KV] | None = None,
+        past: Sequence[KV | GrowingKV] | None = None,
         use_cache: bool = False,
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
         """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents.
 
         `past` holds one (k, v) per block for P earlier positions: the new tokens take
@@ -91,11 +91,15 @@ class GPTBackbone(nn.Module):
 
         `attention_mask` [B,S] (1 = real token, 0 = padding; generation's left-padded
         batches) covers the last S of the P+T keys, cached ones included: padding is never
-        attended and takes no position (see `padded_positions`). The generation contract,
-        which every decoder family's backbone follows: `forward(input_ids, past=...,
-        use_cache=True, attention_mask=...)` returns (hidden [B,T,D], cache), and the cache
-        is a list of per-layer (k, v) [B,H,positions,Dh] whose rows can be selected with
-        `index_select(0, rows)` when rows finish.
+        attended and takes no position (see `padded_positions`).
+
+        The generation contract (evaluation/generation.py), for every decoder family:
+        `forward(input_ids, past=past, use_cache=True, attention_mask=mask)` returns
+        (hidden [B,T,D], cache); cache is one entry per layer, each a (k, v) tuple
+        [B,H,positions,Dh] or a `GrowingKV` (attention layers pass `past` through
+        `blocks.with_past`, which appends to a GrowingKV in place); positions and masking
+        follow `attention_mask` as above; a learned prefix or prompt may occupy the first
+        cached positions.
         """
         t = input_ids.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
@@ -128,13 +132,13 @@ class GPTBackbone(nn.Module):
         input_ids: torch.Tensor,
         pos: torch.Tensor,
         attend: tuple[torch.Tensor | None, bool],
-        past: Sequence[KV] | None,
+        past: Sequence[KV | GrowingKV] | None,
         use_cache: bool,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
         """Embed at positions `pos`, run every block with `attend` = (mask, is_causal)."""
         mask, is_causal = attend
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
-        cache: list[KV] = []
+        cache: list[KV | GrowingKV] = []
         for i, block in enumerate(self.blocks):
             layer_past = None if past is None else past[i]
             if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
