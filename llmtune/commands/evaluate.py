@@ -7,6 +7,7 @@ or with evaluate.label_words, a gpt by zero/few-shot classification.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,14 @@ def run(config: RunConfig, run_dir: Path) -> None:
     if config.data.test:
         results.update(_evaluate_data(loaded, config, run_dir))
     if prompts:
+        start = time.perf_counter()
         rows = _generate(loaded, config, prompts)
+        seconds = time.perf_counter() - start
         write_jsonl(run_dir / GENERATIONS, rows)
+        new_tokens = sum(r["new_tokens"] for r in rows)
         results.update({"n_prompts": len(rows), "generations_file": GENERATIONS})
+        # prompts in, completions out (tokenizing included): what a user waits for
+        results["generation_tokens_per_s"] = round(new_tokens / max(seconds, 1e-9), 1)
         show_generations(console, rows)
     write_json(run_dir / RESULTS, results)
     show_results(console, f"evaluate {loaded.step_dir}", results)

@@ -12,6 +12,7 @@ from llmtune.adapters import apply_method
 from llmtune.config.schema import EvaluateConfig, MethodConfig, ModelConfig
 from llmtune.evaluation.generation import generate
 from llmtune.models import build_model
+from llmtune.models.blocks import GrowingKV
 
 TINY = ModelConfig(
     family="gpt", vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
@@ -77,6 +78,23 @@ def test_padded_forward_equals_each_row_alone(model, prompts):
             close = dict(atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(hidden[i, width - len(r) :], alone[0, :-1], **close)
             torch.testing.assert_close(after[i, 0], alone[0, -1], **close)
+
+
+def test_growing_cache_equals_concatenated_cache(model):
+    ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, tuples = model(ids[:, :5], use_cache=True)
+        growing = [GrowingKV(layer, capacity=12) for layer in tuples]
+        for t in range(5, 12):
+            a, tuples = model(ids[:, t : t + 1], past=tuples, use_cache=True)
+            b, growing = model(ids[:, t : t + 1], past=growing, use_cache=True)
+            torch.testing.assert_close(a, b)
+        assert all(isinstance(layer, GrowingKV) and layer.length == 12 for layer in growing)
+        torch.testing.assert_close(growing[1][0], tuples[1][0])
+        kept = growing[0].select(torch.tensor([2, 0]))
+        torch.testing.assert_close(kept[1], tuples[0][1][[2, 0]])
+        with pytest.raises(ValueError, match="cache full"):
+            model(ids[:, :1], past=growing, use_cache=True)
 
 
 @pytest.mark.parametrize("batch_size", [2, 4, 16])
