@@ -62,12 +62,13 @@ def next_token(
     filtered = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
     probs = filtered.softmax(-1).double()  # fp64: the CDF of 50k tokens keeps its tail
     cdf = probs.cumsum(-1)
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    draws = [torch.rand(1, generator=g, dtype=torch.float64) for g in generators]
+    u = torch.cat(draws).to(probs.device)  # CPU generators: the draws are the same on any device
     # first token whose CDF exceeds u x total; a token of probability 0 never does
     chosen = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
     # rounding can put u x total at the very top: that is the last possible token
     last = (probs > 0).cumsum(-1).argmax(-1)
-    return torch.minimum(chosen, last).to(logits.device)
+    return torch.minimum(chosen, last)
 
 
 @torch.inference_mode()
