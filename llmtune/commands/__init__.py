@@ -54,6 +54,12 @@ def _report() -> Run:
     return run
 
 
+def _serve() -> Run:
+    from llmtune.commands.serve import run
+
+    return run
+
+
 COMMANDS = {
     "pretrain": Command(
         "train a BERT or GPT from scratch", "llmtune pretrain model=bert-small", _pretrain
@@ -77,6 +83,11 @@ COMMANDS = {
         "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
+    ),
+    "serve": Command(
+        "answer OpenAI-style HTTP requests (completions, chat, embeddings) with a checkpoint",
+        "llmtune serve ckpt=runs/pretrain/<time> serve.port=8000",
+        _serve,
     ),
     "report": Command(
         "an HTML page with plots of run, sweep or several run directories",

@@ -274,6 +274,29 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`llmtune serve`: where the server listens and how much one request may ask for."""
+
+    host: str = "127.0.0.1"  # loopback: this machine only; 0.0.0.0 opens it to the network
+    port: int = 8000  # 0 = any free port (printed when the server is up)
+    max_tokens: int = 256  # the largest max_tokens a request may ask for (more: 400)
+    max_body_bytes: int = 1000000  # larger request bodies get 413
+    max_inputs: int = 64  # prompts or texts in one request, at most
+    batch_size: int = 8  # prompts completed together, from one or several requests
+    batch_wait_ms: float = 5.0  # how long a request waits for others to join its batch
+    model_name: str = ""  # the name responses and /v1/models give; empty = the checkpoint's
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid key."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port={self.port}: must be in 0..65535 (0 = any free port)")
+        for key in ("max_tokens", "max_body_bytes", "max_inputs", "batch_size"):
+            _positive(f"serve.{key}", getattr(self, key))
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"serve.batch_wait_ms={self.batch_wait_ms}: must be >= 0")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """One task of objective=multitask: an objective, its loss weight and (optionally) data."""
 
@@ -312,6 +335,7 @@ class RunConfig:
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
+    serve: ServeConfig = field(default_factory=ServeConfig)  # serve: the HTTP server
     runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)
 
 

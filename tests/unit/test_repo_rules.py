@@ -67,6 +67,7 @@ LAYERS = {
     "evaluation": 7,
     "export": 8,
     "plots": 8,  # figures of runs (llmtune report)
+    "serve": 8,  # the HTTP server of llmtune serve
     "commands": 9,
     "cli": 10,
     "__main__": 11,

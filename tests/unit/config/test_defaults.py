@@ -26,13 +26,14 @@ from llmtune.config.schema import (
     OptimConfig,
     RunConfig,
     ScoringConfig,
+    ServeConfig,
     TokenizerConfig,
     TrainConfig,
 )
 from llmtune.models import FAMILIES
 from llmtune.objectives import OBJECTIVES
 
-COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report")
+COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report", "serve")
 
 
 def _options(command: str) -> list[tuple[str, list[str]]]:
@@ -103,6 +104,7 @@ def _canonical() -> list[tuple[str, type, dict[str, Any]]]:
         ("export.yaml export", ExportConfig, _yaml("export.yaml", "export")),
         ("export.yaml evaluate", ScoringConfig, _yaml("export.yaml", "evaluate")),
         ("finetune.yaml model", FinetuneModel, _yaml("finetune.yaml", "model")),
+        ("serve.yaml serve", ServeConfig, _yaml("serve.yaml", "serve")),
     ]
     return out
 
