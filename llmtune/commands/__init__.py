@@ -80,7 +80,7 @@ COMMANDS = {
         _finetune,
     ),
     "export": Command(
-        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
+        "write a checkpoint as hf, onnx, torchscript, pt2, int8, int8wo or int4wo, verified",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
     ),
