@@ -35,11 +35,6 @@ def disk_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
-def full_disk_message(cause: OSError, where: str) -> str:
-    """One line for a full disk: what was being written and what to do."""
-    return f"{cause.strerror or os.strerror(cause.errno)} while writing {where}; free disk space"
-
-
 def file_mode() -> int:
     """The mode new files get under this process's umask (0644 under the usual 022)."""
     mask = os.umask(0o022)
