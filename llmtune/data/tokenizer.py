@@ -25,6 +25,7 @@ from tokenizers import (
 )
 
 from llmtune.config.schema import TokenizerConfig
+from llmtune.console import note
 from llmtune.errors import DataError
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] first so pad_id == 0
@@ -146,13 +147,17 @@ def get_tokenizer(
     path = Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
     if path.is_file():
         try:
-            return Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_file(str(path))
         except Exception:  # the Rust parser raises a bare Exception; the file is rebuilt below
             print(f"warning: the cached tokenizer {path} is corrupt; training it again")
+        else:
+            note(f"reused the cached {kind} tokenizer {path}")
+            return tok
     n_docs = len(train_texts) if cfg.train_docs <= 0 else min(cfg.train_docs, len(train_texts))
     tok = train_tokenizer(
         _iter_texts(train_texts, n_docs), kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase
     )
+    note(f"trained {kind} ({tok.get_vocab_size():,} tokens) on {n_docs:,} documents")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crashed or concurrent run never leaves a half-written cache entry.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -262,6 +267,7 @@ def tokenize_corpus(
     out_dir = Path(cache_dir) / "tokenized"
     out_dir.mkdir(parents=True, exist_ok=True)
     cached = out_dir / f"{key}.arrow"
+    reused = cached.is_file() or any(out_dir.glob(f"{key}_*.arrow"))
     settings = {
         "batched": True,
         "batch_size": 1000,
@@ -279,12 +285,15 @@ def tokenize_corpus(
         try:  # a cache file that cannot be read, or holds another row count, is rebuilt
             ids = split.map(_encode_batch, **settings)
             if len(ids) == len(split):
+                note("tokens reused from the cache")
                 return ids
         except Exception:  # pyarrow and datasets raise many types for a damaged file
             pass
         print(f"warning: the cached tokenized split {cached} is corrupt; tokenizing again")
         for stale in out_dir.glob(f"{key}*.arrow"):
             stale.unlink()
+        reused = False
+    note("tokens reused from the cache" if reused else f"{len(split):,} documents tokenized")
     return split.map(_encode_batch, **settings)
 
 
