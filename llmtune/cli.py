@@ -155,9 +155,11 @@ def main(argv: list[str] | None = None) -> None:
 
         fail(f"unknown command '{command}'{suggestion(command, COMMANDS)}")
     from llmtune.config.overrides import check_overrides
+    from llmtune.train.run_folder import check_run_dirs
 
     try:
         checked = iter(check_overrides(_without_flags(overrides)))
+        check_run_dirs(_without_flags(overrides))
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     flags = set(_flag_positions(overrides))

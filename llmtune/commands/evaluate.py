@@ -22,7 +22,6 @@ from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
 from llmtune.evaluation.generation import generate
 from llmtune.evaluation.language_model import evaluate_language_model
-from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.evaluation.metrics import classification_report
 from llmtune.evaluation.preference import PREFERENCE_OBJECTIVES, evaluate_preferences
 from llmtune.evaluation.report import (
@@ -36,6 +35,7 @@ from llmtune.evaluation.report import (
 )
 from llmtune.evaluation.tasks import evaluate_task
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
+from llmtune.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.objectives import TASK_OBJECTIVES
 from llmtune.train.hardware import resolve_runtime
 
@@ -75,6 +75,12 @@ def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -
     objective = loaded.meta.get("objective", loaded.config.objective.name)
     if objective == "contrastive" or config.evaluate.embeddings:
         return evaluate_embeddings(loaded, config)
+    if not loaded.model.heads:  # e.g. a Hugging Face BertModel folder: a backbone alone
+        raise ConfigError(
+            f"ckpt={config.ckpt}: a backbone with no head (no language model or classifier to "
+            "score data.test with); evaluate its embeddings with evaluate.embeddings=true and "
+            "a labelled data.test"
+        )
     if objective in PREFERENCE_OBJECTIVES:  # reward models and dpo: pairwise metrics
         return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
     if objective in TASK_OBJECTIVES and objective != "ppo":  # a ppo policy is a language model

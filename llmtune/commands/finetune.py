@@ -13,12 +13,12 @@ import datasets
 import torch
 
 from llmtune.adapters import ADAPTER_METHODS, apply_method, parameter_summary
-from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
 from llmtune.data import cache_root
+from llmtune.loading import Base, load_base_weights, load_table, read_base
 from llmtune.models import build_model
 from llmtune.objectives import TASK_OBJECTIVES
 from llmtune.objectives.examples import finetune_examples

@@ -165,6 +165,8 @@ class CheckpointConfig:
     resume: str = "auto"  # auto | never | <path to a step folder>
     keep_last: int = 3
     fallback: bool = False  # auto resume: use the newest intact checkpoint if `latest` is damaged
+    # resume=never into a run folder holding checkpoints: move them aside (never deleted)
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)

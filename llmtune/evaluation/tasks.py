@@ -17,8 +17,8 @@ from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
 from llmtune.evaluation.generation import generate
-from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.evaluation.metrics import classification_report, entity_report
+from llmtune.loading import LoadedCheckpoint
 from llmtune.objectives import TASKS, build_task
 
 Rows = list[dict[str, Any]]
