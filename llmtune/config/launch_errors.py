@@ -40,29 +40,30 @@ def _job_error(exc: Exception) -> LaunchError:
     job = re.search(r"Job (\S+) \(task: \S+\) with path (\S+)", text)
     state = re.search(r"\(state: ([^)]*)\)", text)
     errors = re.findall(r"^llmtune: error: (.*)$", text, flags=re.MULTILINE)
-    name = f"SLURM job {job.group(1)}" if job else "a submitit job"
-    ended = f"ended {state.group(1)}" if state else "ended without a result"
+    name = f"job {job.group(1)}" if job else "a job"
+    ended = f"({state.group(1)})" if state else "(no result)"
     logs = f"; its logs are in {Path(job.group(2)).parent}" if job else ""
     if not errors:
-        return LaunchError(f"{name} {ended} without an error from llmtune{logs}", 1)
+        return LaunchError(f"{name} {ended} ended without an error from llmtune{logs}", 1)
     preempted = f"(exit code {PREEMPTED_EXIT})" in errors[-1]
-    resume = "; to resume, rerun the sweep with hydra.sweep.dir set to its folder" * preempted
-    return LaunchError(
-        f"{name} {ended}: {errors[-1]}{logs}{resume}", PREEMPTED_EXIT if preempted else 2
-    )
+    folder = Path(job.group(2)).parent if job else Path()
+    # submitit_folder's default, ${hydra.sweep.dir}/.submitit/%j, names the sweep folder
+    sweep = folder.parent.parent if folder.parent.name == ".submitit" else "its folder"
+    resume = f"; to resume, rerun the sweep with hydra.sweep.dir={sweep}" * preempted
+    code = PREEMPTED_EXIT if preempted else 2
+    return LaunchError(f"{name} {ended}: {errors[-1]}{logs}{resume}", code)
 
 
 def launch_error(exc: Exception) -> LaunchError | None:
-    """The one-line form of submitit's errors; None for any other exception."""
+    """The one-line form of submitit's errors; None for any other exception (a job's own
+    traceback, which submitit reports as FailedJobError, stays a traceback: it is a bug)."""
     if not type(exc).__module__.startswith("submitit."):
         return None
     from submitit.core.utils import UncompletedJobError
 
-    if not isinstance(exc, UncompletedJobError):
-        return None
     if isinstance(exc.__cause__, subprocess.CalledProcessError):  # sbatch's own complaint
         return _submission_error(exc)
-    return _job_error(exc)
+    return _job_error(exc) if type(exc) is UncompletedJobError else None
 
 
 @contextlib.contextmanager

@@ -69,8 +69,8 @@ def stop(step: int, checkpoint_dir: str) -> None:
         previous = _previous.get(sig)
         if not callable(previous):
             continue
-        # the job's log says what was saved before the scheduler's handler exits the process
-        print(f"llmtune: {saved}; the scheduler's {signal.Signals(sig).name} handler takes over")
+        # the job's log says what was saved before a scheduler's handler exits the process
+        print(f"llmtune: {saved}; passing {signal.Signals(sig).name} on to the previous handler")
         try:
             previous(sig, None)
         except Exception as exc:  # it will not requeue the job: say why, then exit as usual
