@@ -17,6 +17,7 @@ DB_PORT="${LLMTUNE_SLURM_DB_PORT:-3399}"  # a private MariaDB, off the usual 330
 PARTITION=cpu
 HOST="$(hostname -s)"
 STARTED="$STATE/started"  # daemons this script started, one name a line, for `stop`
+MUNGED_PID=/run/munge/munged.pid  # munged's default; it runs as munge and writes it there
 
 log() { echo "slurm.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -115,8 +116,7 @@ start_munge() {
   if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
   [ -f /etc/munge/munge.key ] || runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge
-  runuser -u munge -- munged --pid-file="$STATE/munged.pid" 2>>"$STATE/munged.log" ||
-    runuser -u munge -- munged  # older munged without --pid-file
+  runuser -u munge -- munged 2>>"$STATE/munged.log"  # pid file: $MUNGED_PID
   started munged
   wait_for 20 munged sh -c 'munge -n | unmunge'
 }
@@ -191,6 +191,8 @@ stop_daemon() { # stop_daemon <name> <pidfile>
     kill "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  else
+    log "$1: no live process in $2; nothing to stop"
   fi
   sed -i "/^$1\$/d" "$STARTED"
 }
@@ -203,7 +205,7 @@ stop() {
   stop_daemon slurmctld "$STATE/slurmctld.pid"
   stop_daemon slurmdbd "$STATE/slurmdbd.pid"
   stop_daemon mariadb "$MYSQL/run/mysql.pid"
-  stop_daemon munged "$STATE/munged.pid"
+  stop_daemon munged "$MUNGED_PID"
   log "stopped"
 }
 
