@@ -81,8 +81,8 @@ def one_line_launch_errors(multirun: bool) -> Iterator[None]:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
-    except CompactHydraException as exc:
-        print(str(exc), file=sys.stderr)
+    except CompactHydraException as exc:  # as Hydra prints it: the message, then its cause
+        print(str(exc) + (f"\n{exc.__cause__}" if exc.__cause__ else ""), file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as exc:
         error = launch_error(exc)
