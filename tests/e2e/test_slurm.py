@@ -130,10 +130,13 @@ def uninterrupted(tmp_path: Path, corpus: Path, *overrides: str) -> list[float]:
 def test_a_sweep_submits_one_job_per_point(tmp_path, jsonl_corpus):
     name, sweep = job_name(), tmp_path / "sweep"
     proc = submit(sweep, jsonl_corpus, name, "optim.lr=1e-4,1e-3", "train.max_steps=3")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
+    listing = ""
     while proc.poll() is None and len(seen) < 2:
-        seen |= set(run("squeue", "-h", "-r", "-n", name, "-o", "%i").split())
+        listing = run("squeue", "-r", "-n", name, "-o", "%.10i %.9P %.22j %.8T %.6M %R")
+        seen |= {line.split()[0]: line for line in listing.splitlines()[1:]}
         time.sleep(0.2)
+    print(listing)
     assert len(seen) == 2, seen  # an array of two jobs, both seen by squeue
     out = finish(proc, name)
     assert "sweep summary (2 runs" in out
@@ -177,7 +180,9 @@ def _resumed_as_uninterrupted(tmp_path: Path, corpus: Path, sweep: Path, name: s
     assert f"resumed from {run_dir}/checkpoints/step-00000004 (step 4)" in log
     resumed = {r["step"]: r["loss"] for r in metrics(run_dir)[0]}
     assert list(resumed) == [1, 2, 3, 4, 5, 6]
-    assert list(resumed.values()) == uninterrupted(tmp_path, corpus, *NO_SAVES)
+    straight = uninterrupted(tmp_path, corpus, *NO_SAVES)
+    print(f"requeued run's losses:  {list(resumed.values())}\nuninterrupted run's:    {straight}")
+    assert list(resumed.values()) == straight
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ messages the installed submitit really writes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -73,3 +74,14 @@ def test_other_errors_are_left_alone():
     assert launch_error(RuntimeError("a bug")) is None
     # a job's own traceback (a bug) keeps its traceback
     assert launch_error(FailedJobError("Job (task=0) failed during processing with trace")) is None
+
+
+def test_hydras_own_errors_in_a_sweep_stay_compact(tmp_path, capsys):
+    from llmtune.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "-m", f"hydra.sweep.dir={tmp_path}", "hydra/launcher=nonexistent"])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    assert "Could not find 'hydra/launcher/nonexistent'" in err
+    assert os.environ.get("HYDRA_FULL_ERROR") is None  # set for the sweep only
