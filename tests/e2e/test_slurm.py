@@ -211,8 +211,9 @@ def test_a_job_past_its_time_limit_saves_first_and_resumes(tmp_path, jsonl_corpu
     _resumed_as_uninterrupted(tmp_path, jsonl_corpus, sweep, name)
     first_run_seconds = int(jobs(name)[0].split()[2])
     assert 55 <= first_run_seconds < 120  # signalled near the limit; stopped itself before it
-    log = next((sweep / ".submitit").glob("*/*_0_log.out")).read_text()
+    log = (sweep / "0" / "pretrain.log").read_text()  # the run's log: submitit's records too
     assert "stopped by SIGUSR2 at step 4" in log and "this job is timed-out" in log
+    assert "Requeued job" in log
 
 
 def test_a_refused_submission_is_one_line(tmp_path, capsys):
