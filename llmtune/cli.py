@@ -164,9 +164,14 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), exc.exit_code)
     flags = set(_flag_positions(overrides))
     overrides = [arg if i in flags else next(checked) for i, arg in enumerate(overrides)]
+    from llmtune.config.launch_errors import one_line_launch_errors
+
     saved_argv = sys.argv
     sys.argv = [f"llmtune {command}", *overrides]
     try:
-        _hydra_task(command)()
+        with one_line_launch_errors(multirun=bool({"-m", "--multirun"} & set(overrides))):
+            _hydra_task(command)()
+    except UserError as exc:  # a sweep's job was refused or failed (SLURM, submitit)
+        fail(str(exc), exc.exit_code)
     finally:
         sys.argv = saved_argv
