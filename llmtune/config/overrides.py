@@ -20,6 +20,7 @@ from hydra.errors import HydraException
 from llmtune.config import choices, layout
 from llmtune.config.build import first_class, section_fields, suggestion
 from llmtune.config.schema import COMMAND_CLASSES, RunConfig
+from llmtune.config.secrets import refuse_credentials
 from llmtune.errors import ConfigError
 
 
@@ -127,6 +128,7 @@ def check_overrides(command: str, overrides: list[str]) -> list[str]:
     every field of its section (the dataclass supplies defaults, equal to the shipped
     YAML's), so Hydra's own "not in struct" check would wrongly refuse it.
     """
+    refuse_credentials(overrides)  # first: nothing after this may echo or record them
     parsed = _parse(overrides)
     dirs = search_dirs(parsed)
     groups = set(layout.config_groups(dirs))

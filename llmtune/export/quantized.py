@@ -16,7 +16,6 @@ import torch
 
 from llmtune.errors import DataError
 from llmtune.evaluation.language_model import evaluate_language_model
-from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
 from llmtune.export import pt2, torchscript
 from llmtune.export.inference import InferenceModel
@@ -24,6 +23,7 @@ from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import torch_usage, write_manifest, write_readme
 from llmtune.export.quantize import SCHEMES, Quantized, quantize
 from llmtune.export.verify import VerificationError, max_abs_diff, reference_logits, verify
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models import LanguageModel
 from llmtune.objectives import OBJECTIVES
 

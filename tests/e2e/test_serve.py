@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from llmtune.config.schema import EvaluateConfig
-from llmtune.evaluation.loading import load_checkpoint
+from llmtune.loading import load_checkpoint
 from llmtune.models.generation import generate
 from tests.conftest import make_documents
 from tests.e2e.helpers import TINY_GPT, pretrain, write_jsonl
