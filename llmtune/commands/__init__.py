@@ -54,6 +54,12 @@ def _report() -> Run:
     return run
 
 
+def _prune() -> Run:
+    from llmtune.commands.prune import run
+
+    return run
+
+
 def _serve() -> Run:
     from llmtune.commands.serve import run
 
@@ -83,6 +89,12 @@ COMMANDS = {
         "write a checkpoint as hf, onnx, torchscript, pt2, int8, int8wo or int4wo, verified",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
+    ),
+    "prune": Command(
+        "remove blocks and MLP neurons by measured importance; a smaller normal checkpoint",
+        "llmtune prune ckpt=runs/finetune/<time> out=runs/pruned prune.layers=2 "
+        "data.train=train.jsonl data.test=test.jsonl",
+        _prune,
     ),
     "serve": Command(
         "answer OpenAI-style HTTP requests (completions, chat, embeddings) with a checkpoint",

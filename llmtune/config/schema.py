@@ -299,6 +299,29 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """`llmtune prune`: which parts go, by importance measured on data.train."""
+
+    layers: int = 0  # whole blocks to remove, those whose skipping raises the loss least
+    ffn_fraction: float = 0.0  # share of every block's MLP neurons to remove, least important
+    batches: int = 8  # batches of data.train (evaluate.batch_size rows) importance is measured on
+    latency_runs: int = 10  # timed batches per model (median reported)
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid key."""
+        if self.layers < 0:
+            raise ConfigError(f"prune.layers={self.layers}: must be >= 0")
+        if not 0 <= self.ffn_fraction < 1:
+            raise ConfigError(f"prune.ffn_fraction={self.ffn_fraction}: must be in [0, 1)")
+        if self.layers == 0 and self.ffn_fraction == 0:
+            raise ConfigError(
+                "nothing to prune: set prune.layers=<blocks> and/or prune.ffn_fraction=<share>"
+            )
+        _positive("prune.batches", self.batches)
+        _positive("prune.latency_runs", self.latency_runs)
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """One task of objective=multitask: an objective, its loss weight and (optionally) data."""
 
@@ -338,6 +361,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
     serve: ServeConfig = field(default_factory=ServeConfig)  # serve: the HTTP server
+    prune: PruneConfig = field(default_factory=PruneConfig)  # prune: what to remove
     runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)
 
 
@@ -345,4 +369,5 @@ class RunConfig:
 COMMAND_CLASSES: dict[str, dict[str, type]] = {
     "finetune": {"model": FinetuneModel},
     "export": {"evaluate": ScoringConfig},
+    "prune": {"evaluate": ScoringConfig},
 }

@@ -5,18 +5,19 @@ and measured against fp32 in the same format: file size, latency per batch, data
 from __future__ import annotations
 
 import dataclasses
-import io
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from llmtune.errors import DataError
-from llmtune.evaluation.language_model import evaluate_language_model
-from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
+from llmtune.evaluation.measure import (
+    headline_metric,
+    latency_ms,
+    relative_drop,
+    timing_batch,
+    weights_mb,
+)
 from llmtune.export import pt2, torchscript
 from llmtune.export.inference import InferenceModel
 from llmtune.export.job import ExportJob, external
@@ -25,10 +26,6 @@ from llmtune.export.quantize import SCHEMES, Quantized, quantize
 from llmtune.export.verify import VerificationError, max_abs_diff, reference_logits, verify
 from llmtune.loading import LoadedCheckpoint
 from llmtune.models import LanguageModel
-from llmtune.objectives import OBJECTIVES
-
-# The metric each kind of checkpoint is judged by, and whether higher is better.
-METRICS = (("accuracy", True), ("entity_f1", True), ("loss", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,63 +54,17 @@ SCRIPT = Saver(
 
 def metric(loaded: LoadedCheckpoint, job: ExportJob) -> tuple[str, float, bool]:
     """(name, value, higher is better) of `loaded` on data.test, read as evaluate reads it."""
-    config = job.config
-    objective = loaded.meta.get("objective", loaded.config.objective.name)
-    found = OBJECTIVES.get(objective)
-    if found is not None and found.scoring in TASK_SCORING:
-        results, _ = evaluate_task(loaded, config.data, config.evaluate, config.seed)
-    else:
-        results = evaluate_language_model(loaded, config.data, config.evaluate, config.seed)
-    for name, higher in METRICS:
-        if name in results:
-            return name, float(results[name]), higher
-    raise DataError(
-        f"data.test={config.data.test}: no labels to score {objective} on; "
-        "give a labelled held-out file"
-    )
-
-
-@torch.no_grad()
-def latency_ms(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], runs: int) -> float:
-    """Median milliseconds per batch of a loaded model, after two warm-up calls."""
-    for _ in range(2):
-        model(*inputs)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model(*inputs)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def timing_batch(job: ExportJob) -> tuple[torch.Tensor, ...]:
-    """evaluate.batch_size full-length rows of ordinary tokens (latency ignores content)."""
-    info, length = job.loaded.info, job.loaded.config.model.max_seq_len
-    low = max(info.special_ids, default=-1) + 1  # specials take the first ids in both families
-    ids = torch.randint(low, info.vocab_size, (job.config.evaluate.batch_size, length))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if "token_type_ids" in job.sample:
-        inputs["token_type_ids"] = torch.zeros_like(ids)
-    return tuple(inputs.values())
-
-
-def weights_mb(model: torch.nn.Module) -> float:
-    """Megabytes of a model's saved state dict: the weights alone, without the graph a file
-    also holds (which dominates the file of a tiny model)."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell() / 1e6
+    return headline_metric(loaded, job.config.data, job.config.evaluate, job.config.seed)
 
 
 def _measure(job: ExportJob, saver: Saver, fp32_path: Path, q_model: LanguageModel) -> dict:
-    batch = timing_batch(job)
+    batch = timing_batch(job.loaded, job.config.evaluate.batch_size, "token_type_ids" in job.sample)
     runs = job.config.export.latency_runs
     before = metric(job.loaded, job)
     # a quantized GPT lm head is scored through its dequantized weight by the clm loss (which
     # reads head.weight): weight rounding counts, int8 activations of that one matmul do not
     after = metric(dataclasses.replace(job.loaded, model=q_model), job)
     name, higher = before[0], before[2]
-    worse = (before[1] - after[1]) if higher else (after[1] - before[1])
     q_path = job.out / saver.artifact
     return {
         "size_mb": [fp32_path.stat().st_size / 1e6, q_path.stat().st_size / 1e6],
@@ -125,7 +76,7 @@ def _measure(job: ExportJob, saver: Saver, fp32_path: Path, q_model: LanguageMod
         "batch": list(batch[0].shape),
         "metric": name,
         "metric_values": [before[1], after[1]],
-        "relative_drop": worse / max(abs(before[1]), 1e-12),
+        "relative_drop": relative_drop(before[1], after[1], higher),
     }
 
 
