@@ -65,10 +65,13 @@ def _prune(loaded: LoadedCheckpoint, config: RunConfig) -> tuple[LoadedCheckpoin
             f"prune.layers={cfg.layers}: the model has {model.config.n_layers} blocks; "
             "at least one must stay"
         )
-    data = importance.loss_data(loaded, config)
+    measured = cfg.layers or cfg.ffn_fraction  # keep_every alone needs no data
+    data = importance.loss_data(loaded, config) if measured else None
     blocks = importance.block_importance(model, data) if cfg.layers else []
     n_blocks = model.config.n_layers
     keep = surgery.keep_blocks(blocks, cfg.layers) if cfg.layers else list(range(n_blocks))
+    if cfg.keep_every:
+        keep = list(range(0, n_blocks, cfg.keep_every))
     n_keep = model.config.d_ff - int(round(cfg.ffn_fraction * model.config.d_ff))
     if cfg.ffn_fraction:
         neurons = surgery.keep_neurons(importance.neuron_importance(model, data), n_keep)

@@ -303,6 +303,7 @@ class PruneConfig:
     """`llmtune prune`: which parts go, by importance measured on data.train."""
 
     layers: int = 0  # whole blocks to remove, those whose skipping raises the loss least
+    keep_every: int = 0  # instead: keep blocks 0, k, 2k, ... (a distillation student's start)
     ffn_fraction: float = 0.0  # share of every block's MLP neurons to remove, least important
     batches: int = 8  # batches of data.train (evaluate.batch_size rows) importance is measured on
     latency_runs: int = 10  # timed batches per model (median reported)
@@ -313,9 +314,14 @@ class PruneConfig:
             raise ConfigError(f"prune.layers={self.layers}: must be >= 0")
         if not 0 <= self.ffn_fraction < 1:
             raise ConfigError(f"prune.ffn_fraction={self.ffn_fraction}: must be in [0, 1)")
-        if self.layers == 0 and self.ffn_fraction == 0:
+        if self.keep_every < 0:
+            raise ConfigError(f"prune.keep_every={self.keep_every}: must be >= 0")
+        if self.layers and self.keep_every:
+            raise ConfigError("prune.layers and prune.keep_every both choose blocks; set one")
+        if self.layers == 0 and self.keep_every < 2 and self.ffn_fraction == 0:
             raise ConfigError(
-                "nothing to prune: set prune.layers=<blocks> and/or prune.ffn_fraction=<share>"
+                "nothing to prune: set prune.layers=<blocks>, prune.keep_every=<k> (>= 2) "
+                "and/or prune.ffn_fraction=<share>"
             )
         _positive("prune.batches", self.batches)
         _positive("prune.latency_runs", self.latency_runs)
