@@ -75,6 +75,12 @@ def _check_group(command: str, text: str, override: Override, dirs: tuple[Path, 
                 f"{group}={value}: no such option{suggestion(value, options)} "
                 f"(options: {', '.join(options)})"
             )
+        made_for = layout.experiment_command(value, dirs) if group == "experiment" else ""
+        if made_for and made_for not in layout.builds_on(command):
+            raise ConfigError(
+                f"experiment={value}: configures llmtune {made_for}, not llmtune {command}; "
+                f"run `llmtune {made_for} experiment={value}`"
+            )
 
 
 def _fields(command: str, path: str, cls: Any) -> dict[str, Any]:

@@ -356,14 +356,15 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    ckpt: str = ""  # evaluate, export: a step folder or a run directory (its best, else latest)
+    # evaluate, export, prune, serve: a step folder or a run directory (its best, else latest)
+    ckpt: str = ""
     prompts: tuple[str, ...] = ()  # evaluate: prompts to complete, or files of one per line
     # export: a ScoringConfig (int8 scores data.test)
     evaluate: EvaluateConfig | ScoringConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
     format: str = ""  # export: hf | onnx | torchscript | pt2 | int8 | int8wo | int4wo
-    out: str = ""  # export: the folder to write
+    out: str = ""  # export, prune: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
     serve: ServeConfig = field(default_factory=ServeConfig)  # serve: the HTTP server
