@@ -35,8 +35,12 @@ def _check(config: RunConfig) -> Path:
     out = Path(config.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"out={out}: exists and is not an empty folder; choose another")
-    if any(out.resolve() == f.resolve() for f in folders_of(config.ckpt)):
-        raise ConfigError(f"out={out}: is the checkpoint's own folder; choose another")
+    for folder in folders_of(config.ckpt):  # never write into what is read
+        if folder.resolve() == out.resolve() or folder.resolve() in out.resolve().parents:
+            raise ConfigError(
+                f"out={out}: is or lies inside {folder}, which prune reads; choose a folder "
+                "outside it"
+            )
     return out
 
 

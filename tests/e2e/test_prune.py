@@ -121,3 +121,11 @@ def test_a_non_empty_out_is_refused(task, tmp_path, capsys):
         prune(task, out, "prune.layers=1")
     assert "is not an empty folder" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_an_out_inside_the_checkpoint_is_refused(task, tmp_path, capsys):
+    out = task["cls"] / "pruned"
+    with pytest.raises(SystemExit):
+        prune(task, out, "prune.layers=1")
+    assert "which prune reads" in capsys.readouterr().err
+    assert not out.exists()
