@@ -91,7 +91,7 @@ def load(port: int, n: int, clients: int, max_tokens: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="", help="a GPT checkpoint (default: pretrain one)")
-    parser.add_argument("--pretrain-steps", type=int, default=30)
+    parser.add_argument("--pretrain-steps", type=int, default=5)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=16)

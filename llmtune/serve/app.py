@@ -84,6 +84,12 @@ def build_app(served: Served, engine: Engine, cfg: ServeConfig) -> FastAPI:
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return JSONResponse(p.error_body(message), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        # a bug or a failing model call: the request fails in one line, the server goes on
+        message = f"{request.url.path} failed: {type(exc).__name__}: {exc}"
+        return JSONResponse(p.error_body(message, "server_error"), status_code=500)
+
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(p.error_body(str(exc)), status_code=400)

@@ -71,7 +71,7 @@ class Served:
         around the conversation, otherwise `role: content` lines and `assistant:`."""
         objective = self.loaded.config.objective
         template = objective.prompt_template if isinstance(objective, PromptedConfig) else ""
-        if template and [r for r, _ in messages if r == "assistant"] == []:
+        if template and not any(role == "assistant" for role, _ in messages):
             # single turn: the system text (if any) then the user's, as one instruction
             return template.replace("{instruction}", "\n\n".join(c for _, c in messages))
         lines = [f"{role}: {content}" for role, content in messages]

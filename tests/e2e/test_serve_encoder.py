@@ -92,3 +92,16 @@ def test_an_encoder_serves_no_completions(served):
     port, _ = served
     status, reply = request(port, "POST", "/v1/completions", {"prompt": "x"})
     assert status == 400 and "serves no completions" in reply["error"]["message"]
+
+
+def test_a_failing_model_call_is_a_500_and_the_server_goes_on(served, monkeypatch):
+    port, model = served
+
+    def broken(texts):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "embed", broken)
+    status, reply = request(port, "POST", "/v1/embeddings", {"input": "x"})
+    assert status == 500 and "RuntimeError: out of memory" in reply["error"]["message"]
+    monkeypatch.undo()
+    assert request(port, "POST", "/v1/embeddings", {"input": "x"})[0] == 200
