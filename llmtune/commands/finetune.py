@@ -18,6 +18,7 @@ from llmtune.adapters.base_model import Base, load_base_weights, load_table, rea
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits
 from llmtune.data import cache_root
+from llmtune.data.rows import as_rows
 from llmtune.models import build_model
 from llmtune.objectives import TASK_OBJECTIVES
 from llmtune.objectives.examples import finetune_examples
@@ -73,7 +74,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
         objective.bind(model, config)
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
-    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
+    n_train, n_val = (len(as_rows(examples[s])) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "
