@@ -4,6 +4,7 @@ tokenizer's own threads, or in `data.num_proc` worker processes (one thread each
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +20,9 @@ def encode_batch(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> Encoded:
     """Token ids of `texts` (no special tokens) as one flat array, and each text's length."""
     # encode_batch_fast skips character offsets, which a token store never needs
     encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(encodings))
-    flat = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype, count=int(lengths.sum()))
+    ids = [e.ids for e in encodings]  # each access builds a list: take them once
+    lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(lengths.sum()))
     return flat, lengths
 
 

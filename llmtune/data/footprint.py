@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import RunConfig
+from llmtune.data.builtin import builtin_documents
 from llmtune.data.corpus import TextSplit
 from llmtune.data.pipeline import corpora, store_root
 from llmtune.data.sources import cache_root, checked_files
@@ -32,9 +33,10 @@ class Footprint:
 
 
 def footprint(config: RunConfig) -> Footprint | None:
-    """The run's stores if prepared, else an estimate from file sizes (None: a stream, or a
-    Hub dataset not yet prepared, whose size is unknown)."""
-    if config.data.streaming:
+    """The run's stores if prepared, else an estimate from file sizes (None: a Hub dataset or
+    a stream, whose size plan does not look up)."""
+    sources = [m.source for m in config.data.mix.values()] or [config.data.source]
+    if config.data.streaming or "hub" in sources:  # plan does not reach for the Hub
         return None
     found = [splits for _, _, splits in corpora(config.data, config.seed)]
     prepared = _prepared(config, found)
@@ -43,10 +45,12 @@ def footprint(config: RunConfig) -> Footprint | None:
     text_bytes = 0
     for splits in found:
         for key in {split.source.key for split in splits.values()}:
-            if splits["train"].source.cfg.source != "files":
-                return None
-            files, _ = checked_files(splits["train"].source.cfg, key)
-            text_bytes += sum(os.stat(f).st_size for f in files)
+            cfg = splits["train"].source.cfg
+            if cfg.source == "builtin":
+                text_bytes += sum(len(d) for d in builtin_documents())
+            else:
+                files, _ = checked_files(cfg, key)
+                text_bytes += sum(os.stat(f).st_size for f in files)
     tokens = int(text_bytes / CHARS_PER_TOKEN)
     docs = int(text_bytes / CHARS_PER_DOCUMENT)
     itemsize = store_dtype(config.model.vocab_size or config.tokenizer.vocab_size).itemsize
@@ -97,7 +101,7 @@ def data_rows(config: RunConfig) -> list[tuple[str, str]]:
     batches = 4 * 8 * micro * seq_len * (2 + 2 * workers)
     if fp is None:
         return [
-            ("source", "a stream or a Hub dataset: size known once read"),
+            ("source", "a Hub dataset or a stream: its size is known once prepared or read"),
             ("resident (batches)", f"{batches / MiB:,.1f} MiB"),
         ]
     docs, train = sum(fp.documents.values()), fp.tokens.get("train", 0)

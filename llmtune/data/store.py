@@ -7,6 +7,7 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ from llmtune.errors import DataError
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
+RELEASE_EVERY = 1024  # reads between handing back the pages they mapped (see TokenStore)
 SHARD_TOKENS = 1 << 28  # tokens per shard file at most (512 MiB at uint16), unless one document
 _BUILDING = ".building-"  # a store being written: <prefix><key>-<host>-<pid>-<random>
 
@@ -41,6 +43,8 @@ class TokenStore:
 
     Only the document index (8 bytes per document) is read into memory; tokens stay in the
     memory-mapped shards, so a window costs the pages it touches, whatever the corpus size.
+    Every RELEASE_EVERY reads the mapped pages are handed back (madvise DONTNEED): they stay
+    in the page cache, but a long run's resident set does not creep up to the store's size.
     Pickles as its path (loader workers map the files themselves).
     """
 
@@ -51,6 +55,8 @@ class TokenStore:
         self.n_docs = int(self.manifest["n_docs"])
         self.n_tokens = int(self.manifest["n_tokens"])
         self._maps: list[np.ndarray] | None = None
+        self._mmaps: list[mmap.mmap] = []
+        self._reads = 0
         self._starts: np.ndarray | None = None
         shard_tokens = [int(s["n_tokens"]) for s in self.manifest["shards"]]
         self._bases = np.concatenate([[0], np.cumsum(shard_tokens, dtype=np.int64)])
@@ -85,6 +91,10 @@ class TokenStore:
     def tokens(self, start: int, end: int) -> np.ndarray:
         """Tokens [start, end) in global coordinates as int64 (they may span shards)."""
         maps = self._open_maps()
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0 and hasattr(mmap, "MADV_DONTNEED"):
+            for mapped in self._mmaps:
+                mapped.madvise(mmap.MADV_DONTNEED)
         first = int(np.searchsorted(self._bases, start, side="right")) - 1
         pieces = []
         shard = max(first, 0)
@@ -108,8 +118,13 @@ class TokenStore:
                 file = self.path / shard["tokens"]
                 n = int(shard["n_tokens"])
                 _check(file.stat().st_size == n * self.dtype.itemsize, self.path, shard["tokens"])
-                # numpy cannot map an empty file; a shard of empty documents holds no tokens
-                maps.append(np.memmap(file, self.dtype, "r", shape=(n,)) if n else np.zeros(0))
+                if n == 0:  # an empty file cannot be mapped (a shard of empty documents)
+                    maps.append(np.zeros(0, dtype=self.dtype))
+                    continue
+                with open(file, "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._mmaps.append(mapped)
+                maps.append(np.frombuffer(mapped, dtype=self.dtype))
             self._maps = maps
         return self._maps
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from datasets.distributed import split_dataset_by_node
 from tokenizers import Tokenizer
 
@@ -177,22 +178,35 @@ class StreamBatches:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """The stream's state at the current chunk's start, and the batches taken from it."""
-        return {
+        """Every rank's position (each reads its own shard), gathered like the RNG states:
+        the stream's state at the current chunk's start and the batches taken from it."""
+        own = {
             "epoch": self.epoch,
             "chunk": self.chunk,
             "position": self.position,
             "stream": self._start_state if self._rows is not None else self._next_state(),
         }
+        ranks = [own]
+        if dist.is_initialized() and dist.get_world_size() > 1:  # a collective: all ranks save
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, own)
+        return {"epoch": self.epoch, "position": self.position, "ranks": ranks}
 
     def _next_state(self) -> dict | None:
         return self._stream.state_dict() if self._stream is not None else self._start_state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])
-        self._start_state = state.get("stream")
+        ranks = state["ranks"]
+        if len(ranks) != self.shard[1]:
+            raise DataError(
+                f"this streamed run was saved by {len(ranks)} process(es); resume it with "
+                f"the same number (each reads its own part of the stream), not {self.shard[1]}"
+            )
+        own = ranks[self.shard[0]]
+        self.epoch, self.chunk = int(own["epoch"]), int(own["chunk"])
+        self._start_state = own.get("stream")
         self._iter, self._rows = None, None
-        position = int(state["position"])
+        position = int(own["position"])
         if position:
             self._load_chunk()
         self.position = position

@@ -2,6 +2,7 @@
 vocabulary, committed atomically (whole or absent), damaged ones refused in one line."""
 
 import json
+import mmap
 import os
 import pickle
 import socket
@@ -91,3 +92,24 @@ def test_a_store_pickles_as_its_path(make_store):
 def test_the_key_names_text_and_tokenizer():
     assert store_key("a", "t") == store_key("a", "t")
     assert len({store_key("a", "t"), store_key("b", "t"), store_key("a", "u")}) == 3
+
+
+def test_mapped_pages_are_handed_back_every_so_many_reads(make_store, monkeypatch):
+    """A long run touches every page of a memory map; without handing them back its resident
+    set would grow to the store's size (the memmap "leak" nanoGPT works around)."""
+
+    class Recorder:
+        def __init__(self):
+            self.advice = []
+
+        def madvise(self, advice):
+            self.advice.append(advice)
+
+    monkeypatch.setattr(store_module, "RELEASE_EVERY", 10)
+    store = make_store(_docs())
+    store.tokens(0, 5)
+    store._mmaps = [Recorder(), Recorder()]
+    for _ in range(25):
+        store.tokens(0, 5)
+    assert [len(r.advice) for r in store._mmaps] == [2, 2]  # at reads 10 and 20
+    assert store._mmaps[0].advice[0] == mmap.MADV_DONTNEED
