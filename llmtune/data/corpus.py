@@ -57,7 +57,7 @@ class Source:
         seen: set[bytes] | None = set() if self.cfg.dedupe else None
         left = self.cfg.max_docs or math.inf
         for batch in _checked(iter_raw_batches(raw, BATCH_DOCS), self.key):
-            out = _clean(batch, self.cfg.min_chars, raw.paragraphs, seen)
+            out = clean_documents(batch, self.cfg.min_chars, raw.paragraphs, seen)
             if len(out) >= left:
                 yield out[: int(left)]
                 return
@@ -98,7 +98,11 @@ def _checked(batches: Iterator[list], key: str) -> Iterator[list]:
         ) from None
 
 
-def _clean(texts: list, min_chars: int, paragraphs: bool, seen: set[bytes] | None) -> list[str]:
+def clean_documents(
+    texts: list, min_chars: int, paragraphs: bool, seen: set[bytes] | None
+) -> list[str]:
+    """Stripped documents of at least min_chars; .txt paragraphs split on blank lines; with
+    `seen`, exact duplicates of earlier documents dropped."""
     out: list[str] = []
     for text in texts:
         pieces = _BLANK_LINE.split(text) if (paragraphs and text) else [text or ""]

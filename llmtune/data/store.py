@@ -22,7 +22,7 @@ from llmtune.errors import DataError
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
-RELEASE_EVERY = 1024  # reads between handing back the pages they mapped (see TokenStore)
+RELEASE_EVERY = 256  # reads between handing back the pages they mapped (see TokenStore)
 SHARD_TOKENS = 1 << 28  # tokens per shard file at most (512 MiB at uint16), unless one document
 _BUILDING = ".building-"  # a store being written: <prefix><key>-<host>-<pid>-<random>
 

@@ -19,7 +19,7 @@ from datasets.distributed import split_dataset_by_node
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig, RunConfig
-from llmtune.data.corpus import _clean, is_validation, open_corpus
+from llmtune.data.corpus import clean_documents, is_validation, open_corpus
 from llmtune.data.encode import encode_batch
 from llmtune.data.rows import Batch, Rows, TensorRows, to_tensors
 from llmtune.data.sources import raw_text
@@ -137,7 +137,7 @@ class StreamBatches:
                 raise DataError(
                     f"data.train: no column '{self._column}' in the stream; set data.text_column"
                 )
-            cleaned = _clean([text], data.min_chars, False, None)
+            cleaned = clean_documents([text], data.min_chars, False, None)
             docs.extend(d for d in cleaned if not is_validation(d, data.validation_fraction))
         return docs
 
