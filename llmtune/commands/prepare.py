@@ -7,10 +7,10 @@ import functools
 from pathlib import Path
 
 import datasets
-from rich.console import Console
 from rich.table import Table
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import console as shared_console
 from llmtune.data import lm_examples, prepare_once, tokenizer_info
 from llmtune.data.pipeline import PreparedData
 from llmtune.objectives import build_objective
@@ -60,7 +60,7 @@ def _reuse_line(config: RunConfig, prepared: PreparedData) -> str:
 def run(config: RunConfig, run_dir: Path) -> None:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    console = Console(highlight=False)
+    console = shared_console()
     prepared = prepare_once(config)
     vocab = prepared.tokenizer.get_vocab_size(with_added_tokens=True)
     took = f" in {prepared.tokenizer_seconds:.1f} s" if prepared.tokenizer_seconds else ""

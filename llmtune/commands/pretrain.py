@@ -11,6 +11,7 @@ import datasets
 import torch
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import note, stage
 from llmtune.data import cache_root, lm_examples, prepare_once, tokenizer_info
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
@@ -56,7 +57,9 @@ def run(config: RunConfig, run_dir: Path) -> None:
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     make = functools.partial(objective.make_examples, seq_len=seq_len, seed=config.seed)
-    examples = lm_examples(make, prepared, config)
+    with stage("examples", f"windows of {seq_len} tokens read from the token stores"):
+        examples = lm_examples(make, prepared, config)
+        note(_describe(examples, prepared, seq_len).split(" (")[0])
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()

@@ -16,6 +16,7 @@ from hydra.errors import HydraException
 
 from llmtune.config.build import section_fields, suggestion
 from llmtune.config.schema import RunConfig
+from llmtune.config.secrets import refuse_credentials
 from llmtune.errors import ConfigError
 
 # The top-level configs/ folder, installed as the package llmtune.configs (see setup.py).
@@ -67,6 +68,7 @@ def check_overrides(overrides: list[str]) -> list[str]:
     list every field of its section (the dataclass supplies defaults), so Hydra's own
     "not in struct" check would wrongly refuse it.
     """
+    refuse_credentials(overrides)  # first: nothing after this may echo or record them
     if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
         return overrides  # user config directories may add options we cannot see here
     try:

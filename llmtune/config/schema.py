@@ -184,6 +184,8 @@ class CheckpointConfig:
     resume: str = "auto"  # auto | never | <path to a step folder>
     keep_last: int = 3
     fallback: bool = False  # auto resume: use the newest intact checkpoint if `latest` is damaged
+    # resume=never into a run folder holding checkpoints: move them aside (never deleted)
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ class TaskConfig:
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
+    verbose: bool = False  # show third-party log lines and warnings on the console too
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -267,3 +270,4 @@ class RunConfig:
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
+    runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.console import note, stage
 from llmtune.data.corpus import TextSplit, mix_configs, open_corpus
 from llmtune.data.encode import encode_all
 from llmtune.data.rows import MixedRows, Rows
@@ -80,7 +81,9 @@ def prepare_data(
     its train and validation token stores, built when absent (`build`=False: found, or a
     DataError)."""
     data = config.data
-    found = corpora(data, config.seed)
+    with stage("corpus", f"opening data={data.source}"):
+        found = corpora(data, config.seed)
+        note(_documents(found, data.streaming))
     if tokenizer is None:
         prepared = _tokenizer(config, [splits["train"] for _, _, splits in found], build)
     else:
@@ -97,19 +100,32 @@ def prepare_data(
     return prepared
 
 
+def _documents(found: list[tuple[str, float, dict[str, TextSplit]]], streaming: bool) -> str:
+    """'N train / M validation documents' (counted once per corpus, remembered in the cache);
+    a stream's cannot be counted, so its name."""
+    if streaming:
+        return ", ".join(f"streaming {splits['train'].source.where}" for _, _, splits in found)
+    n = [sum(splits[s].n_docs() for _, _, splits in found) for s in SPLITS]
+    return f"{n[0]:,} train / {n[1]:,} validation documents"
+
+
 def _tokenizer(config: RunConfig, train: list[TextSplit], build: bool) -> PreparedData:
     """The tokenizer trained on the train split(s) (cached), or tokenizer.path's."""
-    kind = resolve_kind(config.tokenizer, config.model.family)
+    family = config.model.family
+    kind = resolve_kind(config.tokenizer, family)
     cache = cache_root(config.data)
     path = None if kind == "file" else tokenizer_cache_path(config.tokenizer, kind, train, cache)
     if path is not None and not path.is_file() and not build:
         raise DataError(f"the tokenizer is not prepared at {path}; run `llmtune prepare` first")
-    cached = path is None or path.is_file()
     started = time.perf_counter()
-    tokenizer = get_tokenizer(config.tokenizer, config.model.family, train, cache)
-    seconds = 0.0 if cached else time.perf_counter() - started
-    note = f"{'cached' if cached else 'trained'}: {path}" if path else config.tokenizer.path
-    return PreparedData(tokenizer, note, seconds)
+    with stage("tokenizer", f"{kind} for {family}") as shown:
+        tokenizer = get_tokenizer(config.tokenizer, family, train, cache)
+        if path is None:
+            note(f"loaded {config.tokenizer.path}")
+    trained = any(n.startswith("trained") for n in shown.notes)
+    seconds = time.perf_counter() - started if trained else 0.0
+    where = f"{'trained' if trained else 'cached'}: {path}" if path else config.tokenizer.path
+    return PreparedData(tokenizer, where, seconds)
 
 
 def test_store(data: DataConfig, tokenizer: Tokenizer, seed: int) -> TokenStore:
@@ -123,17 +139,26 @@ def _store(
     split: TextSplit, tok: Tokenizer, tok_hash: str, data: DataConfig, build: bool
 ) -> StoreUse:
     root, key = store_root(data), store_key(split.fingerprint, tok_hash)
-    store = open_store(root, key)
-    if store is not None:
-        return StoreUse(split.name, "", 1.0, store)
-    if not build:
-        raise DataError(
-            f"the {split.name} token store is not prepared at {root / key}; run "
-            "`llmtune prepare` first"
-        )
-    started = time.perf_counter()
-    store = build_store(split, tok, root, key, data.num_proc)
-    return StoreUse(split.name, "", 1.0, store, True, time.perf_counter() - started)
+    with stage("tokenization", f"the {split.name} split of {split.describe()} into a token store"):
+        store = open_store(root, key, repair=build)  # a damaged one: warned, removed, rebuilt
+        if store is not None:
+            note(f"tokens reused from the token store {store.path} ({_sizes(store)})")
+            return StoreUse(split.name, "", 1.0, store)
+        if not build:
+            raise DataError(
+                f"the {split.name} token store is not prepared at {root / key}; run "
+                "`llmtune prepare` first"
+            )
+        started = time.perf_counter()
+        store = build_store(split, tok, root, key, data.num_proc)
+        seconds = time.perf_counter() - started
+        rate = store.n_tokens / max(seconds, 1e-9)
+        note(f"tokenized into {store.path} ({_sizes(store)}, {rate:,.0f} tokens/s)")
+        return StoreUse(split.name, "", 1.0, store, True, seconds)
+
+
+def _sizes(store: TokenStore) -> str:
+    return f"{store.n_docs:,} documents, {store.n_tokens:,} tokens, {store.nbytes / 2**20:.1f} MiB"
 
 
 def build_store(

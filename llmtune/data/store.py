@@ -77,8 +77,15 @@ class TokenStore:
         if self._starts is None:
             parts = [np.zeros(1, dtype=np.int64)]
             for base, shard in zip(self._bases, self.manifest["shards"], strict=False):
-                offsets = np.load(self.path / shard["offsets"])
-                _check(len(offsets) == int(shard["n_docs"]) + 1, self.path, shard["offsets"])
+                offsets = _load_offsets(self.path, shard["offsets"])
+                _check(
+                    len(offsets) == int(shard["n_docs"]) + 1
+                    and offsets[0] == 0
+                    and offsets[-1] == int(shard["n_tokens"])
+                    and bool(np.all(np.diff(offsets) >= 0)),
+                    self.path,
+                    shard["offsets"],
+                )
                 parts.append(offsets[1:] + base)
             self._starts = np.concatenate(parts)
             _check(int(self._starts[-1]) == self.n_tokens, self.path, "the document index")
@@ -107,6 +114,17 @@ class TokenStore:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate(pieces).astype(np.int64)
 
+    def verify(self) -> None:
+        """Check the files against the manifest without reading tokens: every shard's size,
+        and the document index (read here once; windows need it anyway). StoreDamaged if not."""
+        shards = self.manifest["shards"]
+        _check(sum(int(s["n_docs"]) for s in shards) == self.n_docs, self.path, "n_docs")
+        for shard in shards:
+            file = self.path / shard["tokens"]
+            size = file.stat().st_size if file.is_file() else -1
+            _check(size == int(shard["n_tokens"]) * self.dtype.itemsize, self.path, shard["tokens"])
+        self.doc_starts()
+
     def document(self, index: int) -> np.ndarray:
         starts = self.doc_starts()
         return self.tokens(int(starts[index]), int(starts[index + 1]))
@@ -129,34 +147,67 @@ class TokenStore:
         return self._maps
 
 
+class StoreDamaged(DataError):
+    """A store whose files do not match its manifest (truncated, missing, overwritten)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = Path(path), what
+        super().__init__(
+            f"token store {path} is damaged ({what}); delete the folder and run "
+            "`llmtune prepare` (or the pretrain) again"
+        )
+
+
 def _check(ok: bool, path: Path, what: str) -> None:
     if not ok:
-        raise DataError(
-            f"token store {path} is damaged ({what} does not match its manifest); delete the "
-            "folder and run `llmtune prepare` (or the pretrain) again"
-        )
+        raise StoreDamaged(path, f"{what} does not match its manifest")
+
+
+def _load_offsets(path: Path, name: str) -> np.ndarray:
+    try:
+        offsets = np.load(path / name, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # missing, truncated or not an .npy file
+        raise StoreDamaged(path, f"cannot read {name}: {type(exc).__name__}") from None
+    _check(offsets.ndim == 1 and offsets.dtype == np.int64 and len(offsets) > 0, path, name)
+    return offsets
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(
-            f"token store {path}: cannot read {MANIFEST} ({type(exc).__name__}); delete the "
-            "folder and prepare again"
-        ) from None
-    if manifest.get("version") != STORE_VERSION:
-        raise DataError(
-            f"token store {path} has format version {manifest.get('version')}, this llmtune "
-            f"reads {STORE_VERSION}; delete the folder and prepare again"
-        )
+        raise StoreDamaged(path, f"cannot read {MANIFEST}: {type(exc).__name__}") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        raise StoreDamaged(path, f"format version {version}, this llmtune reads {STORE_VERSION}")
+    shards = manifest.get("shards")
+    whole = all(k in manifest for k in ("dtype", "n_docs", "n_tokens")) and isinstance(shards, list)
+    fields = ("tokens", "offsets", "n_docs", "n_tokens")
+    if not whole or not all(isinstance(s, dict) and all(k in s for k in fields) for s in shards):
+        raise StoreDamaged(path, f"{MANIFEST} lacks fields")
     return manifest
 
 
-def open_store(root: Path, key: str) -> TokenStore | None:
-    """The committed store `key` under `root`, or None when absent."""
+def open_store(root: Path, key: str, repair: bool = False) -> TokenStore | None:
+    """The committed store `key` under `root`, checked against its manifest; None when absent.
+    A damaged one raises StoreDamaged, or with `repair` is said in one warning line and
+    removed, so the caller builds it again."""
     path = Path(root) / key
-    return TokenStore(path) if (path / MANIFEST).is_file() else None
+    if not path.exists():
+        return None
+    try:
+        store = TokenStore(path)
+        store.verify()
+        return store
+    except StoreDamaged as exc:
+        if not repair:
+            raise
+        print(f"warning: the token store {path} is damaged ({exc.what}); building it again")
+    # renamed aside first: the key's folder disappears at once and the rebuild can take it
+    aside = Path(root) / f".damaged-{key}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    return None
 
 
 class StoreWriter:

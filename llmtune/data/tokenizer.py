@@ -24,6 +24,7 @@ from tokenizers import (
 )
 
 from llmtune.config.schema import TokenizerConfig
+from llmtune.console import note
 from llmtune.data.corpus import TextSplit
 from llmtune.errors import DataError
 
@@ -134,6 +135,7 @@ class _Texts:
 
     def __init__(self, splits: list[TextSplit], sample: int) -> None:
         self.splits = splits
+        self.seen = 0  # documents in the last full pass (wordpiece reads them twice)
         self.shares = [0] * len(splits)
         if sample > 0 and len(splits) == 1:
             self.shares = [sample]
@@ -142,9 +144,12 @@ class _Texts:
             self.shares = [max(1, round(sample * n / sum(sizes))) for n in sizes]
 
     def __iter__(self) -> Iterator[str]:
+        seen = 0
         for split, share in zip(self.splits, self.shares, strict=True):
             for batch in split.batches(sample=share):
+                seen += len(batch)
                 yield from batch
+        self.seen = seen
 
 
 def get_tokenizer(
@@ -159,9 +164,16 @@ def get_tokenizer(
         raise DataError(f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe or file")
     path = tokenizer_cache_path(cfg, kind, train, cache_dir)
     if path.is_file():
-        return Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception:  # the Rust parser raises a bare Exception; the file is rebuilt below
+            print(f"warning: the cached tokenizer {path} is corrupt; training it again")
+        else:
+            note(f"reused the cached {kind} tokenizer {path}")
+            return tok
     texts = _Texts(train, cfg.train_docs)
     tok = train_tokenizer(texts, kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
+    note(f"trained {kind} ({tok.get_vocab_size():,} tokens) on {texts.seen:,} documents")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crashed or concurrent run never leaves a half-written cache entry.
     tmp = path.with_suffix(f".tmp{os.getpid()}")

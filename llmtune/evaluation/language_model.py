@@ -14,7 +14,7 @@ from llmtune.data import iter_eval_batches
 from llmtune.data.pipeline import test_store
 from llmtune.errors import DataError
 from llmtune.evaluation.likelihood import perplexity
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint
 from llmtune.objectives import build_objective
 
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from llmtune.config.schema import RunConfig
 from llmtune.data import lm_examples, prepare_once, to_tensors, tokenizer_info
-from llmtune.data.labelled import label_names, load_labelled, padded_batch
+from llmtune.data.labelled import class_names, load_labelled, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.errors import DataError
 from llmtune.objectives import TASK_OBJECTIVES, TASKS, build_objective, build_task, task_columns
@@ -28,7 +28,9 @@ def _task_examples(config: RunConfig, tokenizer: Tokenizer, console: Console) ->
     else:
         raw = load_labelled(config.data, task_columns(config.objective, config.data), config.seed)
     values = task.label_values(raw["train"], config.data)
-    labels = label_names(values) if values else []
+    d = config.data
+    column = d.tags_column if config.objective.name == "token_cls" else d.label_column
+    labels = class_names(values, column) if values else []
     objective = build_task(config.objective, info, tokenizer, config.data, labels)
     examples = {}
     seq_len = config.model.max_seq_len

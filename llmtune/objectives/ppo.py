@@ -14,11 +14,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.adapters import load_model
 from llmtune.config.schema import DataConfig, EvaluateConfig, ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo
 from llmtune.data.labelled import Encoded, padded_batch
 from llmtune.errors import CheckpointError, ConfigError
+from llmtune.loading import load_checkpoint
 from llmtune.objectives import rollout
 from llmtune.objectives.base import Batch, TermResult
 from llmtune.objectives.preference import Reference
@@ -28,7 +28,8 @@ from llmtune.objectives.sft import checked_template, fill_template
 
 def load_reward_model(path: str, tokenizer: Tokenizer) -> torch.nn.Module:
     """A frozen reward checkpoint whose tokenizer equals the policy's (it scores the same ids)."""
-    model, _, reward_tokenizer, meta = load_model(path)
+    loaded = load_checkpoint(path)
+    model, reward_tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
     if meta.get("objective") != "reward" or "reward" not in model.heads:
         raise CheckpointError(
             f"objective.reward_model={path}: not a reward model (objective="

@@ -89,6 +89,29 @@ def test_store_dir_and_a_missing_store(tmp_path):
     assert all(u.store.path.parent == tmp_path / "stores" for u in prepared.stores)
 
 
+def test_a_damaged_store_is_said_once_and_rebuilt_where_building_is_allowed(
+    tmp_path, encodes, capsys
+):
+    # before: the run stopped ("delete the folder and prepare again")
+    config = _config(DataConfig(source="files", train=_corpus(tmp_path / "c.jsonl")))
+    first = prepare_data(config)
+    store = first.stores[0].store
+    offsets = store.path / "offsets-00000.npy"
+    good = offsets.read_bytes()
+    offsets.write_bytes(good[:-8])
+    with pytest.raises(DataError, match=r"is damaged \(cannot read offsets-00000.npy") as info:
+        prepare_data(config, build=False)  # a waiting rank never rebuilds: one line
+    assert "\n" not in str(info.value)
+    assert offsets.read_bytes() != good  # and removes nothing
+    capsys.readouterr()
+    again = prepare_data(config)
+    out = capsys.readouterr().out
+    assert out.count(f"warning: the token store {store.path} is damaged") == 1
+    assert [u.built for u in again.stores] == [True, False] and len(encodes) == 3
+    assert offsets.read_bytes() == good  # the same tokens again
+    assert [p.name for p in store.path.parent.iterdir() if p.name.startswith(".")] == []
+
+
 def test_a_mix_gives_one_store_per_corpus_and_split(tmp_path):
     mix = {
         "a": MixSourceConfig(train=_corpus(tmp_path / "a.jsonl", 40), weight=1.0),

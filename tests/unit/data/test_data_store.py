@@ -1,5 +1,6 @@
 """Token stores: documents round-trip through memory-mapped shards, uint16 or uint32 by the
-vocabulary, committed atomically (whole or absent), damaged ones refused in one line."""
+vocabulary, committed atomically (whole or absent), damaged ones refused in one line or (where
+building is allowed) said in one warning and removed for the rebuild."""
 
 import json
 import mmap
@@ -11,7 +12,14 @@ import numpy as np
 import pytest
 
 from llmtune.data import store as store_module
-from llmtune.data.store import StoreWriter, TokenStore, open_store, store_dtype, store_key
+from llmtune.data.store import (
+    StoreDamaged,
+    StoreWriter,
+    TokenStore,
+    open_store,
+    store_dtype,
+    store_key,
+)
 from llmtune.errors import DataError
 
 
@@ -79,6 +87,35 @@ def test_a_damaged_store_is_refused_in_one_line(make_store):
     (store.path / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
     with pytest.raises(DataError, match="format version 99"):
         TokenStore(store.path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda p: (p / "tokens-00000.bin").unlink(), "tokens-00000.bin does not match"),
+        (lambda p: (p / "offsets-00000.npy").write_bytes(b"junk"), "cannot read offsets-00000"),
+        (lambda p: (p / "manifest.json").write_text("{"), "cannot read manifest.json"),
+        (lambda p: (p / "manifest.json").unlink(), "cannot read manifest.json"),
+        (lambda p: (p / "manifest.json").write_text('{"version": 1}'), "lacks fields"),
+    ],
+)
+def test_open_store_finds_damage_and_repairs_by_removing(make_store, capsys, damage, what):
+    store = make_store(_docs())
+    damage(store.path)
+    with pytest.raises(StoreDamaged, match=what):
+        open_store(store.path.parent, store.path.name)
+    assert store.path.exists()  # refused, nothing removed
+    assert open_store(store.path.parent, store.path.name, repair=True) is None
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"warning: the token store {store.path} is damaged (") and what in out
+    assert out.endswith("building it again") and "\n" not in out
+    assert list(store.path.parent.iterdir()) == []  # its name is free for the rebuild
+
+
+def test_a_sound_store_opens(make_store):
+    store = make_store(_docs())
+    found = open_store(store.path.parent, store.path.name, repair=True)
+    assert found is not None and found.document(2).tolist() == store.document(2).tolist()
 
 
 def test_a_store_pickles_as_its_path(make_store):

@@ -61,6 +61,16 @@ def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_plan_leaves_the_loggers_of_the_process_enabled(capsys):
+    """Silencing plan's own logging must not disable loggers that already exist: a later
+    in-process command would lose its warnings from the run log (py.warnings) and its lines."""
+    import logging
+
+    existing = [logging.getLogger("py.warnings"), logging.getLogger("llmtune.data")]
+    main(["plan", *TINY])
+    assert [logger.disabled for logger in existing] == [False, False]
+
+
 def _saved_bytes(model: torch.nn.Module, step) -> int:
     """Bytes autograd saves for backward (parameters excluded), each storage once."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -168,3 +178,9 @@ def test_plan_reads_free_gpu_memory(capsys):
     assert available_memory(torch.device("cuda")) > 0
     main(["plan", "model=gpt-tiny", "model.vocab_size=1000", "hardware.device=cuda"])
     assert "cuda bf16" in capsys.readouterr().out
+
+
+def test_gpt2_small_is_gpt2s_124m_shape(capsys):
+    """model=gpt2-small had the tokenizer's 8000 rows instead of GPT-2's 50257 (91,986,432)."""
+    main(["plan", "model=gpt2-small", "train.micro_batch_size=1", "hardware=cpu"])
+    assert _number(capsys.readouterr().out, "parameters") == 124_439_808
