@@ -10,6 +10,8 @@ the whole process tree, the peak of resident memory and of its anonymous part (h
 cannot be reclaimed; the rest is file pages of memory maps the kernel can drop).
 
   python scripts/datastore_rss.py --sizes 5e6,2e8 --work /tmp/datastore-rss
+  # the issue's own case: the Wikipedia sample alone, once and 40 times, GPT only
+  python scripts/datastore_rss.py --base wiki --copies 1,40 --models gpt
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ COMMON = [
 MODELS = {"gpt": ["model=gpt-tiny"], "bert": ["model=bert-tiny"]}
 
 
-def base_documents() -> list[str]:
-    """The real text: Wikipedia articles, Python docs, fortunes, Shakespeare in ~4 KB pieces."""
+def base_documents(base: str = "all") -> list[str]:
+    """The real text: Wikipedia articles, Python docs, fortunes, Shakespeare in ~4 KB pieces
+    ("all"), or the Wikipedia articles alone ("wiki", the issue's 3 MB)."""
     docs = []
+    if base == "wiki":
+        with open(DATA / "wiki_articles.jsonl") as f:
+            return [t for t in (json.loads(line)["text"] for line in f) if t.strip()]
     for name in ("wiki_articles.jsonl", "python_docs.jsonl", "fortunes.jsonl"):
         with open(DATA / name) as f:
             docs += [json.loads(line)["text"] for line in f]
@@ -57,13 +63,14 @@ def base_documents() -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def write_corpus(path: Path, tokens: float) -> int:
-    """Repeat the base documents, each repetition shuffled, until ~`tokens`; returns bytes."""
+def write_corpus(path: Path, tokens: float, base: str = "all", copies: int = 0) -> int:
+    """Repeat the base documents, each repetition shuffled, `copies` times or until ~`tokens`;
+    returns bytes."""
     if path.is_file():
         return path.stat().st_size
-    docs = base_documents()
+    docs = base_documents(base)
     per_copy = sum(len(d) for d in docs) / CHARS_PER_TOKEN
-    copies = max(1, round(tokens / per_copy))
+    copies = copies or max(1, round(tokens / per_copy))
     rng = random.Random(0)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
@@ -103,11 +110,14 @@ def _rss(pid: int) -> tuple[int, int]:
     return int(fields.get("VmRSS", 0)) * 1024, int(fields.get("RssAnon", 0)) * 1024
 
 
-def measured_run(args: list[str], env: dict[str, str]) -> dict:
-    """Run `llmtune <args>`; its wall time, ru_maxrss, sampled tree peaks and its output."""
+def measured_run(args: list[str], env: dict[str, str], checkout: Path | None = None) -> dict:
+    """Run `llmtune <args>` (another checkout's, with its .venv, when given); its wall time,
+    ru_maxrss, sampled tree peaks and its output."""
     started = time.perf_counter()
+    python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtune", *args],
+        [python, "-m", "llmtune", *args],
+        cwd=checkout or REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -154,18 +164,27 @@ def main() -> None:
     parser.add_argument("--sizes", default="5e6,2e8", help="corpus sizes in tokens")
     parser.add_argument("--work", default="/tmp/datastore-rss", help="corpora and caches")
     parser.add_argument("--models", default="gpt,bert")
+    parser.add_argument("--base", choices=("all", "wiki"), default="all", help="text repeated")
+    parser.add_argument("--copies", default="", help="repetitions of the text (not --sizes)")
+    parser.add_argument(
+        "--baseline", type=Path, help="also run pretrain from this checkout (e.g. before the store)"
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for size in [float(s) for s in args.sizes.split(",")]:
-        corpus = work / f"corpus-{size:.0e}.jsonl"
-        text_bytes = write_corpus(corpus, size)
-        env = {**os.environ, "LLMTUNE_CACHE": str(work / f"cache-{size:.0e}"), "COLUMNS": "200"}
+    if args.copies:
+        cases = [(f"{args.base}-x{c}", 0.0, int(c)) for c in args.copies.split(",")]
+    else:
+        cases = [(f"{args.base}-{float(s):.0e}", float(s), 0) for s in args.sizes.split(",")]
+    for name, size, copies in cases:
+        corpus = work / f"corpus-{name}.jsonl"
+        text_bytes = write_corpus(corpus, size, args.base, copies)
+        env = {**os.environ, "LLMTUNE_CACHE": str(work / f"cache-{name}"), "COLUMNS": "200"}
         for model in args.models.split(","):
             common = [*MODELS[model], f"data.train={corpus}", *COMMON]
             prep = measured_run(["prepare", *common], env)
-            run_dir = work / f"run-{model}-{size:.0e}"
+            run_dir = work / f"run-{model}-{name}"
             train = measured_run(["pretrain", *common, f"hydra.run.dir={run_dir}"], env)
             waits = [
                 json.loads(x).get("data_wait_share")
@@ -173,7 +192,7 @@ def main() -> None:
             ]
             row = {
                 "model": model,
-                "size": size,
+                "corpus": name,
                 "text_mib": text_bytes / MiB,
                 **store_stats(prep["output"]),
                 "prepare_s": prep["seconds"],
@@ -183,23 +202,36 @@ def main() -> None:
                 "pretrain_tree": train["tree"] / MiB,
                 "pretrain_tree_anon": train["tree_anon"] / MiB,
                 "data_wait_share": max(w for w in waits if w is not None),
-                "reused": "token store reused" in train["output"],
+                # the pretrain found both stores prepare built: it tokenized nothing
+                "reused": train["output"].count("tokens reused from the token store") == 2
+                and "tokenized into" not in train["output"],
             }
+            if args.baseline:
+                base_env = {**env, "LLMTUNE_CACHE": str(work / f"cache-baseline-{name}")}
+                base_dir = work / f"run-baseline-{model}-{name}"
+                base = measured_run(
+                    ["pretrain", *common, f"hydra.run.dir={base_dir}"], base_env, args.baseline
+                )
+                row["baseline_pretrain_maxrss"] = base["maxrss"] / MiB
             print(json.dumps(row), flush=True)
             rows.append(row)
     print()
     print(
-        "| model | text MiB | tokens | prepare s | bytes/token on disk | prepare peak RSS MiB "
-        "(anon) | pretrain peak RSS MiB (tree, anon) | data wait |"
+        "| model | corpus | text MiB | tokens | prepare s | prepare tokens/s | bytes/token on "
+        "disk | prepare peak RSS MiB (anon) | pretrain peak RSS MiB (tree, anon) | baseline "
+        "pretrain peak RSS MiB | data wait | store reused |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        base = r.get("baseline_pretrain_maxrss")
         print(
-            f"| {r['model']} | {r['text_mib']:,.0f} | {r.get('tokens', 0):,.0f} | "
-            f"{r['prepare_s']:,.0f} | {r.get('bytes_per_token', 0):.2f} | "
+            f"| {r['model']} | {r['corpus']} | {r['text_mib']:,.0f} | {r.get('tokens', 0):,.0f} "
+            f"| {r['prepare_s']:,.0f} | {r.get('tok_s', 0):,.0f} | "
+            f"{r.get('bytes_per_token', 0):.2f} | "
             f"{r['prepare_maxrss']:,.0f} ({r['prepare_tree_anon']:,.0f}) | "
             f"{r['pretrain_maxrss']:,.0f} ({r['pretrain_tree']:,.0f}, "
-            f"{r['pretrain_tree_anon']:,.0f}) | {r['data_wait_share']:.4f} |"
+            f"{r['pretrain_tree_anon']:,.0f}) | {f'{base:,.0f}' if base else '-'} | "
+            f"{r['data_wait_share']:.4f} | {'yes' if r['reused'] else 'NO'} |"
         )
 
 

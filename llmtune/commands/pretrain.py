@@ -57,7 +57,8 @@ def run(config: RunConfig, run_dir: Path) -> None:
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     make = functools.partial(objective.make_examples, seq_len=seq_len, seed=config.seed)
-    with stage("examples", f"windows of {seq_len} tokens read from the token stores"):
+    where = "the stream" if config.data.streaming else "the token stores"
+    with stage("examples", f"examples of {seq_len} tokens read from {where}"):
         examples = lm_examples(make, prepared, config)
         note(_describe(examples, prepared, seq_len).split(" (")[0])
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
