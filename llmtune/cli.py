@@ -15,6 +15,10 @@ from llmtune.errors import UserError
 
 COMMANDS = {
     "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
+    "prepare": (
+        "tokenize a pretrain run's corpus once into token stores (same overrides)",
+        "llmtune prepare model=gpt2-small data=files data.train='corpus/*.jsonl'",
+    ),
     "plan": (
         "estimate parameters, FLOPs, memory and step time of a pretrain run",
         "llmtune plan model=gpt2-small train.micro_batch_size=8",

@@ -18,6 +18,7 @@ from llmtune.config.validate import check_model_fits
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
 from llmtune.data import cache_root
+from llmtune.data.rows import as_rows
 from llmtune.loading import Base, load_base_weights, load_table, read_base
 from llmtune.models import build_model
 from llmtune.objectives import TASK_OBJECTIVES
@@ -67,7 +68,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     config = merged_config(config, base)
     with stage("data", "reading and tokenizing the task's rows"):
         objective, examples, labels = finetune_examples(config, base.tokenizer, console)
-        n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
+        n_train, n_val = (len(as_rows(examples[s])) for s in ("train", "validation"))
         note(
             f"{n_train:,} train / {n_val:,} validation examples"
             + (labels and f", {len(labels)} labels" or "")

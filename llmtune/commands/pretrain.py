@@ -1,8 +1,9 @@
-"""`llmtune pretrain`: corpus -> tokenizer -> examples -> model -> the training loop."""
+"""`llmtune pretrain`: corpus -> tokenizer -> token stores -> examples -> model -> the loop."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -11,14 +12,8 @@ import torch
 
 from llmtune.config.schema import RunConfig
 from llmtune.console import note, stage
-from llmtune.data import (
-    cache_root,
-    get_tokenizer,
-    load_corpus,
-    tokenize_corpus,
-    tokenizer_info,
-)
-from llmtune.errors import ConfigError, DataError
+from llmtune.data import cache_root, lm_examples, prepare_once, tokenizer_info
+from llmtune.errors import ConfigError
 from llmtune.models import build_model
 from llmtune.objectives import build_objective
 from llmtune.train.hardware import resolve_runtime
@@ -38,40 +33,40 @@ def _with_vocab(config: RunConfig, tokenizer_vocab: int) -> RunConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab))
 
 
+def _describe(examples: dict, prepared, seq_len: int) -> str:  # noqa: ANN001  (PreparedData)
+    """'N train / M validation examples of L tokens (K tokens of text, store reused)'."""
+    train = examples["train"]
+    count = f"{len(train)} train" if hasattr(train, "__len__") else "streamed train"
+    tokens = sum(use.store.n_tokens for use in prepared.split("train"))
+    built = [use for use in prepared.stores if use.built]
+    where = f"{tokens:,} tokens of text, " if prepared.stores else ""
+    where += "token store built" if built else ("token store reused" if prepared.stores else "")
+    return f"{count} / {len(examples['validation'])} validation examples of {seq_len} tokens" + (
+        f" ({where})" if where else ""
+    )
+
+
 def run(config: RunConfig, run_dir: Path) -> None:
     datasets.disable_progress_bars()  # our own progress display is the one that matters
     datasets.logging.set_verbosity_error()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
     family, seq_len = config.model.family, config.model.max_seq_len
-    cache = cache_root(config.data)
-    with stage("corpus", f"reading data={config.data.source}"):
-        corpus = load_corpus(config.data, config.seed)
-        note(f"{len(corpus['train']):,} train / {len(corpus['validation']):,} validation documents")
-    with stage("tokenizer", f"{config.tokenizer.kind} for {family}"):
-        tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, family)
+    prepared = prepare_once(config)  # the tokenizer and token stores, built once when absent
+    info = tokenizer_info(prepared.tokenizer, family)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
-    examples = {}
-    for split in ("train", "validation"):
-        with stage("tokenization", f"the {split} split into examples of {seq_len} tokens"):
-            token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
-            examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
-            n = len(examples[split]["input_ids"])
-            note(f"{n:,} examples")
-        if n == 0:
-            raise DataError(
-                f"data.{split}: no training example of {seq_len} tokens could be built; "
-                "add text or lower model.max_seq_len"
-            )
+    make = functools.partial(objective.make_examples, seq_len=seq_len, seed=config.seed)
+    where = "the stream" if config.data.streaming else "the token stores"
+    with stage("examples", f"examples of {seq_len} tokens read from {where}"):
+        examples = lm_examples(make, prepared, config)
+        note(_describe(examples, prepared, seq_len).split(" (")[0])
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()
     print(
         f"{family} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
-        f"{len(examples['train']['input_ids'])} train / "
-        f"{len(examples['validation']['input_ids'])} validation examples of {seq_len} tokens, "
+        f"{_describe(examples, prepared, seq_len)}, "
         f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
     )
     setup = TrainSetup(
@@ -80,10 +75,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
         objective=objective,
         train_examples=examples["train"],
         val_examples=examples["validation"],
-        tokenizer_json=tokenizer.to_str(),
+        tokenizer_json=prepared.tokenizer.to_str(),
         run_dir=run_dir,
         runtime=runtime,
-        cache_dir=cache,
+        cache_dir=cache_root(config.data),
         meta={"family": family, "heads": list(objective.heads), "objective": objective.name},
     )
     Trainer(setup).fit()

@@ -37,7 +37,23 @@ class TokenizerConfig:
     min_frequency: int = 2
     lowercase: bool = True  # wordpiece only; byte-level BPE is always case-preserving
     path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
-    train_docs: int = 0  # train on at most this many documents (0 = all)
+    # train on an evenly spaced sample of this many documents (0 = all; streams: the first)
+    train_docs: int = 0
+
+
+@dataclass(frozen=True)
+class MixSourceConfig:
+    """One corpus of data=mix: where its text comes from and its share of the training rows;
+    cleaning (min_chars, dedupe, ...) follows data.*."""
+
+    weight: float = 1.0  # relative share of training rows (normalised over the mix)
+    source: str = "files"  # files | hub | builtin
+    train: str = ""  # files: path or glob
+    validation: str = ""  # files: path or glob; empty = carve data.validation_fraction
+    name: str = ""  # hub: dataset name
+    config: str = ""  # hub: dataset config
+    split: str = "train"  # hub: split
+    text_column: str = ""  # empty = data.text_column
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,10 @@ class DataConfig:
     # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
     overlong: str = "truncate"
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
-    num_proc: int = 1
+    store_dir: str = ""  # prepared token stores (llmtune prepare); empty = <cache_dir>/stores
+    num_proc: int = 1  # processes tokenizing a corpus (1: one, with the tokenizer's threads)
+    streaming: bool = False  # data=hub: read the split as a stream, tokenized on the fly
+    mix: dict[str, MixSourceConfig] = field(default_factory=dict)  # data=mix: name -> corpus
     # labelled data: batch rows of similar length together (less padding, same epoch coverage)
     group_by_length: bool = True
 
@@ -135,7 +154,7 @@ class HardwareConfig:
     compile: bool = False  # torch.compile the backbone and heads (first steps compile)
     # recompute each block's activations in backward: ~1/3 more compute, far less memory
     activation_checkpointing: bool = False
-    num_workers: int = 0  # unused: batches are slices of in-memory tensors (data/loader.py)
+    num_workers: int = 0  # loader processes reading batches ahead of the step (0: in-process)
     world_size: int = 1  # set by the launcher; used to check batch divisibility
     strategy: str = "none"  # none | ddp | fsdp (used when more than one process runs)
     nproc: int = 1  # local worker processes llmtune starts itself (or use torchrun)

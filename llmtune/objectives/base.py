@@ -45,7 +45,8 @@ class Objective(Protocol):
     packed: bool
 
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
-        """Fixed-length training examples from a dataset of per-document token ids."""
+        """Fixed-length training examples read from a token store (data/store.py): a table
+        of rows (data/rows.py) built on demand, never the whole corpus in memory."""
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Add this step's targets to a micro-batch (e.g. draw the MLM mask)."""

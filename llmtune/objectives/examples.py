@@ -9,7 +9,7 @@ from rich.console import Console
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import RunConfig
-from llmtune.data import cache_root, load_corpus, tokenize_corpus, tokenizer_info
+from llmtune.data import lm_examples, prepare_once, to_tensors, tokenizer_info
 from llmtune.data.labelled import class_names, load_labelled, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.errors import DataError
@@ -55,26 +55,26 @@ def _task_examples(config: RunConfig, tokenizer: Tokenizer, console: Console) ->
 
 
 def _lm_examples(config: RunConfig, tokenizer: Tokenizer) -> tuple:
-    """Continued pretraining (mlm/clm) on plain text, as `pretrain` builds it."""
+    """Continued pretraining (mlm/clm) on plain text, read as `pretrain` reads it: token
+    stores tokenized with the checkpoint's tokenizer."""
     info = tokenizer_info(tokenizer, config.model.family)
     objective = build_objective(config.objective, info)
-    cache = cache_root(config.data)
-    corpus = load_corpus(config.data, config.seed)
-    examples = {}
-    for split in ("train", "validation"):
-        ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
-        examples[split] = objective.make_examples(ids, config.model.max_seq_len, config.seed)
-        if len(examples[split]["input_ids"]) == 0:
-            raise DataError(f"data.{split}: too little text for one example; add text")
-    return objective, examples, []
+    make = partial(objective.make_examples, seq_len=config.model.max_seq_len, seed=config.seed)
+    return objective, lm_examples(make, prepare_once(config, tokenizer), config), []
+
+
+def _in_memory(part: tuple) -> tuple:
+    objective, examples, labels = part
+    return objective, {split: to_tensors(rows) for split, rows in examples.items()}, labels
 
 
 def finetune_examples(config: RunConfig, tokenizer: Tokenizer, console: Console) -> tuple:
     """(objective, {split: examples}, labels) for `config.objective`; multitask: each task's,
     stacked."""
     if config.objective.name == "multitask":
-        parts = {
-            name: finetune_examples(run, tokenizer, console) for name, run in task_runs(config)
+        parts = {  # stacked in memory: each task's table read whole
+            name: _in_memory(finetune_examples(run, tokenizer, console))
+            for name, run in task_runs(config)
         }
         return combine(parts, config)
     if config.objective.name in TASK_OBJECTIVES:
