@@ -11,11 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from llmtune.config.schema import RunConfig
-from llmtune.data import iter_eval_batches, tokenize_corpus
+from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import padded_batch
-from llmtune.data.sources import cache_root
+from llmtune.data.pipeline import test_store
 from llmtune.errors import DataError
-from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.tasks import TASK_SCORING, task_split
 from llmtune.loading import LoadedCheckpoint
 from llmtune.models import Kind
@@ -46,9 +45,8 @@ def loss_data(loaded: LoadedCheckpoint, config: RunConfig) -> LossData:
         config_lm = dataclasses.replace(loaded.config, objective=entry(native).config())
         ctx = Context(config_lm, loaded.tokenizer, loaded.info, loaded.model.kind)
         objective = entry(native).make(ctx, [])
-        documents = test_documents(data, config.seed)
-        ids = tokenize_corpus(documents, loaded.tokenizer, cache_root(data), data.num_proc)
-        examples = objective.make_examples(ids, loaded.config.model.max_seq_len, config.seed)
+        store = test_store(data, loaded.tokenizer, config.seed)  # data.test is data.train here
+        examples = objective.make_examples(store, loaded.config.model.max_seq_len, config.seed)
     batches = []
     for batch in iter_eval_batches(examples, cfg.batch_size):
         batches.append(objective.prepare(batch, generator))
