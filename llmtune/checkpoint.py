@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from llmtune import __version__
-from llmtune.config import build_run_config
+from llmtune.config.build import build_run_config
 from llmtune.config.schema import RunConfig
 from llmtune.disk import DISK_FULL, DiskFull, disk_error, share_like_new_files, torch_save
 from llmtune.errors import CheckpointError, UserError
@@ -353,7 +353,7 @@ def read_config(step_dir: Path) -> RunConfig:
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: not a config mapping")
     try:
-        return build_run_config(values)
+        return build_run_config(values, saved=True)
     except UserError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-from llmtune.train import preemption
+from llmtune.train.preemption import requested as preemption_requested
 
 _hits: dict[str, int] = {}
 
@@ -46,7 +46,7 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "stall":
         deadline = time.monotonic() + 600
-        while not preemption.requested() and time.monotonic() < deadline:
+        while not preemption_requested() and time.monotonic() < deadline:
             time.sleep(0.05)
         return
     if action == "disk_full":

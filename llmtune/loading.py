@@ -27,10 +27,12 @@ from llmtune.errors import CheckpointError, UserError
 from llmtune.models import (
     LanguageModel,
     build_model,
+    family,
     from_hf_state_dict,
     heads_from_hf,
     model_config_from_hf,
 )
+from llmtune.objectives import OBJECTIVES
 
 HF_PREFIX = "hf:"
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -81,7 +83,7 @@ def _read_json(path: Path) -> dict:
 
 def _checked(config: ModelConfig, path: Path) -> ModelConfig:
     """A config.json's values of the types the model needs (a string n_layer is refused)."""
-    for name, kind in section_fields(ModelConfig).items():
+    for name, kind in section_fields(type(config)).items():
         value = getattr(config, name)
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if (kind in (int, str, bool) and not isinstance(value, kind)) or (
@@ -121,7 +123,7 @@ def _read_hf(folder: Path) -> Base:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{weights_path}: unreadable ({first[:200]})") from None
     weights = from_hf_state_dict(hf_sd, model_config, heads)
-    tokenizer = load_tokenizer_file(str(folder), model_config.family)
+    tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
     ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": checkpoint.sha256_file(weights_path)}
     labels = _hf_labels(config_json, heads, config_path)
     return Base(model_config, tokenizer, weights, ref, heads=heads, labels=labels)
@@ -182,9 +184,9 @@ def read_base(source: str, expected_sha256: str = "") -> Base:
     return base
 
 
-def _info(tokenizer: Tokenizer, family: str, where: Path) -> TokenizerInfo:
+def _info(tokenizer: Tokenizer, family_name: str, where: Path) -> TokenizerInfo:
     try:
-        return tokenizer_info(tokenizer, family)
+        return tokenizer_info(tokenizer, family(family_name).tokenizer)
     except UserError as exc:  # name the checkpoint's file, not the tokenizer.path setting
         raise CheckpointError(f"{where}: {str(exc).removeprefix('tokenizer.path: ')}") from None
 
@@ -228,8 +230,10 @@ def _load_foreign(source: str, base: Base, folder: Path) -> LoadedCheckpoint:
         or _OBJECTIVE_OF_HEADS.get(base.heads)
         or "none"
     )
+    # a registered objective's own config class (its keys at their defaults); none: bare
+    settings = OBJECTIVES[objective].config if objective in OBJECTIVES else ObjectiveConfig
     config = RunConfig(
-        command="evaluate", model=base.model_config, objective=ObjectiveConfig(name=objective)
+        command="evaluate", model=base.model_config, objective=settings(name=objective)
     )
     meta = {"objective": objective, "heads": list(base.heads), "step": None}
     meta |= {"labels": base.labels} if base.labels else {}
@@ -351,10 +355,13 @@ def load_base_weights(
     return rows
 
 
-def load_table(rows: list[tuple[str, str, int]], source: str) -> Table:
+def load_table(rows: list[tuple[str, str, int | str]], source: str) -> Table:
+    """Rows (action, part, parameters); a str in the last column is shown as it is."""
     table = Table(title="weights from the base model", caption=source)
     for column in ("", "part", "parameters"):
         table.add_column(column)
     for action, part, size in rows:
-        table.add_row(action, part, f"{size / 1e6:.2f}M" if size >= 1e4 else str(size))
+        if isinstance(size, int):
+            size = f"{size / 1e6:.2f}M" if size >= 1e4 else str(size)
+        table.add_row(action, part, size)
     return table

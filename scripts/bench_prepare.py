@@ -59,7 +59,7 @@ def main() -> None:
     write_corpus(corpus, 5e6)
     data = DataConfig(source="files", train=str(corpus), cache_dir=str(work / "cache"))
     split = corpora(data, 0)[0][2]["train"]
-    tok = get_tokenizer(TokenizerConfig(kind="bpe", train_docs=20000), "gpt", [split], work)
+    tok = get_tokenizer(TokenizerConfig(kind="bpe", train_docs=20000), "bpe", [split], work)
     texts = [doc for batch in split.batches() for doc in batch]
     runs: dict[str, list[float]] = {}
     for r in range(args.rounds):

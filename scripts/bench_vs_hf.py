@@ -78,15 +78,16 @@ def overrides(w: dict, corpus: Path, precision: str, total_steps: int) -> list[s
 def llmtune_examples(args: argparse.Namespace):
     """Training examples and tokenizer exactly as `llmtune pretrain` builds them."""
     from llmtune.commands.pretrain import _with_vocab
-    from llmtune.config import load_yaml
+    from llmtune.config.load import load_yaml
     from llmtune.data import lm_examples, prepare_data, tokenizer_info
     from llmtune.data.rows import to_tensors
+    from llmtune.models import family
     from llmtune.objectives import build_objective
 
     config = load_yaml(Path(args.config))
     prepared = prepare_data(config)
     tokenizer = prepared.tokenizer
-    info = tokenizer_info(tokenizer, config.model.family)
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     seq_len = config.model.max_seq_len

@@ -2,11 +2,11 @@
 the outside (checkpoints of any method load through llmtune/loading.py)."""
 
 from llmtune.adapters.lora import LoRALinear, adapters_disabled, merge_lora
-from llmtune.adapters.method import ADAPTER_METHODS, TRAINED_HEADS, apply_method, parameter_summary
+from llmtune.adapters.method import ADAPTER_METHODS, METHODS, apply_method, parameter_summary
 
 __all__ = [
     "ADAPTER_METHODS",
-    "TRAINED_HEADS",
+    "METHODS",
     "LoRALinear",
     "adapters_disabled",
     "apply_method",

@@ -3,7 +3,6 @@ will read, ahead of the job (e.g. on a CPU node), and say what was built or foun
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import datasets
@@ -11,9 +10,10 @@ from rich.table import Table
 
 from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
-from llmtune.data import lm_examples, prepare_once, tokenizer_info
+from llmtune.data import prepare_once, tokenizer_info
 from llmtune.data.pipeline import PreparedData
-from llmtune.objectives import build_objective
+from llmtune.models import family as family_of
+from llmtune.objectives import Context, entry
 
 MiB = 1 << 20
 
@@ -39,11 +39,11 @@ def _store_table(prepared: PreparedData) -> Table:
 
 def _reuse_line(config: RunConfig, prepared: PreparedData) -> str:
     """What `llmtune pretrain` with these overrides will read, and how many examples."""
-    info = tokenizer_info(prepared.tokenizer, config.model.family)
-    objective = build_objective(config.objective, info)
-    seq_len = config.model.max_seq_len
-    make = functools.partial(objective.make_examples, seq_len=seq_len, seed=config.seed)
-    examples = lm_examples(make, prepared, config)
+    family = family_of(config.model.family)
+    info = tokenizer_info(prepared.tokenizer, family.tokenizer)
+    ctx = Context(config, prepared.tokenizer, info, family.kind, prepared=prepared)
+    built = entry(config.objective.name).build(ctx)  # rows of the stores, as pretrain reads them
+    objective, examples, seq_len = built.objective, built.examples, config.model.max_seq_len
     if config.data.streaming:
         return (
             "a pretrain with the same overrides will reuse the tokenizer and read the stream, "

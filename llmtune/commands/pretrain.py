@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import torch
 
 from llmtune.config.schema import RunConfig
 from llmtune.console import note, stage
-from llmtune.data import cache_root, lm_examples, prepare_once, tokenizer_info
+from llmtune.data import cache_root, prepare_once, tokenizer_info
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
-from llmtune.objectives import build_objective
+from llmtune.models import family as family_of
+from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -51,21 +51,21 @@ def run(config: RunConfig, run_dir: Path) -> None:
     datasets.logging.set_verbosity_error()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    family, seq_len = config.model.family, config.model.max_seq_len
+    family, seq_len = family_of(config.model.family), config.model.max_seq_len
     prepared = prepare_once(config)  # the tokenizer and token stores, built once when absent
-    info = tokenizer_info(prepared.tokenizer, family)
+    info = tokenizer_info(prepared.tokenizer, family.tokenizer)
     config = _with_vocab(config, info.vocab_size)
-    objective = build_objective(config.objective, info)
-    make = functools.partial(objective.make_examples, seq_len=seq_len, seed=config.seed)
+    ctx = Context(config, prepared.tokenizer, info, family.kind, prepared=prepared)
     where = "the stream" if config.data.streaming else "the token stores"
     with stage("examples", f"examples of {seq_len} tokens read from {where}"):
-        examples = lm_examples(make, prepared, config)
+        built = entry(config.objective.name).build(ctx)  # rows of its token stores
+        objective, examples = built.objective, built.examples
         note(_describe(examples, prepared, seq_len).split(" (")[0])
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()
     print(
-        f"{family} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
+        f"{family.name} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
         f"{_describe(examples, prepared, seq_len)}, "
         f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
     )
@@ -79,6 +79,6 @@ def run(config: RunConfig, run_dir: Path) -> None:
         run_dir=run_dir,
         runtime=runtime,
         cache_dir=cache_root(config.data),
-        meta={"family": family, "heads": list(objective.heads), "objective": objective.name},
+        meta={"family": family.name, "heads": list(objective.heads), "objective": objective.name},
     )
     Trainer(setup).fit()

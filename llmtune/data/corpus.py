@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 from datasets.table import InMemoryTable
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import DATA_SOURCES, DataConfig, FilesData, HubData
 from llmtune.data.builtin import builtin_documents
 from llmtune.data.sources import (
     RawText,
@@ -223,7 +223,9 @@ def _digest(fields: list) -> str:
 
 def _source(cfg: DataConfig, key: str) -> Source:
     """data.<key> of data.source as a Source, fingerprinted without reading any text."""
-    cleaning = [cfg.text_column, cfg.min_chars, cfg.dedupe, cfg.max_docs]
+    # the builtin corpus has no columns: its text is "text", as a one-column table's
+    column = cfg.text_column if isinstance(cfg, FilesData | HubData) else "text"
+    cleaning = [column, cfg.min_chars, cfg.dedupe, cfg.max_docs]
     if cfg.source == "files":
         where = f"data.{key} '{getattr(cfg, key)}'"
         return Source(cfg, key, _digest(["files", *files_fingerprint(cfg, key), *cleaning]), where)
@@ -278,19 +280,14 @@ def open_corpus(cfg: DataConfig, seed: int) -> dict[str, TextSplit]:
 def mix_configs(cfg: DataConfig) -> list[tuple[str, float, DataConfig]]:
     """(name, weight, the corpus as a one-source DataConfig) of each data.mix entry, in order."""
     out = []
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)}
     for name, m in cfg.mix.items():
-        one = dataclasses.replace(
-            cfg,
-            source=m.source,
-            train=m.train,
-            validation=m.validation,
-            name=m.name,
-            config=m.config,
-            split=m.split,
-            text_column=m.text_column or cfg.text_column,
-            mix={},
-        )
-        out.append((name, m.weight, one))
+        own: dict = {"source": m.source, "train": m.train, "validation": m.validation}
+        if m.source == "hub":
+            own |= {"name": m.name, "config": m.config, "split": m.split}
+        if m.source != "builtin":
+            own["text_column"] = m.text_column or cfg.text_column
+        out.append((name, m.weight, DATA_SOURCES[m.source](**{**shared, **own})))
     return out
 
 

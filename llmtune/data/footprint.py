@@ -16,6 +16,7 @@ from llmtune.data.pipeline import corpora, store_root
 from llmtune.data.sources import cache_root, checked_files
 from llmtune.data.store import open_store, store_dtype, store_key
 from llmtune.data.tokenizer import load_tokenizer_file, tokenizer_cache_path, tokenizer_hash
+from llmtune.models.registry import family as family_of
 
 CHARS_PER_TOKEN = 4.0  # English text with an 8k-32k subword vocabulary, before a store exists
 CHARS_PER_DOCUMENT = 2000.0  # likewise, for the document index estimate
@@ -86,7 +87,9 @@ def _prepared(config: RunConfig, found: list[dict[str, TextSplit]]) -> Footprint
 def _cached_tokenizer(config: RunConfig, train: list[TextSplit]) -> Tokenizer | None:
     tok = config.tokenizer
     if tok.kind == "file":
-        return load_tokenizer_file(tok.path, config.model.family, tok.lowercase)
+        return load_tokenizer_file(
+            tok.path, family_of(config.model.family).tokenizer, tok.lowercase
+        )
     path = tokenizer_cache_path(tok, tok.kind, train, cache_root(config.data))
     return Tokenizer.from_file(str(path)) if path.is_file() else None
 

@@ -31,6 +31,7 @@ from llmtune.data.tokenizer import (
     tokenizer_hash,
 )
 from llmtune.errors import DataError
+from llmtune.models.registry import family as family_of
 
 SPLITS = ("train", "validation")
 # How long the other ranks wait for rank 0 to prepare the data: building a large store takes
@@ -111,15 +112,15 @@ def _documents(found: list[tuple[str, float, dict[str, TextSplit]]], streaming: 
 
 def _tokenizer(config: RunConfig, train: list[TextSplit], build: bool) -> PreparedData:
     """The tokenizer trained on the train split(s) (cached), or tokenizer.path's."""
-    family = config.model.family
-    kind = resolve_kind(config.tokenizer, family)
+    family, native = config.model.family, family_of(config.model.family).tokenizer
+    kind = resolve_kind(config.tokenizer, native)
     cache = cache_root(config.data)
     path = None if kind == "file" else tokenizer_cache_path(config.tokenizer, kind, train, cache)
     if path is not None and not path.is_file() and not build:
         raise DataError(f"the tokenizer is not prepared at {path}; run `llmtune prepare` first")
     started = time.perf_counter()
     with stage("tokenizer", f"{kind} for {family}") as shown:
-        tokenizer = get_tokenizer(config.tokenizer, family, train, cache)
+        tokenizer = get_tokenizer(config.tokenizer, native, train, cache)
         if path is None:
             note(f"loaded {config.tokenizer.path}")
     trained = any(n.startswith("trained") for n in shown.notes)
@@ -130,7 +131,8 @@ def _tokenizer(config: RunConfig, train: list[TextSplit], build: bool) -> Prepar
 
 def test_store(data: DataConfig, tokenizer: Tokenizer, seed: int) -> TokenStore:
     """data.test tokenized into a store (built once, like a training split's)."""
-    as_train = dataclasses.replace(data, train=data.test, validation=data.test, test="", mix={})
+    single = {"mix": {}} if data.mix else {}  # data=mix's test file is one corpus
+    as_train = dataclasses.replace(data, train=data.test, validation=data.test, test="", **single)
     split = open_corpus(as_train, seed)["train"]
     return _store(split, tokenizer, tokenizer_hash(tokenizer), data, True).store
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmtune.config import to_yaml
+from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.data import cache_root
 from llmtune.disk import DiskFull, disk_error
@@ -170,7 +170,7 @@ def _worker_error(exc: Any) -> UserError:
 
 def worker_main(run: Run, command: str, config_path: str, run_dir: str) -> None:
     """Entry of a worker started by `spawn`: the resolved config, no Hydra composition."""
-    from llmtune.config import load_yaml
+    from llmtune.config.load import load_yaml
 
     config = load_yaml(Path(config_path))
     if config.command != command:

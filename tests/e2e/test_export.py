@@ -20,6 +20,7 @@ from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel, sample_inputs
 from llmtune.loading import load_checkpoint
+from llmtune.models import family
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 from tests.e2e.test_finetune import WORDS, finetune, sentiment_rows
 
@@ -123,8 +124,8 @@ def _llmtune_logits(ckpt: Path) -> tuple[dict, tuple]:
     """Sample inputs and logits of the checkpoint as llmtune loads it (LoRA unmerged)."""
     loaded = load_checkpoint(ckpt)
     model, config, tokenizer = loaded.model, loaded.config, loaded.tokenizer
-    info = tokenizer_info(tokenizer, config.model.family)
-    inputs = sample_inputs(tokenizer, info, config.model.family, config.model.max_seq_len)
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
+    inputs = sample_inputs(tokenizer, info, model, config.model.max_seq_len)
     return inputs, InferenceModel(model).eval()(*inputs.values())
 
 

@@ -13,6 +13,7 @@ from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel
 from llmtune.loading import load_checkpoint
+from llmtune.models import family
 from tests.conftest import real_data
 from tests.e2e.test_finetune import finetune
 
@@ -49,7 +50,7 @@ def test_minilm_fine_tuned_on_rt_sentiment_reloads_in_transformers(tmp_path, cap
     batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
     loaded = load_checkpoint(run)
     model, config, ours_tokenizer = loaded.model, loaded.config, loaded.tokenizer
-    info = tokenizer_info(ours_tokenizer, config.model.family)
+    info = tokenizer_info(ours_tokenizer, family(config.model.family).tokenizer)
     assert batch["input_ids"][0].tolist()[:3] == ours_tokenizer.encode(texts[0]).ids[:3]
     assert int(batch["input_ids"][0, 0]) == info.cls_id
     with torch.no_grad():

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from llmtune.config import build_run_config
-from llmtune.config.overrides import CONFIG_DIR, group_options
+from llmtune.config.build import build_run_config
+from llmtune.config.layout import CONFIG_DIR, group_options
 
 EXPERIMENTS = group_options("experiment")
 
@@ -26,10 +26,12 @@ def composed(command: str, overrides: list[str]):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name: str):
-    first_lines = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    first_lines = path.read_text().splitlines()
     comment = next(line for line in first_lines if not line.startswith("# @package"))
-    command = comment.lstrip("# ").split(":")[0]
-    assert comment.startswith("# ") and command in ("pretrain", "finetune"), comment
+    assert comment.startswith("# "), f"{path}: its first line says what it is for"
+    command = OmegaConf.load(path).command  # declared, not read from the comment
+    assert command in ("pretrain", "finetune"), path
     config = composed(command, [f"experiment={name}"])
     assert config.command == command
 
@@ -88,3 +90,12 @@ def test_primary_config_values_beat_the_group_defaults(command: str):
 def test_experiment_beats_the_primary_config():
     config = composed("finetune", ["experiment=finetune-rt-sentiment-minilm", "init_from=x"])
     assert config.optim.warmup_steps == 30 and config.train.max_steps == 320
+
+
+def test_a_command_takes_the_experiments_of_the_command_it_builds_on():
+    from llmtune.config.overrides import check_overrides
+    from llmtune.errors import ConfigError
+
+    assert check_overrides("plan", ["experiment=bert-tiny-builtin"])  # plan is pretrain's
+    with pytest.raises(ConfigError, match="configures llmtune pretrain, not llmtune finetune"):
+        check_overrides("finetune", ["experiment=bert-tiny-builtin", "init_from=x"])

@@ -41,13 +41,13 @@ def text_split(tmp_path):
     """text_split(texts, name="corpus.jsonl"): a JSONL file of `texts`, whole, as a TextSplit."""
     import json
 
-    from llmtune.config.schema import DataConfig
+    from llmtune.config.schema import FilesData
     from llmtune.data.corpus import open_corpus
 
     def make(texts, name: str = "corpus.jsonl"):
         path = tmp_path / name
         path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        cfg = DataConfig(source="files", train=str(path), validation=str(path))
+        cfg = FilesData(train=str(path), validation=str(path))
         return open_corpus(cfg, 0)["train"]
 
     return make

@@ -9,6 +9,8 @@ import torch
 
 from llmtune.config.schema import (
     DataConfig,
+    FilesData,
+    MixData,
     MixSourceConfig,
     ModelConfig,
     RunConfig,
@@ -67,7 +69,7 @@ def _windows(prepared, config):
 
 
 def test_stores_are_built_once_then_found(tmp_path, encodes):
-    config = _config(DataConfig(source="files", train=_corpus(tmp_path / "c.jsonl")))
+    config = _config(FilesData(train=_corpus(tmp_path / "c.jsonl")))
     first = prepare_data(config)
     assert [(u.split, u.built) for u in first.stores] == [("train", True), ("validation", True)]
     assert len(encodes) == 2
@@ -81,8 +83,8 @@ def test_stores_are_built_once_then_found(tmp_path, encodes):
 
 
 def test_store_dir_and_a_missing_store(tmp_path):
-    data = DataConfig(source="files", train=_corpus(tmp_path / "c.jsonl"))
-    data = DataConfig(**{**vars(data), "store_dir": str(tmp_path / "stores")})
+    data = FilesData(train=_corpus(tmp_path / "c.jsonl"))
+    data = FilesData(**{**vars(data), "store_dir": str(tmp_path / "stores")})
     with pytest.raises(DataError, match="not prepared at .*; run `llmtune prepare` first"):
         prepare_data(_config(data), build=False)
     prepared = prepare_data(_config(data))
@@ -93,7 +95,7 @@ def test_a_damaged_store_is_said_once_and_rebuilt_where_building_is_allowed(
     tmp_path, encodes, capsys
 ):
     # before: the run stopped ("delete the folder and prepare again")
-    config = _config(DataConfig(source="files", train=_corpus(tmp_path / "c.jsonl")))
+    config = _config(FilesData(train=_corpus(tmp_path / "c.jsonl")))
     first = prepare_data(config)
     store = first.stores[0].store
     offsets = store.path / "offsets-00000.npy"
@@ -117,7 +119,7 @@ def test_a_mix_gives_one_store_per_corpus_and_split(tmp_path):
         "a": MixSourceConfig(train=_corpus(tmp_path / "a.jsonl", 40), weight=1.0),
         "b": MixSourceConfig(train=_corpus(tmp_path / "b.jsonl", 80, offset=3), weight=3.0),
     }
-    config = _config(DataConfig(source="mix", mix=mix))
+    config = _config(MixData(mix=mix))
     prepared = prepare_data(config)
     assert [(u.split, u.corpus, u.weight) for u in prepared.stores] == [
         ("train", "a", 1.0),
@@ -135,12 +137,8 @@ def test_a_mix_gives_one_store_per_corpus_and_split(tmp_path):
 @pytest.mark.slow
 def test_two_tokenizing_processes_write_the_same_store(tmp_path):
     path = _corpus(tmp_path / "c.jsonl", 3000)
-    one = prepare_data(
-        _config(DataConfig(source="files", train=path, cache_dir=str(tmp_path / "1")))
-    )
-    two = prepare_data(
-        _config(DataConfig(source="files", train=path, cache_dir=str(tmp_path / "2"), num_proc=2))
-    )
+    one = prepare_data(_config(FilesData(train=path, cache_dir=str(tmp_path / "1"))))
+    two = prepare_data(_config(FilesData(train=path, cache_dir=str(tmp_path / "2"), num_proc=2)))
     for a, b in zip(one.stores, two.stores, strict=True):
         assert a.store.path.name == b.store.path.name  # the same content address
         assert (a.store.n_docs, a.store.n_tokens) == (b.store.n_docs, b.store.n_tokens)
@@ -161,7 +159,7 @@ def _rank_main(rank: int, world: int, folder: str, port: int) -> None:
     built = []
     real = pipeline.build_store
     pipeline.build_store = lambda split, *a: built.append(split.name) or real(split, *a)
-    data = DataConfig(source="files", train=f"{folder}/c.jsonl", cache_dir=f"{folder}/cache")
+    data = FilesData(train=f"{folder}/c.jsonl", cache_dir=f"{folder}/cache")
     prepared = pipeline.prepare_once(_config(data))
     paths = [str(u.store.path) for u in prepared.stores]
     with open(f"{folder}/rank{rank}.json", "w") as f:

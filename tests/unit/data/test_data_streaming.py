@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmtune.config.schema import (
-    DataConfig,
+    HubData,
     ModelConfig,
     RunConfig,
     TokenizerConfig,
@@ -29,7 +29,7 @@ def stream_config(tmp_path, monkeypatch):
         rows = [{"text": f"doc {f * 100 + i} " + "words follow here " * 4} for i in range(90)]
         (folder / f"train-{f}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(streaming, "CHUNK_DOCS", 25)  # many chunks, and epochs, in a test
-    data = DataConfig(source="hub", name=str(folder), streaming=True, validation_fraction=0.1)
+    data = HubData(name=str(folder), streaming=True, validation_fraction=0.1)
     tok = TokenizerConfig(kind="bpe", vocab_size=300, min_frequency=1, train_docs=50)
     train = TrainConfig(micro_batch_size=4, eval_batches=2)
     return RunConfig(
