@@ -46,7 +46,7 @@ def quantize(model: LanguageModel, fmt: str) -> Quantized:
         return _legacy_int8(model)
     copied = copy.deepcopy(model)
     notes = _untie_output_projection(copied)
-    _torchao(copied, fmt)
+    notes += _torchao(copied, fmt)
     return Quantized(copied, "torchao", notes)
 
 
@@ -69,7 +69,12 @@ def _untie_output_projection(model: LanguageModel) -> list[str]:
     ]
 
 
-def _torchao(model: LanguageModel, fmt: str) -> None:
+def _int4_fits(module: nn.Module) -> bool:
+    """The CPU int4 kernel packs 16 output rows at a time and groups of INT4_GROUP inputs."""
+    return module.out_features % 16 == 0 and module.in_features % INT4_GROUP == 0
+
+
+def _torchao(model: LanguageModel, fmt: str) -> list[str]:
     logging.getLogger("torchao").setLevel(logging.ERROR)  # kernels for other devices: noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,8 +86,17 @@ def _torchao(model: LanguageModel, fmt: str) -> None:
             config = q.Int8WeightOnlyConfig()
         else:
             config = _int4_config()
-        q.quantize_(model, config, filter_fn=lambda m, _: isinstance(m, nn.Linear))
-        _check_int4(model, fmt)
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        small = [n for n, m in linears if fmt == "int4wo" and not _int4_fits(m)]
+        q.quantize_(
+            model,
+            config,
+            filter_fn=lambda m, name: isinstance(m, nn.Linear) and name not in small,
+        )
+    if not small:
+        return []
+    # e.g. a classifier's [labels x D] output: too few rows to pack, and tiny anyway
+    return [f"int4wo: {', '.join(small)} kept in fp32 (its shape does not fit the int4 kernel)"]
 
 
 def _int4_config() -> object:
@@ -96,22 +110,6 @@ def _int4_config() -> object:
             "(torchao.prototype.quantization.int4); use format=int8wo or format=int8"
         ) from None
     return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP)
-
-
-def _check_int4(model: LanguageModel, fmt: str) -> None:
-    """torchao leaves a Linear whose input width is not a multiple of the group unquantized."""
-    if fmt != "int4wo":
-        return
-    skipped = [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and type(m.weight) in (torch.Tensor, nn.Parameter)
-    ]
-    if skipped:
-        raise UserError(
-            f"format=int4wo: {skipped[0]} (and {len(skipped) - 1} more) could not be quantized "
-            f"(input width not a multiple of {INT4_GROUP}); use format=int8wo"
-        )
 
 
 def _legacy_int8(model: LanguageModel) -> Quantized:
