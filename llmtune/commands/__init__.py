@@ -60,6 +60,18 @@ def _report() -> Run:
     return run
 
 
+def _prune() -> Run:
+    from llmtune.commands.prune import run
+
+    return run
+
+
+def _serve() -> Run:
+    from llmtune.commands.serve import run
+
+    return run
+
+
 COMMANDS = {
     "pretrain": Command(
         "train a BERT or GPT from scratch", "llmtune pretrain model=bert-small", _pretrain
@@ -85,9 +97,20 @@ COMMANDS = {
         _finetune,
     ),
     "export": Command(
-        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
+        "write a checkpoint as hf, onnx, torchscript, pt2, int8, int8wo or int4wo, verified",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
+    ),
+    "prune": Command(
+        "remove blocks and MLP neurons by measured importance; a smaller normal checkpoint",
+        "llmtune prune ckpt=runs/finetune/<time> out=runs/pruned prune.layers=2 "
+        "data.train=train.jsonl data.test=test.jsonl",
+        _prune,
+    ),
+    "serve": Command(
+        "answer OpenAI-style HTTP requests (completions, chat, embeddings) with a checkpoint",
+        "llmtune serve ckpt=runs/pretrain/<time> serve.port=8000",
+        _serve,
     ),
     "report": Command(
         "an HTML page with plots of run, sweep or several run directories",

@@ -1,5 +1,5 @@
-"""`llmtune export`: a checkpoint -> a verified folder in another format (hf, onnx,
-torchscript, pt2, int8). The folder appears at `out` only once its verification passed."""
+"""`llmtune export`: a checkpoint -> a verified folder in another format (hf, onnx, torchscript,
+pt2, int8, int8wo, int4wo). The folder appears at `out` only once its verification passed."""
 
 from __future__ import annotations
 

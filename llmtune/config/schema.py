@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from llmtune.config.deploy import PruneConfig, ServeConfig, positive
 from llmtune.errors import ConfigError
 
 # Field metadata of keys the builder fills in: never given in YAML or on the command line.
@@ -42,7 +43,7 @@ class ModelConfig:
     def check(self) -> None:
         """Raise ConfigError naming the first invalid key (families add their own checks)."""
         for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            _positive(f"model.{key}", getattr(self, key))
+            positive(f"model.{key}", getattr(self, key))
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size={self.vocab_size}: must be >= 0 (0 = tokenizer's)")
         if self.d_model % self.n_heads:
@@ -57,11 +58,6 @@ class ModelConfig:
         for key in ("dropout", "attn_dropout"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)}: must be in [0, 1)")
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}={value}: must be positive")
 
 
 @dataclass(frozen=True)
@@ -305,8 +301,9 @@ class ExportConfig:
 
     overwrite: bool = False  # replace a non-empty `out` folder, once the new export verifies
     atol: float = 1e-4  # largest |logit difference| an export may show against llmtune's model
-    max_metric_drop: float = 0.02  # int8: relative worsening of the data.test metric allowed
-    latency_runs: int = 10  # int8: timed batches per model (median reported)
+    # int8, int8wo, int4wo: relative worsening of the data.test metric allowed
+    max_metric_drop: float = 0.02
+    latency_runs: int = 10  # int8, int8wo, int4wo: timed batches per model (median reported)
 
 
 @dataclass(frozen=True)
@@ -338,16 +335,19 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    ckpt: str = ""  # evaluate, export: a step folder or a run directory (its best, else latest)
+    # evaluate, export, prune, serve: a step folder or a run directory (its best, else latest)
+    ckpt: str = ""
     prompts: tuple[str, ...] = ()  # evaluate: prompts to complete, or files of one per line
     # export: a ScoringConfig (int8 scores data.test)
     evaluate: EvaluateConfig | ScoringConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
-    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8
-    out: str = ""  # export: the folder to write
+    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8 | int8wo | int4wo
+    out: str = ""  # export, prune: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
+    serve: ServeConfig = field(default_factory=ServeConfig)  # serve: the HTTP server
+    prune: PruneConfig = field(default_factory=PruneConfig)  # prune: what to remove
     runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)
 
 
@@ -355,4 +355,5 @@ class RunConfig:
 COMMAND_CLASSES: dict[str, dict[str, type]] = {
     "finetune": {"model": FinetuneModel},
     "export": {"evaluate": ScoringConfig},
+    "prune": {"evaluate": ScoringConfig},
 }

@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("none", "ddp", "fsdp")  # hardware.strategy (train/parallel.py)
-EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8")
+EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8", "int8wo", "int4wo")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -247,9 +247,9 @@ def _check_export(config: RunConfig) -> None:
     _require(e.max_metric_drop >= 0, f"export.max_metric_drop={e.max_metric_drop}: must be >= 0")
     _require(e.latency_runs > 0, f"export.latency_runs={e.latency_runs}: must be positive")
     _require(
-        config.format != "int8" or bool(config.data.test),
-        "format=int8 measures the metric before and after quantization on held-out data; "
-        "set data.test=<path> (the keys evaluate reads)",
+        config.format not in ("int8", "int8wo", "int4wo") or bool(config.data.test),
+        f"format={config.format} measures the metric before and after quantization on held-out "
+        "data; set data.test=<path> (the keys evaluate reads)",
     )
 
 

@@ -27,7 +27,7 @@ Rows = list[dict[str, Any]]
 TASK_SCORING = (Scoring.CLASSIFICATION, Scoring.TAGGING, Scoring.INSTRUCTIONS)
 
 
-def _split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
+def task_split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
     """(task objective, test split, its encoding or None, whether it has targets); rows
     longer than the model's max_seq_len handled by data.overlong (the note says how)."""
     found = entry(loaded.meta["objective"])
@@ -144,7 +144,7 @@ def evaluate_task(
 ) -> tuple[dict[str, Any], Rows]:
     """(results, prediction rows) of a seq_cls/token_cls/sft checkpoint on data.test.
     Results hold metrics only when the split has its label (tags, response) column."""
-    task, split, encoded, has_targets = _split(loaded, data, cfg)
+    task, split, encoded, has_targets = task_split(loaded, data, cfg)
     name = loaded.meta["objective"]
     scoring = entry(name).scoring
     results: dict[str, Any] = {"task": name}

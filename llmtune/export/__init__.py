@@ -1,11 +1,12 @@
 """Writers for formats other than llmtune's own: Hugging Face, ONNX, TorchScript, torch.export
-(pt2) and dynamic int8, each verified against the llmtune model before it counts."""
+(pt2) and quantized (int8, int8wo, int4wo through torchao), each verified against the llmtune
+model before it counts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmtune.export import hf, int8, onnx_file, pt2, torchscript
+from llmtune.export import hf, onnx_file, pt2, quantized, torchscript
 from llmtune.export.job import EXTRA_HINT, ExportJob, require
 from llmtune.export.verify import VerificationError
 
@@ -14,13 +15,18 @@ WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
     "onnx": onnx_file.write,
     "torchscript": torchscript.write,
     "pt2": pt2.write,
-    "int8": int8.write,
+    "int8": quantized.write,
+    "int8wo": quantized.write,
+    "int4wo": quantized.write,
 }
 
 # Optional packages per format, checked before the checkpoint is loaded.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "hf": ("transformers",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    # int8 falls back to the deprecated torch.ao path without torchao (and says so)
+    "int8wo": ("torchao",),
+    "int4wo": ("torchao",),
 }
 
 __all__ = ["EXTRAS", "EXTRA_HINT", "WRITERS", "ExportJob", "VerificationError", "require"]

@@ -4,7 +4,7 @@ stopping on its own and leaving the batch when it does."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,8 @@ from llmtune.models.blocks import KV, GrowingKV
 
 # The largest seed a row generator gets (torch.Generator.manual_seed takes 64 bits).
 _SEED_RANGE = 2**62
+# Told each new token as it is chosen: (prompt index, token id). `llmtune serve` streams with it.
+OnToken = Callable[[int, int], None]
 
 
 @dataclass
@@ -79,6 +81,7 @@ def generate(
     eos_id: int | None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    on_token: OnToken | None = None,
 ) -> list[Generation]:
     """Complete every prompt (token ids); one Generation per prompt, in prompt order.
 
@@ -87,6 +90,7 @@ def generate(
     is any decoder whose backbone follows the generation contract of
     `GPTBackbone.forward` (past, use_cache, attention_mask) and has an `lm` head. Without
     `use_cache` every step re-reads the whole sequence (the reference for the cached path).
+    `on_token(prompt index, token)` hears every new token as soon as it is chosen.
     """
     model.eval()
     # positions past max_seq_len were never trained, so the context stops there; an over-long
@@ -100,11 +104,16 @@ def generate(
     done: dict[int, Generation] = {}
     for start in range(0, len(order), size):
         batch = order[start : start + size]
-        outs = _complete(
-            model, [rows[i] for i in batch], cfg, eos_id, [generators[i] for i in batch], use_cache
-        )
+        heard = None if on_token is None else _relay(on_token, batch)
+        row_gens = [generators[i] for i in batch]
+        outs = _complete(model, [rows[i] for i in batch], cfg, eos_id, row_gens, use_cache, heard)
         done.update(zip(batch, outs))
     return [done[i] for i in range(len(rows))]
+
+
+def _relay(on_token: OnToken, batch: list[int]) -> OnToken:
+    """`on_token` told prompt indices instead of the batch's row indices."""
+    return lambda row, token: on_token(batch[row], token)
 
 
 def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -157,6 +166,7 @@ def _complete(
     eos_id: int | None,
     generators: list[torch.Generator],
     use_cache: bool,
+    on_token: OnToken | None,
 ) -> list[Generation]:
     """Complete one batch of prompts. Finished rows leave the batch and the cache, so they
     stop costing compute."""
@@ -181,6 +191,8 @@ def _complete(
         keep = []
         for j, (i, token) in enumerate(zip(active, tokens.tolist())):
             new[i].append(token)
+            if on_token is not None:
+                on_token(i, token)
             reason = _stopped(new[i], len(rows[i]), cfg, eos_id, limit)
             if reason is None:
                 keep.append(j)

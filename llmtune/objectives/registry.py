@@ -13,6 +13,7 @@ from llmtune.models.family import Kind
 from llmtune.objectives import (
     clm,
     contrastive,
+    distill,
     dpo,
     mlm,
     multitask,
@@ -46,6 +47,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         span_mlm.ENTRY,
         clm.ENTRY,
         seq_cls.ENTRY,
+        distill.ENTRY,
         token_cls.ENTRY,
         sft.ENTRY,
         contrastive.ENTRY,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmtune.cli import main
 from tests.e2e.helpers import TINY_BERT, pretrain
@@ -96,18 +97,39 @@ def test_occupied_output_is_kept_unless_overwrite(tmp_path, ckpt, capsys, monkey
     ]
 
 
-@pytest.mark.parametrize(("fmt", "module"), [("hf", "transformers"), ("onnx", "onnxruntime")])
+@pytest.mark.parametrize(
+    ("fmt", "module"),
+    [("hf", "transformers"), ("onnx", "onnxruntime"), ("int8wo", "torchao"), ("int4wo", "torchao")],
+)
 def test_missing_extra_names_it(tmp_path, ckpt, capsys, monkeypatch, fmt, module):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    test = f"data.test={next(ckpt.parent.glob('c.jsonl'))}"  # the quantized formats need one
     err = _fails(
-        capsys, f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / 'o'}", _run_dir(tmp_path)
+        capsys, f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / 'o'}", test, _run_dir(tmp_path)
     )
     assert module in err and "pip install 'llmtune[export]'" in err
     assert not (tmp_path / "o").exists()
 
 
+def test_int8_without_torchao_falls_back_to_torch_ao_and_says_it_is_deprecated(
+    tmp_path, ckpt, capsys, monkeypatch
+):
+    import llmtune.export.quantize as quantize
+
+    monkeypatch.setattr(quantize, "torchao_available", lambda: False)
+    corpus = next(ckpt.parent.glob("c.jsonl"))
+    out = tmp_path / "int8"
+    args = [f"ckpt={ckpt}", "format=int8", f"out={out}", f"data.test={corpus}"]
+    main(["export", *args, "export.latency_runs=1", "evaluate.max_examples=8", _run_dir(tmp_path)])
+    text = capsys.readouterr().out
+    assert "torchao is not installed" in text and "deprecated" in text
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["backend"] == "torch.ao (deprecated)" and "model.pt" in manifest["files"]
+    assert torch.jit.load(str(out / "model.pt")) is not None
+
+
 def test_int8_metric_drop_above_the_bar_fails(tmp_path, ckpt, capsys, monkeypatch):
-    import llmtune.export.int8 as int8
+    import llmtune.export.quantized as int8
 
     real = int8.metric
 

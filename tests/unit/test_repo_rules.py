@@ -68,6 +68,8 @@ LAYERS = {
     "evaluation": 8,
     "export": 9,
     "plots": 9,  # figures of runs (llmtune report)
+    "serve": 9,  # the HTTP server of llmtune serve
+    "prune": 9,  # llmtune prune: importance and surgery (reads data like evaluate)
     "commands": 10,
     "cli": 11,
     "__main__": 12,

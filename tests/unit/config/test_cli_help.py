@@ -19,7 +19,7 @@ from llmtune.config.build import chosen_class, native_objective, section_fields
 from llmtune.config.compose import compose
 from llmtune.config.help import field_comments
 
-COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report")
+COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report", "serve", "prune")
 
 
 def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:

