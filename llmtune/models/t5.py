@@ -1,0 +1,259 @@
+"""The T5 encoder-decoder: its config, backbone (shared embedding, encoder, decoder), LM head,
+decoder cache, initialisation and `build_t5_model`. Layers live in models/t5_layers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmtune.errors import ConfigError
+from llmtune.models.dropout import Dropout
+from llmtune.models.model import LanguageModel
+from llmtune.models.t5_layers import (
+    KV,
+    DecoderBlock,
+    EncoderBlock,
+    FeedForward,
+    RelativePositionBias,
+    RMSNorm,
+)
+
+FEED_FORWARDS = ("relu", "gated-gelu")
+T5_HEADS = ("lm",)
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """A T5 architecture. The default is the v1.1 recipe (gated-GELU feed-forward, untied
+    output projection): Flan-T5 and mT5 ship that layout, and Shazeer (2020, "GLU Variants
+    Improve Transformer") measured lower perplexity for GEGLU at equal parameters and compute.
+    `feed_forward: relu` with `tie_embeddings: true` is the original T5 (v1.0, t5-small).
+    """
+
+    family: str = "t5"
+    vocab_size: int = 0  # 0 = take it from the tokenizer
+    d_model: int = 512
+    n_layers: int = 6  # encoder blocks
+    n_decoder_layers: int = 0  # decoder blocks; 0 = as many as n_layers
+    n_heads: int = 8
+    d_kv: int = 64  # per-head width; n_heads * d_kv need not equal d_model
+    d_ff: int = 2048
+    max_seq_len: int = 512  # encoder input length (span corruption fills it exactly)
+    dropout: float = 0.1  # embeddings, residuals, feed-forward hidden, attention weights
+    tie_embeddings: bool = False  # true: the LM head is the embedding, outputs scaled d^-0.5
+    feed_forward: str = "gated-gelu"  # relu (v1.0) | gated-gelu (v1.1)
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    norm_eps: float = 1e-6
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
+
+
+def check_t5_config(config: T5Config) -> None:
+    """One-line ConfigErrors for values that would build a broken model."""
+    if config.feed_forward not in FEED_FORWARDS:
+        raise ConfigError(
+            f"model.feed_forward={config.feed_forward!r} is unknown; use relu or gated-gelu"
+        )
+    if config.vocab_size <= 0:
+        raise ConfigError("model.vocab_size must be set (> 0) before building the model")
+    for key in ("d_model", "n_layers", "n_heads", "d_kv", "d_ff", "max_seq_len"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"model.{key} must be > 0, got {getattr(config, key)}")
+    if config.n_decoder_layers < 0:
+        raise ConfigError("model.n_decoder_layers must be >= 0 (0 = as many as n_layers)")
+    buckets = config.relative_attention_num_buckets
+    if buckets < 4 or buckets % 2:
+        raise ConfigError(f"model.relative_attention_num_buckets must be even and >= 4: {buckets}")
+    # the encoder's log-spaced buckets start at distance buckets/4 and must end beyond it
+    if config.relative_attention_max_distance <= buckets // 2:
+        raise ConfigError(
+            "model.relative_attention_max_distance must exceed relative_attention_num_buckets/2"
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {config.dropout}")
+
+
+def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """[B,S] 1 = token, 0 = padding -> additive [B,1,1,S]: 0 or the dtype's most negative."""
+    if attention_mask is None:
+        return None
+    blocked = (attention_mask == 0)[:, None, None, :]
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(
+        blocked, torch.finfo(dtype).min
+    )
+
+
+@dataclass
+class DecoderCache:
+    """What generation keeps between decoder steps: each block's self-attention keys/values
+    (growing by one position a step) and its cross-attention keys/values of the encoder
+    output (computed once), plus the encoder padding mask."""
+
+    self_kv: list[KV]
+    cross_kv: list[KV]
+    memory_mask: torch.Tensor | None
+
+    @property
+    def length(self) -> int:
+        """Decoder positions already cached."""
+        return self.self_kv[0][0].shape[2] if self.self_kv else 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` [N] of the self-attention cache (beam search's surviving beams).
+        Cross-attention rows are not touched: beams of one input share the same memory."""
+        self.self_kv = [
+            (k.index_select(0, index), v.index_select(0, index)) for k, v in self.self_kv
+        ]
+
+
+class T5Stack(nn.Module):
+    """Encoder (bidirectional) or decoder (causal, with cross-attention) blocks, the position
+    bias they share, and the final norm."""
+
+    def __init__(self, config: T5Config, decoder: bool) -> None:
+        super().__init__()
+        self.rel_bias = RelativePositionBias(config, bidirectional=not decoder)
+        block = DecoderBlock if decoder else EncoderBlock
+        n = config.decoder_layers if decoder else config.n_layers
+        self.blocks = nn.ModuleList(block(config) for _ in range(n))
+        self.ln_f = RMSNorm(config.d_model, config.norm_eps)
+
+
+class T5Backbone(nn.Module):
+    """Shared token embedding, encoder and decoder. `forward` returns decoder hidden states."""
+
+    input_names = ("input_ids", "attention_mask", "decoder_input_ids")
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, decoder=False)
+        self.decoder = T5Stack(config, decoder=True)
+        self.dropout = Dropout(config.dropout)
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids [B,S], attention_mask [B,S] (1 = token) -> encoder output [B,S,D]."""
+        x = self.dropout(self.tok_emb(input_ids))
+        s = input_ids.shape[1]
+        bias = self.encoder.rel_bias(s, s)  # [1,H,S,S], shared by every block
+        pad = padding_bias(attention_mask, bias.dtype)
+        if pad is not None:
+            bias = bias + pad  # [B,H,S,S]
+        for block in self.encoder.blocks:
+            x = block(x, bias)
+        return self.dropout(self.encoder.ln_f(x))
+
+    def start_cache(
+        self, memory: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> DecoderCache:
+        """An empty decoder cache holding each block's cross-attention keys/values of `memory`."""
+        cross = [block.cross_attn.memory_kv(memory) for block in self.decoder.blocks]
+        return DecoderCache([], cross, padding_bias(attention_mask, memory.dtype))
+
+    def decode(self, decoder_input_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Decoder hidden states [B,T,D] for T new positions after `cache.length` cached ones;
+        the cache grows by T positions."""
+        t = decoder_input_ids.shape[1]
+        past = cache.length
+        x = self.dropout(self.tok_emb(decoder_input_ids))
+        bias = self.decoder.rel_bias(t, past + t, offset=past)  # [1,H,T,P+T]
+        if t > 1:  # a single new position may see every key: no causal mask needed
+            future = torch.ones(t, past + t, dtype=torch.bool, device=x.device).triu(past + 1)
+            bias = bias.masked_fill(future, torch.finfo(bias.dtype).min)
+        new_kv = []
+        for i, block in enumerate(self.decoder.blocks):
+            layer_past = cache.self_kv[i] if past else None
+            x, kv = block(x, bias, cache.cross_kv[i], cache.memory_mask, layer_past)
+            new_kv.append(kv)
+        cache.self_kv = new_kv
+        return self.dropout(self.decoder.ln_f(x))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced decoder hidden states [B,T,D]: encode input_ids [B,S], then decode
+        decoder_input_ids [B,T] (the targets shifted right behind the start token)."""
+        if decoder_input_ids is None:
+            raise ValueError("T5Backbone.forward needs decoder_input_ids")
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, self.start_cache(memory, attention_mask))
+
+
+class T5LMHead(nn.Module):
+    """Decoder states [..., D] -> logits [..., V]. Tied to the embedding (v1.0) it first scales
+    by d_model^-0.5, as Mesh TensorFlow's T5 does; untied (v1.1) it is a plain projection."""
+
+    def __init__(self, config: T5Config, tied_weight: nn.Parameter | None = None) -> None:
+        super().__init__()
+        # a bare parameter keeps the checkpoint key heads.lm.weight, as the GPT head
+        self.scale = config.d_model**-0.5 if tied_weight is not None else 1.0
+        if tied_weight is None:
+            tied_weight = nn.Parameter(torch.empty(config.vocab_size, config.d_model))
+        self.weight = tied_weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            hidden = hidden * self.scale
+        return F.linear(hidden, self.weight)
+
+
+@torch.no_grad()
+def init_t5_weights(model: LanguageModel) -> None:
+    """Mesh TensorFlow's T5 init (fan-in normals), which stands in for attention's missing
+    1/sqrt(d_kv): the query gets std (d_model*d_kv)^-0.5, keys, values and feed-forward inputs
+    d_model^-0.5, output projections 1/sqrt(their fan-in), embeddings N(0, 1), norms 1.
+    An untied LM head gets d_model^-0.5 (fan-in) so first logits have unit scale; Hugging
+    Face's N(0, 1) there would start training at logits of std sqrt(d_model).
+    """
+    cfg: T5Config = model.config
+    d, inner = cfg.d_model, cfg.n_heads * cfg.d_kv
+    nn.init.normal_(model.backbone.tok_emb.weight, std=1.0)
+    for stack in (model.backbone.encoder, model.backbone.decoder):
+        nn.init.normal_(stack.rel_bias.table.weight, std=d**-0.5)
+        for block in stack.blocks:
+            qkv = block.attn.qkv.weight
+            nn.init.normal_(qkv[:inner], std=(d * cfg.d_kv) ** -0.5)
+            nn.init.normal_(qkv[inner:], std=d**-0.5)
+            nn.init.normal_(block.attn.proj.weight, std=inner**-0.5)
+            if hasattr(block, "cross_attn"):
+                nn.init.normal_(block.cross_attn.q.weight, std=(d * cfg.d_kv) ** -0.5)
+                nn.init.normal_(block.cross_attn.kv.weight, std=d**-0.5)
+                nn.init.normal_(block.cross_attn.proj.weight, std=inner**-0.5)
+    for m in model.modules():
+        if isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)
+        if isinstance(m, FeedForward):
+            for linear in (m.fc, m.gate) if m.gated else (m.fc,):
+                nn.init.normal_(linear.weight, std=d**-0.5)
+            nn.init.normal_(m.proj.weight, std=cfg.d_ff**-0.5)
+    if "lm" in model.heads and not cfg.tie_embeddings:
+        nn.init.normal_(model.heads["lm"].weight, std=d**-0.5)
+
+
+def build_t5_model(config: T5Config, heads: Sequence[str] = T5_HEADS) -> LanguageModel:
+    """Build and initialise a T5 with the named heads (only `lm` so far)."""
+    check_t5_config(config)
+    for name in heads:
+        if name not in T5_HEADS:
+            raise ConfigError(
+                f"head '{name}' does not fit family 't5' (use: {', '.join(T5_HEADS)})"
+            )
+    backbone = T5Backbone(config)
+    tied = backbone.tok_emb.weight if config.tie_embeddings else None
+    head_modules = nn.ModuleDict({name: T5LMHead(config, tied) for name in dict.fromkeys(heads)})
+    model = LanguageModel(config, backbone, head_modules)  # type: ignore[arg-type]
+    init_t5_weights(model)
+    return model
