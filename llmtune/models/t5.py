@@ -257,3 +257,18 @@ def build_t5_model(config: T5Config, heads: Sequence[str] = T5_HEADS) -> Languag
     model = LanguageModel(config, backbone, head_modules)  # type: ignore[arg-type]
     init_t5_weights(model)
     return model
+
+
+def t5_training_flops(config: T5Config, source_len: int, target_len: int) -> float:
+    """Training FLOPs (forward and backward) of one example of `source_len` encoder and
+    `target_len` decoder positions, by the 6 x weights + 12 x layers x length x width
+    convention: each matmul weight costs 6 per position it is applied at (cross-attention
+    keys/values at the source positions), attention 12 x width per (query, key) pair
+    (encoder S x S, decoder T x T and T x S), the LM head 6 x V x d per target."""
+    d, inner, s, t = config.d_model, config.n_heads * config.d_kv, source_len, target_len
+    ff = (3 if config.feed_forward == "gated-gelu" else 2) * d * config.d_ff
+    encoder = config.n_layers * (4 * d * inner + ff) * s
+    decoder = config.decoder_layers * ((6 * d * inner + ff) * t + 2 * d * inner * s)
+    attention = 12 * inner * (config.n_layers * s * s + config.decoder_layers * (t * t + t * s))
+    head = 6 * config.vocab_size * d * t
+    return float(6 * (encoder + decoder) + attention + head)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from llmtune.adapters.lora import apply_lora
 from llmtune.errors import CheckpointError, ConfigError
-from llmtune.models.t5 import T5Config, build_t5_model
+from llmtune.models.t5 import T5Config, build_t5_model, t5_training_flops
 from llmtune.models.t5_convert import (
     hf_config_from_t5,
     t5_config_from_hf,
@@ -232,3 +232,17 @@ def test_bad_configs_and_weights_are_one_line_errors():
         t5_from_hf_state_dict({**hf, "lm_head.weight": torch.randn(99, 32)}, V10)
     with pytest.raises(CheckpointError, match="shared.weight"):
         t5_from_hf_state_dict({k: v for k, v in hf.items() if k != "shared.weight"}, V10)
+
+
+def test_training_flops_count_every_matmul_weight_where_it_runs():
+    model = _ours(V11)
+    linears = {
+        n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
+    at_source = sum(v for n, v in linears.items() if ".encoder." in n or "cross_attn.kv" in n)
+    at_target = sum(v for n, v in linears.items() if ".decoder." in n and "cross_attn.kv" not in n)
+    s, t, inner = 30, 10, V11.n_heads * V11.d_kv
+    attention = 12 * inner * (2 * s * s + 3 * (t * t + t * s))
+    head = 6 * model.heads["lm"].weight.numel() * t
+    expected = 6 * (at_source * s + at_target * t) + attention + head
+    assert t5_training_flops(V11, s, t) == expected
