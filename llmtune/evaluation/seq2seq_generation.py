@@ -15,7 +15,7 @@ from torch import Tensor
 
 from llmtune.errors import ConfigError
 from llmtune.evaluation.generation import Generation, filter_logits
-from llmtune.models.t5 import DecoderCache
+from llmtune.models.t5 import DecoderCache, Memory
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class DecodeSettings:
 class _Decoder:
     """The model's decoder over one encoded batch: next-token log-probs or logits per step."""
 
-    def __init__(self, model: torch.nn.Module, memory: Tensor, mask: Tensor | None, cached: bool):
+    def __init__(self, model: torch.nn.Module, memory: Memory, cached: bool):
         self.backbone, self.head = model.backbone, model.heads["lm"]
-        self.memory, self.mask, self.cached = memory, mask, cached
-        self.cache: DecoderCache = self.backbone.start_cache(memory, mask)
+        self.memory, self.cached = memory, cached
+        self.cache: DecoderCache = self.backbone.start_cache(memory)
 
     def logits(self, tokens: Tensor) -> Tensor:
         """tokens [N,T] (the start token and everything chosen so far) -> logits [N,V] of the
@@ -45,7 +45,7 @@ class _Decoder:
         if self.cached:
             hidden = self.backbone.decode(tokens[:, -1:], self.cache)
         else:
-            fresh = self.backbone.start_cache(self.memory, self.mask)
+            fresh = self.backbone.start_cache(self.memory)
             hidden = self.backbone.decode(tokens, fresh)
         return self.head(hidden[:, -1]).float()
 
@@ -66,7 +66,7 @@ def _sample(
     dec: _Decoder, batch: int, start_id: int, eos_id: int, s: DecodeSettings, gen
 ) -> list[Generation]:
     """Greedy or sampled decoding of `batch` rows; a row stops at its EOS."""
-    device = dec.memory.device
+    device = dec.memory.states.device
     tokens = torch.full((batch, 1), start_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(s.max_new_tokens):
@@ -145,8 +145,8 @@ def _beam_step(dec: _Decoder, st: _Beams, eos_id: int, step: int, s: DecodeSetti
 
 def _beam_search(dec: _Decoder, batch: int, start_id: int, eos_id: int, s: DecodeSettings):
     k = s.num_beams
-    tokens = torch.full((batch, k, 1), start_id, dtype=torch.long, device=dec.memory.device)
-    scores = torch.zeros(batch, k, device=dec.memory.device)
+    tokens = torch.full((batch, k, 1), start_id, dtype=torch.long, device=dec.memory.states.device)
+    scores = torch.zeros(batch, k, device=dec.memory.states.device)
     scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step 0
     st = _Beams(tokens, scores, [[] for _ in range(batch)], [False] * batch)
     for step in range(s.max_new_tokens):
@@ -176,10 +176,9 @@ def generate_seq2seq(
     memory = model.backbone.encode(input_ids, attention_mask)
     batch, k = input_ids.shape[0], settings.num_beams
     if k > 1:  # each beam carries its own copy of the encoder output rows
-        memory = memory.repeat_interleave(k, dim=0)
-        if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(k, dim=0)
-    dec = _Decoder(model, memory, attention_mask, settings.use_cache)
+        mask = None if memory.mask is None else memory.mask.repeat_interleave(k, dim=0)
+        memory = Memory(memory.states.repeat_interleave(k, dim=0), mask)
+    dec = _Decoder(model, memory, settings.use_cache)
     if k > 1:
         return _beam_search(dec, batch, start_id, eos_id, settings)
     return _sample(dec, batch, start_id, eos_id, settings, generator)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -114,17 +115,60 @@ class DecoderCache:
         ]
 
 
-class T5Stack(nn.Module):
-    """Encoder (bidirectional) or decoder (causal, with cross-attention) blocks, the position
-    bias they share, and the final norm."""
+class Memory(NamedTuple):
+    """The encoder's output [B,S,D] and the padding mask [B,S] that goes with it."""
 
-    def __init__(self, config: T5Config, decoder: bool) -> None:
+    states: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class T5Encoder(nn.Module):
+    """Bidirectional blocks sharing one position bias, then the final norm."""
+
+    def __init__(self, config: T5Config) -> None:
         super().__init__()
-        self.rel_bias = RelativePositionBias(config, bidirectional=not decoder)
-        block = DecoderBlock if decoder else EncoderBlock
-        n = config.decoder_layers if decoder else config.n_layers
-        self.blocks = nn.ModuleList(block(config) for _ in range(n))
+        self.rel_bias = RelativePositionBias(config, bidirectional=True)
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layers))
         self.ln_f = RMSNorm(config.d_model, config.norm_eps)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> Memory:
+        """Embedded inputs x [B,S,D], attention_mask [B,S] (1 = token) -> Memory. A module of
+        its own so that a soft prompt can be put before x (adapters/prompt.py)."""
+        s = x.shape[1]
+        bias = self.rel_bias(s, s)  # [1,H,S,S], shared by every block
+        pad = padding_bias(attention_mask, bias.dtype)
+        if pad is not None:
+            bias = bias + pad  # [B,H,S,S]
+        for block in self.blocks:
+            x = block(x, bias)
+        return Memory(self.dropout(self.ln_f(x)), attention_mask)
+
+
+class T5Decoder(nn.Module):
+    """Causal blocks with cross-attention, sharing one position bias, then the final norm."""
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.rel_bias = RelativePositionBias(config, bidirectional=False)
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
+        self.ln_f = RMSNorm(config.d_model, config.norm_eps)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Embedded decoder inputs x [B,T,D] at positions cache.length.. -> states [B,T,D]."""
+        t, past = x.shape[1], cache.length
+        bias = self.rel_bias(t, past + t, offset=past)  # [1,H,T,P+T]
+        if t > 1:  # a single new position may see every key: no causal mask needed
+            future = torch.ones(t, past + t, dtype=torch.bool, device=x.device).triu(past + 1)
+            bias = bias.masked_fill(future, torch.finfo(bias.dtype).min)
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            layer_past = cache.self_kv[i] if past else None
+            x, kv = block(x, bias, cache.cross_kv[i], cache.memory_mask, layer_past)
+            new_kv.append(kv)
+        cache.self_kv = new_kv
+        return self.dropout(self.ln_f(x))
 
 
 class T5Backbone(nn.Module):
@@ -135,48 +179,29 @@ class T5Backbone(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = T5Stack(config, decoder=False)
-        self.decoder = T5Stack(config, decoder=True)
+        self.encoder = T5Encoder(config)
+        self.decoder = T5Decoder(config)
         self.dropout = Dropout(config.dropout)
 
-    def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """input_ids [B,S], attention_mask [B,S] (1 = token) -> encoder output [B,S,D]."""
-        x = self.dropout(self.tok_emb(input_ids))
-        s = input_ids.shape[1]
-        bias = self.encoder.rel_bias(s, s)  # [1,H,S,S], shared by every block
-        pad = padding_bias(attention_mask, bias.dtype)
-        if pad is not None:
-            bias = bias + pad  # [B,H,S,S]
-        for block in self.encoder.blocks:
-            x = block(x, bias)
-        return self.dropout(self.encoder.ln_f(x))
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """Every block in the order data flows: encoder, then decoder (checkpointing,
+        sharding and method=freeze go through this list)."""
+        return [*self.encoder.blocks, *self.decoder.blocks]
 
-    def start_cache(
-        self, memory: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> DecoderCache:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Memory:
+        """input_ids [B,S], attention_mask [B,S] (1 = token) -> the encoder's Memory."""
+        return self.encoder(self.dropout(self.tok_emb(input_ids)), attention_mask)
+
+    def start_cache(self, memory: Memory) -> DecoderCache:
         """An empty decoder cache holding each block's cross-attention keys/values of `memory`."""
-        cross = [block.cross_attn.memory_kv(memory) for block in self.decoder.blocks]
-        return DecoderCache([], cross, padding_bias(attention_mask, memory.dtype))
+        cross = [block.cross_attn.memory_kv(memory.states) for block in self.decoder.blocks]
+        return DecoderCache([], cross, padding_bias(memory.mask, memory.states.dtype))
 
     def decode(self, decoder_input_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Decoder hidden states [B,T,D] for T new positions after `cache.length` cached ones;
         the cache grows by T positions."""
-        t = decoder_input_ids.shape[1]
-        past = cache.length
-        x = self.dropout(self.tok_emb(decoder_input_ids))
-        bias = self.decoder.rel_bias(t, past + t, offset=past)  # [1,H,T,P+T]
-        if t > 1:  # a single new position may see every key: no causal mask needed
-            future = torch.ones(t, past + t, dtype=torch.bool, device=x.device).triu(past + 1)
-            bias = bias.masked_fill(future, torch.finfo(bias.dtype).min)
-        new_kv = []
-        for i, block in enumerate(self.decoder.blocks):
-            layer_past = cache.self_kv[i] if past else None
-            x, kv = block(x, bias, cache.cross_kv[i], cache.memory_mask, layer_past)
-            new_kv.append(kv)
-        cache.self_kv = new_kv
-        return self.dropout(self.decoder.ln_f(x))
+        return self.decoder(self.dropout(self.tok_emb(decoder_input_ids)), cache)
 
     def forward(
         self,
@@ -188,8 +213,9 @@ class T5Backbone(nn.Module):
         decoder_input_ids [B,T] (the targets shifted right behind the start token)."""
         if decoder_input_ids is None:
             raise ValueError("T5Backbone.forward needs decoder_input_ids")
-        memory = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, self.start_cache(memory, attention_mask))
+        return self.decode(
+            decoder_input_ids, self.start_cache(self.encode(input_ids, attention_mask))
+        )
 
 
 class T5LMHead(nn.Module):

@@ -7,6 +7,7 @@ into the query init) and takes the position bias as an additive float mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -108,6 +109,9 @@ class SelfAttention(nn.Module):
         inner = config.n_heads * config.d_kv
         self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.proj = nn.Linear(inner, config.d_model, bias=False)
+        # prefix tuning (adapters/prefix.py) sets a function batch_size -> (k, v) [B,H,N,Dk]:
+        # N learned keys/values every query sees, with no position bias, kept out of the cache
+        self.prefix: Callable[[int], KV] | None = None
 
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor, past: KV | None = None
@@ -119,9 +123,14 @@ class SelfAttention(nn.Module):
         q, k, v = (_split_heads(z, self.n_heads) for z in self.qkv(x).chunk(3, dim=-1))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        kv = (k, v)
+        if self.prefix is not None:
+            pk, pv = self.prefix(x.shape[0])
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+            bias = F.pad(bias, (pk.shape[2], 0))  # prefix columns: bias 0, never masked
         p = self.dropout if self.training else 0.0
         y = scaled_dot_product_attention(q, k, v, bias, False, p, scale=1.0)
-        return self.proj(_merge_heads(y)), (k, v)
+        return self.proj(_merge_heads(y)), kv
 
 
 class CrossAttention(nn.Module):

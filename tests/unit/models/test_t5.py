@@ -169,8 +169,8 @@ def test_cached_decoding_equals_full_recomputation(config):
     backbone = model.backbone
     with torch.no_grad():
         memory = backbone.encode(ids, mask)
-        full = backbone.decode(dec, backbone.start_cache(memory, mask))
-        cache = backbone.start_cache(memory, mask)
+        full = backbone.decode(dec, backbone.start_cache(memory))
+        cache = backbone.start_cache(memory)
         steps = [backbone.decode(dec[:, :5], cache)]  # a prefix of 5, then one at a time
         steps += [backbone.decode(dec[:, t : t + 1], cache) for t in range(5, dec.shape[1])]
     assert cache.length == dec.shape[1]
