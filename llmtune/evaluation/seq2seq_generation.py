@@ -63,9 +63,14 @@ def _choose(logits: Tensor, s: DecodeSettings, generator: torch.Generator | None
 
 
 def _sample(
-    dec: _Decoder, batch: int, start_id: int, eos_id: int, s: DecodeSettings, gen
-) -> list[Generation]:
+    dec: _Decoder,
+    batch: int,
+    ids: tuple[int, int],
+    s: DecodeSettings,
+    gen: torch.Generator | None,
+) -> list[list[int]]:
     """Greedy or sampled decoding of `batch` rows; a row stops at its EOS."""
+    start_id, eos_id = ids
     device = dec.memory.states.device
     tokens = torch.full((batch, 1), start_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -77,14 +82,14 @@ def _sample(
         done |= nxt == eos_id
         if bool(done.all()):
             break
-    return [_finish(row[1:].tolist(), eos_id) for row in tokens]
+    return [row[1:].tolist() for row in tokens]
 
 
-def _finish(ids: list[int], eos_id: int) -> Generation:
+def _finish(ids: list[int], eos_id: int, source_tokens: int) -> Generation:
     """Cut after the first EOS (kept, as the GPT generator keeps it) and say why it stopped."""
     if eos_id in ids:
-        return Generation(ids[: ids.index(eos_id) + 1], "eos", 0)
-    return Generation(ids, "max_new_tokens", 0)
+        return Generation(ids[: ids.index(eos_id) + 1], "eos", source_tokens)
+    return Generation(ids, "max_new_tokens", source_tokens)
 
 
 @dataclass
@@ -143,8 +148,11 @@ def _beam_step(dec: _Decoder, st: _Beams, eos_id: int, step: int, s: DecodeSetti
     return all(st.done) or bool(ended.all())
 
 
-def _beam_search(dec: _Decoder, batch: int, start_id: int, eos_id: int, s: DecodeSettings):
-    k = s.num_beams
+def _beam_search(
+    dec: _Decoder, batch: int, ids: tuple[int, int], s: DecodeSettings
+) -> list[list[int]]:
+    """The best finished hypothesis of each input."""
+    (start_id, eos_id), k = ids, s.num_beams
     tokens = torch.full((batch, k, 1), start_id, dtype=torch.long, device=dec.memory.states.device)
     scores = torch.zeros(batch, k, device=dec.memory.states.device)
     scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step 0
@@ -152,7 +160,7 @@ def _beam_search(dec: _Decoder, batch: int, start_id: int, eos_id: int, s: Decod
     for step in range(s.max_new_tokens):
         if _beam_step(dec, st, eos_id, step, s):
             break
-    return [_finish(hyps[0][1], eos_id) for hyps in st.finished]
+    return [hyps[0][1] for hyps in st.finished]
 
 
 @torch.no_grad()
@@ -179,6 +187,10 @@ def generate_seq2seq(
         mask = None if memory.mask is None else memory.mask.repeat_interleave(k, dim=0)
         memory = Memory(memory.states.repeat_interleave(k, dim=0), mask)
     dec = _Decoder(model, memory, settings.use_cache)
+    ids = (start_id, eos_id)
     if k > 1:
-        return _beam_search(dec, batch, start_id, eos_id, settings)
-    return _sample(dec, batch, start_id, eos_id, settings, generator)
+        rows = _beam_search(dec, batch, ids, settings)
+    else:
+        rows = _sample(dec, batch, ids, settings, generator)
+    lengths = [input_ids.shape[1]] * batch if attention_mask is None else attention_mask.sum(1)
+    return [_finish(row, eos_id, int(n)) for row, n in zip(rows, lengths)]
