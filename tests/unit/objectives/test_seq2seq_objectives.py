@@ -12,6 +12,7 @@ import torch
 from llmtune.data.span_corruption import sentinel_ids, span_corruption_lengths
 from llmtune.data.t5_tokenizer import train_t5_tokenizer
 from llmtune.models.t5 import T5Config, build_t5_model
+from llmtune.objectives.denoising import Denoising
 from llmtune.objectives.seq2seq import Seq2Seq, shift_right
 from llmtune.objectives.span_corruption import SpanCorruption
 from tests.conftest import make_documents
@@ -83,3 +84,24 @@ def test_seq2seq_encodes_pairs_with_eos_and_learns_a_mapping(tok):
     model = build_t5_model(dataclasses.replace(TINY, vocab_size=tok.get_vocab_size()))
     losses = _train(model, objective, examples, steps=60)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2
+
+
+def test_denoising_rebuilds_the_block_and_learns(tok):
+    size = tok.get_vocab_size()
+    docs = [tok.encode(d, add_special_tokens=False).ids for d in make_documents(300, seed=4)]
+    dot = tok.token_to_id(".")
+    objective = Denoising((0, 1, size - 1), {dot})
+    examples = objective.make_examples(datasets.Dataset.from_dict({"input_ids": docs}), 32, 0)
+    assert examples["input_ids"].shape[1] == 31
+    batch = objective.prepare(examples, torch.Generator().manual_seed(0))
+    # the target is the block itself plus EOS; the input lost 30% in spans, one mask each
+    assert torch.equal(batch["labels"][:, :-1], examples["input_ids"])
+    assert batch["labels"].shape[1] == 32 and batch["input_ids"].shape[1] <= 32
+    masks = (batch["input_ids"] == size - 1).sum(1)
+    assert bool((masks >= 1).all())
+    kept = batch["attention_mask"].sum(1) - masks - 1  # minus the masks and the EOS
+    assert bool((kept == 31 - round(31 * 0.3)).all())
+    torch.manual_seed(0)
+    model = build_t5_model(dataclasses.replace(TINY, vocab_size=size))
+    losses = _train(model, objective, examples, steps=40)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
