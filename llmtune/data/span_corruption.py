@@ -33,7 +33,7 @@ def sentinel_ids(vocab_size: int, n: int = N_SENTINELS) -> list[int]:
     return [vocab_size - 1 - i for i in range(n)]
 
 
-def _counts(length: int, noise_density: float, mean_span: float) -> tuple[int, int]:
+def noise_counts(length: int, noise_density: float, mean_span: float) -> tuple[int, int]:
     """(noise tokens, noise spans) T5 uses for `length` tokens: at least one of each, and at
     least one kept token."""
     n_noise = min(max(round(length * noise_density), 1), length - 1)
@@ -48,7 +48,7 @@ def span_corruption_lengths(
     (random_spans_helper): 512 -> (568, 114) at density 0.15, mean span 3."""
 
     def lengths(n_tokens: int) -> tuple[int, int]:
-        n_noise, n_spans = _counts(n_tokens, noise_density, mean_span)
+        n_noise, n_spans = noise_counts(n_tokens, noise_density, mean_span)
         # each span adds one sentinel to both sides; both end with EOS
         return n_tokens - n_noise + n_spans + 1, n_noise + n_spans + 1
 
@@ -74,7 +74,7 @@ def noise_mask(
     round(noise / mean_span) spans, alternating kept/dropped and starting with kept tokens."""
     if length < 2:
         raise ValueError("span corruption needs at least 2 tokens")
-    n_noise, n_spans = _counts(length, noise_density, mean_span)
+    n_noise, n_spans = noise_counts(length, noise_density, mean_span)
     n_spans = min(n_spans, n_noise, length - n_noise)
     noise = _random_partition(n_noise, n_spans, generator)
     kept = _random_partition(length - n_noise, n_spans, generator)

@@ -1,10 +1,11 @@
-"""The T5 encoder-decoder: its config, backbone (shared embedding, encoder, decoder), LM head,
-decoder cache, initialisation and `build_t5_model`. Layers live in models/t5_layers.py.
+"""The T5 family: backbone (shared embedding, encoder, decoder), LM head, decoder cache,
+initialisation, training FLOPs and the registry entry. Layers and the config live in
+models/t5_layers.py, the Hugging Face mapping in models/t5_convert.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmtune.errors import ConfigError
 from llmtune.models.dropout import Dropout
-from llmtune.models.model import LanguageModel
+from llmtune.models.family import Family, Kind, tied_weight
+from llmtune.models.t5_convert import HF
 from llmtune.models.t5_layers import (
     KV,
     DecoderBlock,
@@ -22,64 +23,12 @@ from llmtune.models.t5_layers import (
     FeedForward,
     RelativePositionBias,
     RMSNorm,
+    T5Config,
 )
 
-FEED_FORWARDS = ("relu", "gated-gelu")
-T5_HEADS = ("lm",)
-
-
-@dataclass(frozen=True)
-class T5Config:
-    """A T5 architecture. The default is the v1.1 recipe (gated-GELU feed-forward, untied
-    output projection): Flan-T5 and mT5 ship that layout, and Shazeer (2020, "GLU Variants
-    Improve Transformer") measured lower perplexity for GEGLU at equal parameters and compute.
-    `feed_forward: relu` with `tie_embeddings: true` is the original T5 (v1.0, t5-small).
-    """
-
-    family: str = "t5"
-    vocab_size: int = 0  # 0 = take it from the tokenizer
-    d_model: int = 512
-    n_layers: int = 6  # encoder blocks
-    n_decoder_layers: int = 0  # decoder blocks; 0 = as many as n_layers
-    n_heads: int = 8
-    d_kv: int = 64  # per-head width; n_heads * d_kv need not equal d_model
-    d_ff: int = 2048
-    max_seq_len: int = 512  # encoder input length (span corruption fills it exactly)
-    dropout: float = 0.1  # embeddings, residuals, feed-forward hidden, attention weights
-    tie_embeddings: bool = False  # true: the LM head is the embedding, outputs scaled d^-0.5
-    feed_forward: str = "gated-gelu"  # relu (v1.0) | gated-gelu (v1.1)
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    norm_eps: float = 1e-6
-
-    @property
-    def decoder_layers(self) -> int:
-        return self.n_decoder_layers or self.n_layers
-
-
-def check_t5_config(config: T5Config) -> None:
-    """One-line ConfigErrors for values that would build a broken model."""
-    if config.feed_forward not in FEED_FORWARDS:
-        raise ConfigError(
-            f"model.feed_forward={config.feed_forward!r} is unknown; use relu or gated-gelu"
-        )
-    if config.vocab_size <= 0:
-        raise ConfigError("model.vocab_size must be set (> 0) before building the model")
-    for key in ("d_model", "n_layers", "n_heads", "d_kv", "d_ff", "max_seq_len"):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"model.{key} must be > 0, got {getattr(config, key)}")
-    if config.n_decoder_layers < 0:
-        raise ConfigError("model.n_decoder_layers must be >= 0 (0 = as many as n_layers)")
-    buckets = config.relative_attention_num_buckets
-    if buckets < 4 or buckets % 2:
-        raise ConfigError(f"model.relative_attention_num_buckets must be even and >= 4: {buckets}")
-    # the encoder's log-spaced buckets start at distance buckets/4 and must end beyond it
-    if config.relative_attention_max_distance <= buckets // 2:
-        raise ConfigError(
-            "model.relative_attention_max_distance must exceed relative_attention_num_buckets/2"
-        )
-    if not 0.0 <= config.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {config.dropout}")
+# T5 starts decoding from <pad>, id 0 in T5 vocabularies (ours put it first; data/tokenizer.py
+# refuses a unigram tokenizer where it is not), as config.json's decoder_start_token_id says.
+DECODER_START_ID = 0
 
 
 def padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -203,6 +152,10 @@ class T5Backbone(nn.Module):
         the cache grows by T positions."""
         return self.decoder(self.dropout(self.tok_emb(decoder_input_ids)), cache)
 
+    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B,S,D] encoder states of right-padded rows (what an embedding of the input is)."""
+        return self.encode(batch["input_ids"], batch.get("attention_mask")).states
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -237,7 +190,7 @@ class T5LMHead(nn.Module):
 
 
 @torch.no_grad()
-def init_t5_weights(model: LanguageModel) -> None:
+def init_t5_weights(model: nn.Module) -> None:
     """Mesh TensorFlow's T5 init (fan-in normals), which stands in for attention's missing
     1/sqrt(d_kv): the query gets std (d_model*d_kv)^-0.5, keys, values and feed-forward inputs
     d_model^-0.5, output projections 1/sqrt(their fan-in), embeddings N(0, 1), norms 1.
@@ -269,20 +222,9 @@ def init_t5_weights(model: LanguageModel) -> None:
         nn.init.normal_(model.heads["lm"].weight, std=d**-0.5)
 
 
-def build_t5_model(config: T5Config, heads: Sequence[str] = T5_HEADS) -> LanguageModel:
-    """Build and initialise a T5 with the named heads (only `lm` so far)."""
-    check_t5_config(config)
-    for name in heads:
-        if name not in T5_HEADS:
-            raise ConfigError(
-                f"head '{name}' does not fit family 't5' (use: {', '.join(T5_HEADS)})"
-            )
-    backbone = T5Backbone(config)
-    tied = backbone.tok_emb.weight if config.tie_embeddings else None
-    head_modules = nn.ModuleDict({name: T5LMHead(config, tied) for name in dict.fromkeys(heads)})
-    model = LanguageModel(config, backbone, head_modules)  # type: ignore[arg-type]
-    init_t5_weights(model)
-    return model
+def build_head(name: str, config: T5Config, backbone: nn.Module, n_labels: int) -> nn.Module:
+    """T5's one head, `lm` (the family declares no other)."""
+    return T5LMHead(config, tied_weight(config, backbone))
 
 
 def t5_training_flops(config: T5Config, source_len: int, target_len: int) -> float:
@@ -298,3 +240,18 @@ def t5_training_flops(config: T5Config, source_len: int, target_len: int) -> flo
     attention = 12 * inner * (config.n_layers * s * s + config.decoder_layers * (t * t + t * s))
     head = 6 * config.vocab_size * d * t
     return float(6 * (encoder + decoder) + attention + head)
+
+
+T5 = Family(
+    name="t5",
+    kind=Kind.ENCODER_DECODER,
+    config=T5Config,
+    backbone=T5Backbone,
+    heads=("lm",),
+    build_head=build_head,
+    native_objective="span_corruption",
+    tokenizer="unigram",
+    lm_head="lm",
+    hf=HF,
+    init_weights=init_t5_weights,
+)

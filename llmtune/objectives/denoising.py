@@ -5,18 +5,35 @@ per span) and the decoder rebuilds the original block."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
+from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.data import pack_documents
 from llmtune.data.denoising import MASK_RATIO, bart_noise
 from llmtune.data.labelled import pad_rows
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
 from llmtune.objectives.seq2seq import shift_right
+from llmtune.objectives.span_corruption import sentinels_of
+
+SENTENCE_ENDS = (".", "!", "?")
 
 
-class Denoising:
+@dataclass(frozen=True)
+class DenoisingConfig(ObjectiveConfig):
+    """BART's pretraining: sentence permutation plus text infilling; the decoder rebuilds."""
+
+    name: str = "denoising"  # registered objective name (objectives/registry.py)
+    mask_ratio: float = MASK_RATIO  # share of tokens removed in Poisson(3)-long spans
+
+
+class Denoising(ObjectiveBase):
     name = "denoising"
     heads = ("lm",)
     lm_term = "denoising"
@@ -70,3 +87,41 @@ class Denoising:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum()) + batch["labels"].numel()
+
+
+def sentence_end_ids(tokenizer: Tokenizer) -> list[int]:
+    """Tokens that end a sentence (their text ends in . ! or ?): where sentences are cut."""
+    return [i for t, i in tokenizer.get_vocab().items() if t.rstrip().endswith(SENTENCE_ENDS)]
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    ratio = config.objective.mask_ratio
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"objective.mask_ratio={ratio}: must be in [0, 1)")
+
+
+def make(ctx: Context, labels: list) -> Denoising:
+    """A T5 vocabulary has no <mask>: a masked span is <extra_id_0> (a <mask> token wins)."""
+    mask = ctx.tokenizer.token_to_id("<mask>")
+    if mask is None:
+        mask = sentinels_of(ctx.tokenizer, 1)[0]
+    ids = (ctx.info.pad_id, ctx.info.eos_id, mask)
+    return Denoising(ids, sentence_end_ids(ctx.tokenizer), ctx.config.objective.mask_ratio)
+
+
+def build(ctx: Context) -> Built:
+    return build_text(ctx, make(ctx, []))
+
+
+ENTRY = ObjectiveEntry(
+    name="denoising",
+    config=DenoisingConfig,
+    kinds=(Kind.ENCODER_DECODER,),
+    labelled=False,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,
+    check=check,
+    vocab_share=lambda cfg, seq_len: 1.0,  # the decoder rebuilds every token of the block
+)

@@ -32,6 +32,7 @@ class Scoring(StrEnum):
     INSTRUCTIONS = "instructions"  # response loss, or generated answers
     PAIRWISE = "pairwise"  # chosen above rejected on preference pairs
     EMBEDDINGS = "embeddings"  # kNN / linear probe of pooled embeddings
+    GENERATION = "generation"  # generated targets against references (evaluation/seq2seq.py)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ from llmtune.models.family import Kind
 from llmtune.objectives import (
     clm,
     contrastive,
+    denoising,
     dpo,
     mlm,
     multitask,
     ppo,
     reward,
+    seq2seq,
     seq_cls,
     sft,
+    span_corruption,
     token_cls,
 )
 from llmtune.objectives.base import Objective
@@ -50,6 +53,9 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         reward.ENTRY,
         dpo.ENTRY,
         ppo.ENTRY,
+        span_corruption.ENTRY,
+        denoising.ENTRY,
+        seq2seq.ENTRY,
         multitask.entry(entry),
     )
 }

@@ -2,18 +2,35 @@
 summarisation, translation, question answering, any text-to-text task.
 
 The encoder reads the source + EOS (cut to model.max_seq_len); the decoder is taught the
-target + EOS (cut to objective.max_target_len), every target token a prediction.
+target + EOS (cut to objective.target_max_tokens), every target token a prediction.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import datasets
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.data.labelled import IGNORE, Encoded, pad_rows, token_ids
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.config.schema import ObjectiveConfig, RunConfig
+from llmtune.data.labelled import IGNORE, Encoded, load_labelled, pad_rows, token_ids
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_rows
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig(ObjectiveConfig):
+    """Text-to-text fine-tuning of an encoder-decoder on (source, target) columns."""
+
+    name: str = "seq2seq"  # registered objective name (objectives/registry.py)
+    source_column: str = "source"  # the encoder's text
+    target_column: str = "target"  # the text the decoder learns to write
+    source_prefix: str = ""  # put before every source, as T5's task prefixes ("summarize: ")
+    target_max_tokens: int = 128  # targets are cut to this many tokens (EOS included)
 
 
 def shift_right(targets: Tensor, start_id: int) -> Tensor:
@@ -28,7 +45,7 @@ def with_eos(ids: list[int], eos_id: int, max_len: int) -> list[int]:
     return ids[: max_len - 1] + [eos_id]
 
 
-class Seq2Seq:
+class Seq2Seq(ObjectiveBase):
     name = "seq2seq"
     heads = ("lm",)
     lm_term = "seq2seq"
@@ -41,13 +58,13 @@ class Seq2Seq:
         tokenizer: Tokenizer,
         ids: tuple[int, int],  # (pad = decoder start, eos), as T5
         columns: tuple[str, str],  # (source column, target column)
-        max_target_len: int,
+        target_max_tokens: int,
         source_prefix: str = "",  # T5's task prefix, e.g. "summarize: "
     ) -> None:
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = ids
         self.source_column, self.target_column = columns
-        self.max_target_len = max_target_len
+        self.target_max_tokens = target_max_tokens
         self.source_prefix = source_prefix
 
     def source_ids(self, sources: list, seq_len: int) -> tuple[list[list[int]], dict[int, int]]:
@@ -65,14 +82,14 @@ class Seq2Seq:
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         sources, overlong = self.source_ids(split[self.source_column], seq_len)
         targets = [
-            with_eos(ids, self.eos_id, self.max_target_len)
+            with_eos(ids, self.eos_id, self.target_max_tokens)
             for ids in token_ids(self.tokenizer, [str(t) for t in split[self.target_column]])
         ]
         return Encoded({"input_ids": sources, "labels": targets}, overlong)
 
-    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
-        rows = self.encode(split, seq_len).rows
-        sources, targets = rows["input_ids"], rows["labels"]
+    def batch(self, encoded: Encoded) -> Batch:
+        """Right-padded sources, targets (-100 after each) and the decoder's inputs."""
+        sources, targets = encoded.rows["input_ids"], encoded.rows["labels"]
         width = max((len(r) for r in sources), default=1)
         target_width = max((len(r) for r in targets), default=1)
         labels = pad_rows(targets, target_width, IGNORE)
@@ -110,3 +127,48 @@ class Seq2Seq:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum() + (batch["labels"] != IGNORE).sum())
+
+
+def columns(cfg: ObjectiveConfig, data: object) -> list[str]:
+    return [cfg.source_column, cfg.target_column]
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    o = config.objective
+    if o.target_max_tokens < 2:
+        raise ConfigError(f"objective.target_max_tokens={o.target_max_tokens}: must be >= 2 (EOS)")
+    if not o.source_column or not o.target_column or o.source_column == o.target_column:
+        raise ConfigError(
+            "objective.source_column and objective.target_column must name two different columns"
+        )
+
+
+def make(ctx: Context, labels: list) -> Seq2Seq:
+    o = ctx.config.objective
+    return Seq2Seq(
+        ctx.tokenizer,
+        (ctx.info.pad_id, ctx.info.eos_id),
+        (o.source_column, o.target_column),
+        o.target_max_tokens,
+        o.source_prefix,
+    )
+
+
+def build(ctx: Context) -> Built:
+    cfg = ctx.config
+    raw = load_labelled(cfg.data, columns(cfg.objective, cfg.data), cfg.seed)
+    return build_rows(ctx, make, raw, [])
+
+
+ENTRY = ObjectiveEntry(
+    name="seq2seq",
+    config=Seq2SeqConfig,
+    kinds=(Kind.ENCODER_DECODER,),
+    labelled=True,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.GENERATION,
+    check=check,
+    columns=columns,
+)

@@ -5,17 +5,38 @@ new masks) and the decoder predicts the dropped spans behind their sentinels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
+from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.data import pack_documents
-from llmtune.data.span_corruption import corrupt_spans, span_corruption_lengths
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.data.span_corruption import (
+    MEAN_SPAN_LENGTH,
+    NOISE_DENSITY,
+    corrupt_spans,
+    noise_counts,
+    span_corruption_lengths,
+)
+from llmtune.errors import ConfigError, DataError
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
 from llmtune.objectives.seq2seq import shift_right
 
 
-class SpanCorruption:
+@dataclass(frozen=True)
+class SpanCorruptionConfig(ObjectiveConfig):
+    """T5's pretraining: spans of the input replaced by sentinels, the decoder predicts them."""
+
+    name: str = "span_corruption"  # registered objective name (objectives/registry.py)
+    noise_density: float = NOISE_DENSITY  # share of the raw tokens dropped into spans
+    mean_span_length: float = MEAN_SPAN_LENGTH  # mean length of a dropped span
+
+
+class SpanCorruption(ObjectiveBase):
     name = "span_corruption"
     heads = ("lm",)
     lm_term = "span_corruption"
@@ -69,3 +90,55 @@ class SpanCorruption:
 
     def input_tokens(self, batch: Batch) -> int:
         return batch["input_ids"].numel() + batch["labels"].numel()
+
+
+def sentinels_of(tokenizer: Tokenizer, n_needed: int) -> list[int]:
+    """Ids of <extra_id_0>, <extra_id_1>, ... (as many as a row can have spans), by name."""
+    ids = [tokenizer.token_to_id(f"<extra_id_{i}>") for i in range(n_needed)]
+    if None in ids:
+        raise DataError(
+            f"the tokenizer has no <extra_id_{ids.index(None)}> sentinel, which span "
+            f"corruption needs ({n_needed} per row); train one with tokenizer=unigram"
+        )
+    return ids
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    o = config.objective
+    if not 0 < o.noise_density < 1:
+        raise ConfigError(f"objective.noise_density={o.noise_density}: must be in (0, 1)")
+    if o.mean_span_length < 1:
+        raise ConfigError(f"objective.mean_span_length={o.mean_span_length}: must be >= 1")
+
+
+def make(ctx: Context, labels: list) -> SpanCorruption:
+    o, seq_len = ctx.config.objective, ctx.config.model.max_seq_len
+    raw_len, _ = span_corruption_lengths(seq_len, o.noise_density, o.mean_span_length)
+    _, n_spans = noise_counts(raw_len, o.noise_density, o.mean_span_length)
+    sentinels = sentinels_of(ctx.tokenizer, n_spans)
+    return SpanCorruption(
+        ctx.info.eos_id, ctx.info.pad_id, sentinels, o.noise_density, o.mean_span_length
+    )
+
+
+def build(ctx: Context) -> Built:
+    return build_text(ctx, make(ctx, []))
+
+
+def _vocab_share(cfg: ObjectiveConfig, seq_len: int) -> float:
+    """Targets per encoder position: T5's arithmetic (512 inputs -> 114 targets)."""
+    return span_corruption_lengths(seq_len, cfg.noise_density, cfg.mean_span_length)[1] / seq_len
+
+
+ENTRY = ObjectiveEntry(
+    name="span_corruption",
+    config=SpanCorruptionConfig,
+    kinds=(Kind.ENCODER_DECODER,),
+    labelled=False,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,
+    check=check,
+    vocab_share=_vocab_share,
+)

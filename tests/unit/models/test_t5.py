@@ -13,14 +13,15 @@ import torch.nn.functional as F
 
 from llmtune.adapters.lora import apply_lora
 from llmtune.errors import CheckpointError, ConfigError
-from llmtune.models.t5 import T5Config, build_t5_model, t5_training_flops
-from llmtune.models.t5_convert import (
-    hf_config_from_t5,
-    t5_config_from_hf,
-    t5_from_hf_state_dict,
-    t5_to_hf_state_dict,
+from llmtune.models import (
+    build_model,
+    from_hf_state_dict,
+    hf_config_dict,
+    model_config_from_hf,
+    to_hf_state_dict,
 )
-from llmtune.models.t5_layers import relative_position_bucket
+from llmtune.models.t5 import t5_training_flops
+from llmtune.models.t5_layers import T5Config, relative_position_bucket
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,12 +35,21 @@ BASE = T5Config(
     d_kv=6,  # n_heads * d_kv != d_model, as T5 allows
     d_ff=37,
     dropout=0.0,
+    attn_dropout=0.0,
     relative_attention_num_buckets=8,
     relative_attention_max_distance=20,
 )
 V10 = dataclasses.replace(BASE, feed_forward="relu", tie_embeddings=True)
 V11 = dataclasses.replace(BASE, feed_forward="gated-gelu", tie_embeddings=False)
 ATOL = 1e-5
+
+
+def build_t5_model(config: T5Config, heads=("lm",)):
+    return build_model(config, heads)
+
+
+def hf_config_from_t5(config: T5Config) -> dict:
+    return hf_config_dict(config, ("lm",))
 
 
 def _ours(config: T5Config, seed: int = 0):
@@ -59,7 +69,7 @@ def hf_twin(model, config: T5Config):
     ).eval()
     if not config.tie_embeddings:  # transformers >= 5 builds the head tied; untie it first
         hf.lm_head.weight = torch.nn.Parameter(torch.empty(config.vocab_size, config.d_model))
-    missing, unexpected = hf.load_state_dict(t5_to_hf_state_dict(model.state_dict(), config), False)
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model, include_tied=False), False)
     assert not unexpected
     assert set(missing) <= {
         "encoder.embed_tokens.weight",
@@ -114,13 +124,12 @@ def test_import_from_a_transformers_folder(config, tmp_path):
     from safetensors.torch import load_file
 
     hf_dict = json.loads((tmp_path / "config.json").read_text())
-    imported = t5_config_from_hf(hf_dict)
+    imported = model_config_from_hf(hf_dict)
     assert imported == dataclasses.replace(config, max_seq_len=imported.max_seq_len)
     model = build_t5_model(imported).eval()
-    state = t5_from_hf_state_dict(load_file(tmp_path / "model.safetensors"), imported)
+    state = from_hf_state_dict(load_file(tmp_path / "model.safetensors"), imported, ("lm",))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"heads.lm.weight"}
-    assert config.tie_embeddings == ("heads.lm.weight" in missing)
+    assert not unexpected and not missing
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     ids, mask, dec = _batch()
     with torch.no_grad():
@@ -133,21 +142,18 @@ def test_import_from_a_transformers_folder(config, tmp_path):
 def test_state_dict_round_trip_is_exact(config):
     model = _ours(config)
     ours = model.state_dict()
-    back = t5_from_hf_state_dict(t5_to_hf_state_dict(ours, config), config)
-    expected = {k for k in ours if not (config.tie_embeddings and k == "heads.lm.weight")}
-    assert set(back) == expected
+    back = from_hf_state_dict(to_hf_state_dict(model, include_tied=False), config, ("lm",))
+    assert set(back) == set(ours)
     assert all(torch.equal(back[k], ours[k]) for k in back)
-    assert t5_config_from_hf(hf_config_from_t5(config)) == dataclasses.replace(
-        config, max_seq_len=T5Config().max_seq_len
-    )
+    assert model_config_from_hf(hf_config_from_t5(config)) == config
 
 
 def test_transformers_5_scale_flag_decides_the_tied_head():
     d = hf_config_from_t5(V11)
     d.update(tie_word_embeddings=True, scale_decoder_outputs=False)  # what transformers 5 writes
-    assert t5_config_from_hf(d).tie_embeddings is False
+    assert model_config_from_hf(d).tie_embeddings is False
     d.pop("scale_decoder_outputs")
-    assert t5_config_from_hf(d).tie_embeddings is True
+    assert model_config_from_hf(d).tie_embeddings is True
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -181,7 +187,8 @@ def test_first_loss_is_near_uniform_and_every_weight_learns():
     """T5's fan-in init starts at about ln V; with dropout on (the CPU dropout path with the
     float position bias) every parameter, both position tables included, gets a gradient."""
     for config in (V10, V11):
-        model = build_t5_model(dataclasses.replace(config, dropout=0.1, vocab_size=500)).train()
+        noisy = dataclasses.replace(config, dropout=0.1, attn_dropout=0.1, vocab_size=500)
+        model = build_t5_model(noisy).train()
         ids = torch.randint(2, 500, (4, 24))
         dec = torch.randint(2, 500, (4, 12))
         logits = _logits(model, ids, torch.ones_like(ids), dec)
@@ -210,28 +217,19 @@ def test_bad_configs_and_weights_are_one_line_errors():
         build_t5_model(dataclasses.replace(V11, vocab_size=0))
     with pytest.raises(ConfigError, match="head 'mlm'"):
         build_t5_model(V11, heads=("mlm",))
-    with pytest.raises(ConfigError, match="feed_forward_proj"):
-        t5_config_from_hf({**hf_config_from_t5(V11), "feed_forward_proj": "gated-silu"})
-    with pytest.raises(ConfigError, match="num_heads"):
-        t5_config_from_hf({k: v for k, v in hf_config_from_t5(V11).items() if k != "num_heads"})
-    hf = t5_to_hf_state_dict(_ours(V10).state_dict(), V10)
-    with pytest.raises(CheckpointError, match="lack 1 tensor"):
-        t5_from_hf_state_dict(
-            {
-                k: v
-                for k, v in hf.items()
-                if "wo" not in k or "block.1" not in k or "encoder" not in k
-            },
-            V10,
-        )
-    with pytest.raises(CheckpointError, match="no place for"):
-        t5_from_hf_state_dict(
-            {**hf, "encoder.block.7.layer.0.layer_norm.weight": torch.ones(32)}, V10
-        )
-    with pytest.raises(CheckpointError, match="tie_word_embeddings=false"):
-        t5_from_hf_state_dict({**hf, "lm_head.weight": torch.randn(99, 32)}, V10)
+    with pytest.raises(CheckpointError, match="feed_forward_proj"):
+        model_config_from_hf({**hf_config_from_t5(V11), "feed_forward_proj": "gated-silu"})
+    with pytest.raises(CheckpointError, match="num_heads"):
+        model_config_from_hf({k: v for k, v in hf_config_from_t5(V11).items() if k != "num_heads"})
+    hf = to_hf_state_dict(_ours(V10), include_tied=False)
+    wo = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
+    with pytest.raises(CheckpointError, match=f"missing \\['{wo}'\\]"):
+        from_hf_state_dict({k: v for k, v in hf.items() if k != wo}, V10, ("lm",))
+    extra = "encoder.block.7.layer.0.layer_norm.weight"
+    with pytest.raises(CheckpointError, match=f"unexpected \\['{extra}'\\]"):
+        from_hf_state_dict({**hf, extra: torch.ones(32)}, V10, ("lm",))
     with pytest.raises(CheckpointError, match="shared.weight"):
-        t5_from_hf_state_dict({k: v for k, v in hf.items() if k != "shared.weight"}, V10)
+        from_hf_state_dict({k: v for k, v in hf.items() if k != "shared.weight"}, V10, ("lm",))
 
 
 def test_training_flops_count_every_matmul_weight_where_it_runs():

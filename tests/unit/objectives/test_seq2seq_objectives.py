@@ -11,14 +11,23 @@ import torch
 
 from llmtune.data.span_corruption import sentinel_ids, span_corruption_lengths
 from llmtune.data.t5_tokenizer import train_t5_tokenizer
-from llmtune.models.t5 import T5Config, build_t5_model
+from llmtune.models import build_model
+from llmtune.models.t5_layers import T5Config
 from llmtune.objectives.denoising import Denoising
 from llmtune.objectives.seq2seq import Seq2Seq, shift_right
 from llmtune.objectives.span_corruption import SpanCorruption
 from tests.conftest import make_documents
 
 TINY = T5Config(
-    vocab_size=0, d_model=64, n_layers=2, n_heads=4, d_kv=16, d_ff=128, max_seq_len=32, dropout=0.0
+    vocab_size=0,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    d_kv=16,
+    d_ff=128,
+    max_seq_len=32,
+    dropout=0.0,
+    attn_dropout=0.0,
 )
 
 
@@ -61,7 +70,7 @@ def test_span_corruption_fills_the_encoder_and_learns(tok):
     assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
     assert int(objective.count(batch)["span_corruption"]) == batch["labels"].numel()
     torch.manual_seed(0)
-    model = build_t5_model(dataclasses.replace(TINY, vocab_size=size))
+    model = build_model(dataclasses.replace(TINY, vocab_size=size), ("lm",))
     losses = _train(model, objective, examples, steps=40)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
 
@@ -71,17 +80,17 @@ def test_seq2seq_encodes_pairs_with_eos_and_learns_a_mapping(tok):
     sources = [" ".join(d.split()[:6]) for d in make_documents(64, seed=3)]
     targets = [" ".join(reversed(s.split())) for s in sources]
     split = datasets.Dataset.from_dict({"src": sources, "tgt": targets})
-    objective = Seq2Seq(tok, (0, 1), ("src", "tgt"), max_target_len=24, source_prefix="reverse: ")
+    objective = Seq2Seq(tok, (0, 1), ("src", "tgt"), 24, source_prefix="reverse: ")
     encoded = objective.encode(split, seq_len=8)
     assert all(row[-1] == 1 and len(row) <= 8 for row in encoded.rows["input_ids"])
     assert encoded.n_truncated > 0  # prefix + 6 words exceed 8 tokens
-    examples = objective.make_examples(split, 32, 0)
+    examples = objective.batch(objective.encode(split, seq_len=32))
     batch = objective.prepare({k: v[:4] for k, v in examples.items()}, torch.Generator())
     longest_target = int((examples["labels"][:4] != -100).sum(1).max())
     assert batch["labels"].shape[1] == longest_target
     assert int(objective.count(batch)["seq2seq"]) == int((batch["labels"] != -100).sum())
     torch.manual_seed(0)
-    model = build_t5_model(dataclasses.replace(TINY, vocab_size=tok.get_vocab_size()))
+    model = build_model(dataclasses.replace(TINY, vocab_size=tok.get_vocab_size()), ("lm",))
     losses = _train(model, objective, examples, steps=60)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2
 
@@ -102,6 +111,6 @@ def test_denoising_rebuilds_the_block_and_learns(tok):
     kept = batch["attention_mask"].sum(1) - masks - 1  # minus the masks and the EOS
     assert bool((kept == 31 - round(31 * 0.3)).all())
     torch.manual_seed(0)
-    model = build_t5_model(dataclasses.replace(TINY, vocab_size=size))
+    model = build_model(dataclasses.replace(TINY, vocab_size=size), ("lm",))
     losses = _train(model, objective, examples, steps=40)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0

@@ -8,31 +8,20 @@ false), so the same model gives the same beams.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import ConfigError
-from llmtune.evaluation.generation import Generation, filter_logits
-from llmtune.models.t5 import DecoderCache, Memory
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    """How to pick tokens. temperature 0 = greedy; num_beams > 1 = beam search (greedy only)."""
-
-    max_new_tokens: int = 50
-    num_beams: int = 1
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    length_penalty: float = 1.0  # beam scores are sum log p / length**length_penalty
-    use_cache: bool = True  # False recomputes the decoder each step (the cache's reference)
+from llmtune.models.generation import Generation, next_token, row_generators
+from llmtune.models.t5 import DECODER_START_ID, DecoderCache, Memory
 
 
 class _Decoder:
-    """The model's decoder over one encoded batch: next-token log-probs or logits per step."""
+    """The model's decoder over one encoded batch: next-token logits per step."""
 
     def __init__(self, model: torch.nn.Module, memory: Memory, cached: bool):
         self.backbone, self.head = model.backbone, model.heads["lm"]
@@ -54,40 +43,27 @@ class _Decoder:
             self.cache.reorder(rows)
 
 
-def _choose(logits: Tensor, s: DecodeSettings, generator: torch.Generator | None) -> Tensor:
-    """Next token [N] from logits [N,V]: argmax at temperature 0, else a filtered sample."""
-    if s.temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 def _sample(
-    dec: _Decoder,
-    batch: int,
-    ids: tuple[int, int],
-    s: DecodeSettings,
-    gen: torch.Generator | None,
+    dec: _Decoder, cfg: EvaluateConfig, eos_id: int, generators: list[torch.Generator]
 ) -> list[list[int]]:
-    """Greedy or sampled decoding of `batch` rows; a row stops at its EOS."""
-    start_id, eos_id = ids
-    device = dec.memory.states.device
-    tokens = torch.full((batch, 1), start_id, dtype=torch.long, device=device)
+    """Greedy or sampled decoding (row i draws from generators[i]); a row stops at its EOS."""
+    batch, device = len(generators), dec.memory.states.device
+    tokens = torch.full((batch, 1), DECODER_START_ID, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(s.max_new_tokens):
-        nxt = _choose(dec.logits(tokens), s, gen)
+    for _ in range(cfg.max_new_tokens):
+        nxt = next_token(dec.logits(tokens), cfg, generators)
         # rows already finished keep emitting EOS; their tokens are cut at the first one
         nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        done |= nxt == eos_id
+        done |= (nxt == eos_id) & cfg.stop_at_eos
         if bool(done.all()):
             break
     return [row[1:].tolist() for row in tokens]
 
 
-def _finish(ids: list[int], eos_id: int, source_tokens: int) -> Generation:
-    """Cut after the first EOS (kept, as the GPT generator keeps it) and say why it stopped."""
-    if eos_id in ids:
+def _finish(ids: list[int], eos_id: int, cfg: EvaluateConfig, source_tokens: int) -> Generation:
+    """Cut after the first EOS (kept, as the decoder generator keeps it); say why it stopped."""
+    if cfg.stop_at_eos and eos_id in ids:
         return Generation(ids[: ids.index(eos_id) + 1], "eos", source_tokens)
     return Generation(ids, "max_new_tokens", source_tokens)
 
@@ -118,17 +94,17 @@ def _collect_finished(
         st.finished[b] = sorted(st.finished[b], key=lambda h: -h[0])[:k]
 
 
-def _beam_step(dec: _Decoder, st: _Beams, eos_id: int, step: int, s: DecodeSettings) -> bool:
+def _beam_step(dec: _Decoder, st: _Beams, eos_id: int, step: int, cfg: EvaluateConfig) -> bool:
     """One step: extend every beam by every token, keep the 2K best, retire the ended ones,
     continue with the K best that did not end. Returns whether the search is over."""
     b, k, _ = st.tokens.shape
     logp = torch.log_softmax(dec.logits(st.tokens.view(b * k, -1)), dim=-1)  # [B*K,V]
     v = logp.shape[-1]
     total = (logp.view(b, k, v) + st.scores[..., None]).view(b, k * v)
-    top_scores, top_index = total.topk(2 * k, dim=-1)  # 2K: K survivors even if K end on EOS
+    top_scores, top_index = total.topk(min(2 * k, k * v), dim=-1)  # K survivors even if K end
     beam, token = top_index // v, top_index % v
-    ended = (token == eos_id) | (step + 1 == s.max_new_tokens)
-    _collect_finished(st, (top_scores, beam, token), ended, step + 1, s.length_penalty)
+    ended = ((token == eos_id) & cfg.stop_at_eos) | (step + 1 == cfg.max_new_tokens)
+    _collect_finished(st, (top_scores, beam, token), ended, step + 1, cfg.length_penalty)
     keep = (top_scores - 1e9 * ended.float()).topk(k, dim=-1).indices  # [B,K] into the 2K
     from_beam = beam.gather(1, keep)
     st.scores = top_scores.gather(1, keep) - 1e9 * ended.gather(1, keep).float()
@@ -142,55 +118,82 @@ def _beam_step(dec: _Decoder, st: _Beams, eos_id: int, step: int, s: DecodeSetti
     dec.reorder((torch.arange(b, device=keep.device)[:, None] * k + from_beam).flatten())
     for i in range(b):
         # the best running beam, were it to end now, against the worst finished one
-        best_possible = float(st.scores[i, 0]) / (step + 1) ** s.length_penalty
+        best_possible = float(st.scores[i, 0]) / (step + 1) ** cfg.length_penalty
         full = len(st.finished[i]) == k
         st.done[i] = st.done[i] or (full and best_possible <= st.finished[i][-1][0])
     return all(st.done) or bool(ended.all())
 
 
-def _beam_search(
-    dec: _Decoder, batch: int, ids: tuple[int, int], s: DecodeSettings
-) -> list[list[int]]:
+def _beam_search(dec: _Decoder, batch: int, eos_id: int, cfg: EvaluateConfig) -> list[list[int]]:
     """The best finished hypothesis of each input."""
-    (start_id, eos_id), k = ids, s.num_beams
-    tokens = torch.full((batch, k, 1), start_id, dtype=torch.long, device=dec.memory.states.device)
-    scores = torch.zeros(batch, k, device=dec.memory.states.device)
+    k, device = cfg.num_beams, dec.memory.states.device
+    tokens = torch.full((batch, k, 1), DECODER_START_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, k, device=device)
     scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step 0
     st = _Beams(tokens, scores, [[] for _ in range(batch)], [False] * batch)
-    for step in range(s.max_new_tokens):
-        if _beam_step(dec, st, eos_id, step, s):
+    for step in range(cfg.max_new_tokens):
+        if _beam_step(dec, st, eos_id, step, cfg):
             break
     return [hyps[0][1] for hyps in st.finished]
 
 
-@torch.no_grad()
+def check_decoding(cfg: EvaluateConfig) -> None:
+    """evaluate.num_beams and sampling settings that cannot go together."""
+    if cfg.num_beams < 1:
+        raise ConfigError(f"evaluate.num_beams={cfg.num_beams}: must be >= 1")
+    if cfg.num_beams > 1 and cfg.temperature != 0:
+        raise ConfigError(
+            "evaluate.num_beams > 1 is beam search, which is deterministic: "
+            "set evaluate.temperature=0 (or num_beams=1 to sample)"
+        )
+
+
+def _encoded_batch(
+    model: torch.nn.Module, rows: list[list[int]], beams: int
+) -> tuple[Memory, Tensor]:
+    """The encoder's Memory of right-padded rows (each repeated per beam), and their lengths."""
+    device = next(model.parameters()).device
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    memory = model.backbone.encode(ids.to(device), mask.to(device))
+    if beams > 1:  # each beam carries its own copy of the encoder output rows
+        memory = Memory(
+            memory.states.repeat_interleave(beams, 0), memory.mask.repeat_interleave(beams, 0)
+        )
+    return memory, mask.sum(1)
+
+
+@torch.inference_mode()
 def generate_seq2seq(
     model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    settings: DecodeSettings,
-    start_id: int,
+    sources: Sequence[Sequence[int]],
+    cfg: EvaluateConfig,
     eos_id: int,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> list[Generation]:
-    """Complete each input row. input_ids [B,S] right-padded, attention_mask [B,S] (1 = token);
-    decoding starts from `start_id` (T5: the pad id) and a row stops at `eos_id`.
-    Returns one Generation per row: the new ids (with the EOS when reached)."""
-    if settings.num_beams > 1 and settings.temperature != 0:
-        raise ConfigError("beam search is deterministic: set temperature=0 with num_beams > 1")
-    if settings.num_beams < 1 or settings.max_new_tokens < 1:
-        raise ConfigError("num_beams and max_new_tokens must be >= 1")
+    """One Generation per source (token ids, as the encoder reads them), in source order:
+    `cfg.batch_size` sources at a time, decoding from T5's start token; greedy, sampled
+    (each row with its own seeded generator, so a sample does not depend on its batch) or
+    beam search (`cfg.num_beams`). Without `use_cache` each step re-reads the whole target."""
+    check_decoding(cfg)
+    if cfg.max_new_tokens <= 0:
+        return [Generation([], "max_new_tokens", len(s)) for s in sources]
     model.eval()
-    memory = model.backbone.encode(input_ids, attention_mask)
-    batch, k = input_ids.shape[0], settings.num_beams
-    if k > 1:  # each beam carries its own copy of the encoder output rows
-        mask = None if memory.mask is None else memory.mask.repeat_interleave(k, dim=0)
-        memory = Memory(memory.states.repeat_interleave(k, dim=0), mask)
-    dec = _Decoder(model, memory, settings.use_cache)
-    ids = (start_id, eos_id)
-    if k > 1:
-        rows = _beam_search(dec, batch, ids, settings)
-    else:
-        rows = _sample(dec, batch, ids, settings, generator)
-    lengths = [input_ids.shape[1]] * batch if attention_mask is None else attention_mask.sum(1)
-    return [_finish(row, eos_id, int(n)) for row, n in zip(rows, lengths)]
+    rows = [list(s)[: model.config.max_seq_len] or [eos_id] for s in sources]
+    generators = row_generators(len(rows), generator)
+    out: list[Generation] = []
+    size = max(1, cfg.batch_size)
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
+        memory, lengths = _encoded_batch(model, batch, cfg.num_beams)
+        dec = _Decoder(model, memory, use_cache)
+        if cfg.num_beams > 1:
+            ids = _beam_search(dec, len(batch), eos_id, cfg)
+        else:
+            ids = _sample(dec, cfg, eos_id, generators[start : start + size])
+        out += [_finish(r, eos_id, cfg, int(n)) for r, n in zip(ids, lengths)]
+    return out
