@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +37,17 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 def _libraries() -> tuple[Any, Any]:
     try:
         import sacrebleu
+        from absl import logging as absl_logging
         from rouge_score import rouge_scorer
     except ImportError:
         raise ConfigError(
             "generative metrics need rouge-score and sacrebleu: pip install 'llmtune[metrics]'"
         ) from None
+    # rouge-score imports absl, whose (unattached) handler keeps the sys.stderr of that moment
+    # and closes it when logging is reconfigured (Hydra does, per command) if sys.stderr has
+    # been swapped since (a run log's tee, pytest's capture): give it the process's own
+    # stderr, which it never closes
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
     return rouge_scorer, sacrebleu
 
 

@@ -44,3 +44,18 @@ def test_exact_match_normalises_like_squad():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         generative_metrics(["a", "b"], ["a"])
+
+
+def test_scoring_leaves_the_stderr_of_the_moment_open_when_logging_is_reconfigured(monkeypatch):
+    """rouge-score's absl handler closed the sys.stderr it was imported under once Hydra
+    reconfigured logging with another stderr in place (pytest's capture died with
+    'I/O operation on closed file' after a second in-process evaluate)."""
+    import io
+    import logging.config
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    generative_metrics(["a cat"], ["a cat"])
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    logging.config.dictConfig({"version": 1, "incremental": False})
+    assert not stream.closed
