@@ -17,7 +17,7 @@ from llmtune.data.labelled import load_table
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
 from llmtune.evaluation.generative_metrics import generative_metrics
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models.generation import generate
 from llmtune.objectives import Context, entry
 

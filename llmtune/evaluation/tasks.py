@@ -20,8 +20,8 @@ from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
 from llmtune.evaluation.generative_metrics import generative_metrics
-from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.evaluation.seq2seq import evaluate_seq2seq
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models.generation import generate
 from llmtune.objectives import Context, Scoring, entry
 from llmtune.objectives.metrics import classification_report, entity_report

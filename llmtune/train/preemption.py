@@ -59,32 +59,22 @@ def requested() -> bool:
 def stop(step: int, checkpoint_dir: str) -> None:
     """After the checkpoint is saved: hand the signal to a scheduler's own handler, then exit.
 
-    submitit's SIGUSR2 handler requeues the job and exits; otherwise `Preempted` ends the run
-    with EXIT_CODE.
+    submitit's SIGUSR2 handler requeues the job and exits; otherwise, or when it declines to
+    requeue (too many timeouts), `Preempted` ends the run with EXIT_CODE.
     """
     names = sorted({signal.Signals(s).name for s in _received}) or ["a signal on another rank"]
+    saved = f"stopped by {', '.join(names)} at step {step} after saving {checkpoint_dir}"
+    declined = ""
     for sig in dict.fromkeys(_received):
         previous = _previous.get(sig)
-        if callable(previous):
+        if not callable(previous):
+            continue
+        # the job's log says what was saved before a scheduler's handler exits the process
+        print(f"llmtune: {saved}; passing {signal.Signals(sig).name} on to the previous handler")
+        try:
             previous(sig, None)
+        except Exception as exc:  # it will not requeue the job: say why, then exit as usual
+            declined = f" ({exc})"
     raise Preempted(
-        f"stopped by {', '.join(names)} at step {step} after saving {checkpoint_dir}; "
-        f"run the same command again to resume (exit code {EXIT_CODE})"
+        f"{saved}{declined}; run the same command again to resume (exit code {EXIT_CODE})"
     )
-
-
-class NonFinite(UserError):
-    """The loss or gradients became NaN/inf and train.on_nonfinite=stop."""
-
-
-def skip_nonfinite(policy: str, progress: Any) -> None:
-    """train.on_nonfinite for a NaN/inf gradient norm (equal on every rank: it comes from the
-    reduced gradients): raise NonFinite (stop), or count the skipped step and warn (skip)."""
-    step = progress.step + 1
-    if policy == "stop":
-        raise NonFinite(
-            f"non-finite gradient norm at step {step}; lower optim.lr, use hardware.precision="
-            "fp32 or train.on_nonfinite=skip (the last checkpoint is intact)"
-        )
-    progress.skipped_steps += 1
-    print(f"warning: non-finite gradients at step {step}; step skipped, parameters unchanged")
