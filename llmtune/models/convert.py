@@ -101,6 +101,9 @@ def from_hf_state_dict(
         # HF adds decoder.bias in forward; untied (transformers >= 5) it is not cls.predictions.bias
         hf_sd = {**hf_sd, _HF_BIAS_ALIAS[1]: hf_sd[_HF_BIAS_ALIAS[0]]}
     prefix = _backbone_prefix(hf_sd, config.family)
+    fallbacks = registry.family(config.family).hf.fallbacks
+    absent = {k: hf_sd[v] for k, v in fallbacks.items() if k not in hf_sd and v in hf_sd}
+    hf_sd = {**hf_sd, **absent} if absent else hf_sd
     entries = key_map(config, heads, prefix, pooler=True)
     tied = set(TIED_HEAD_KEYS) if config.tie_embeddings else set()
     out: dict[str, torch.Tensor] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -93,6 +93,9 @@ class HFMapping:
     key_map: Callable[[Any, Sequence[str], str, bool], list[Entry]]
     to_config: Callable[[Any], dict]  # the family's part of config.json
     from_config: Callable[[Mapping], ModelConfig]  # config.json -> the family's config
+    # HF keys an import may find absent, read from another key instead (transformers 5 saves
+    # a T5 whose config unties the head with lm_head tied to, so stored as, shared)
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
 
 
 def init_weights(model: nn.Module) -> None:

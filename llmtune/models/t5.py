@@ -153,7 +153,11 @@ class T5Backbone(nn.Module):
         return self.decoder(self.dropout(self.tok_emb(decoder_input_ids)), cache)
 
     def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[B,S,D] encoder states of right-padded rows (what an embedding of the input is)."""
+        """Hidden states of right-padded rows: with decoder_input_ids the decoder's [B,T,D]
+        (teacher-forced; what the lm head projects), else the encoder's [B,S,D] (an
+        embedding of the source)."""
+        if batch.get("decoder_input_ids") is not None:
+            return self(batch["input_ids"], batch.get("attention_mask"), batch["decoder_input_ids"])
         return self.encode(batch["input_ids"], batch.get("attention_mask")).states
 
     def forward(

@@ -141,4 +141,5 @@ HF = HFMapping(
     key_map=key_map,
     to_config=to_config,
     from_config=from_config,
+    fallbacks={"lm_head.weight": "shared.weight"},
 )

@@ -121,3 +121,95 @@ def test_seq2seq_finetune_with_every_method_learns_and_generates(t5_base, pairs,
         json.loads(r) for r in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 24 and {"source", "prediction", "target"} <= set(rows[0])
+
+
+def _hf_t5_folder(folder: Path, transformers) -> Path:
+    """A random T5 v1.1 (gated-GELU, untied head) and a unigram tokenizer, saved by
+    transformers as a user's T5ForConditionalGeneration folder would be."""
+    import torch
+
+    from llmtune.data.t5_tokenizer import train_t5_tokenizer
+    from tests.conftest import make_documents
+
+    tok = train_t5_tokenizer([*make_documents(100), " ".join(WORDS)], vocab_size=400)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    config = transformers.T5Config(
+        vocab_size=tok.get_vocab_size(),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def _logits(model, ids, mask, dec):
+    return model.heads["lm"](model(ids, attention_mask=mask, decoder_input_ids=dec))
+
+
+@pytest.mark.slow
+def test_hf_t5_folder_imports_finetunes_and_exports_back(tmp_path, pairs):
+    """init_from=hf:<T5ForConditionalGeneration folder> reads the same logits; the fine-tuned
+    model exported with format=hf reloads in transformers with the same logits (1e-4) and the
+    same greedy generations."""
+    import torch
+
+    from llmtune.config.schema import EvaluateConfig
+    from llmtune.loading import load_checkpoint
+    from llmtune.models.generation import generate
+
+    transformers = pytest.importorskip("transformers")
+    folder = _hf_t5_folder(tmp_path / "hf", transformers)
+    source = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    imported = load_checkpoint(f"hf:{folder}", torch.device("cpu")).model
+    ids = torch.tensor([[5, 9, 14, 30, 1], [7, 8, 1, 0, 0]])
+    mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    dec = torch.tensor([[0, 4, 12, 6], [0, 3, 3, 9]])
+    with torch.no_grad():
+        theirs = source(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        assert (_logits(imported, ids, mask, dec) - theirs).abs().max() < 1e-4
+    train, val, _ = pairs
+    run = tmp_path / "ft"
+    main(
+        [
+            "finetune",
+            f"hydra.run.dir={run}",
+            f"init_from=hf:{folder}",
+            "objective=seq2seq",
+            "data=files",
+            f"data.train={train}",
+            f"data.validation={val}",
+            *FAST,
+            "train.max_steps=10",
+            "train.eval_every=10",
+        ]
+    )
+    out = tmp_path / "export"
+    main(["export", f"ckpt={run}", "format=hf", f"out={out}", f"hydra.run.dir={out}.run"])
+    tuned = load_checkpoint(run, torch.device("cpu")).model
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+    with torch.no_grad():
+        ours = _logits(tuned, ids, mask, dec)
+        theirs = reloaded(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    assert (ours - _logits(imported, ids, mask, dec)).abs().max() > 1e-3  # it did train
+    rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+    greedy = generate(tuned, rows, EvaluateConfig(max_new_tokens=8), eos_id=1)
+    # without a cache: transformers 5.25 sizes it by the encoder's layer count (2, not 3)
+    hf_greedy = reloaded.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=8, use_cache=False
+    )
+    for g, row in zip(greedy, hf_greedy.tolist()):
+        row = row[1:]
+        assert g.token_ids == (row[: row.index(1) + 1] if 1 in row else row)
