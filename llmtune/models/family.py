@@ -140,6 +140,9 @@ class Family:
     lm_head: str  # the head that projects onto the vocabulary (gpt: lm, bert: mlm)
     hf: HFMapping
     init_weights: Callable[[nn.Module], None] = init_weights
+    # an encoder-decoder's training FLOPs of one example (config, source length, target
+    # length): its stacks run at different lengths, which the per-position count cannot say
+    training_flops: Callable[[Any, int, int], float] | None = None
 
 
 def tied_weight(config: ModelConfig, backbone: nn.Module) -> nn.Parameter | None:

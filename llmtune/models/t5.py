@@ -258,4 +258,5 @@ T5 = Family(
     lm_head="lm",
     hf=HF,
     init_weights=init_t5_weights,
+    training_flops=t5_training_flops,
 )
