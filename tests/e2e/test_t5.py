@@ -60,7 +60,7 @@ def pairs(tmp_path_factory) -> tuple[Path, Path, Path]:
     return (
         write_jsonl(folder / "train.jsonl", pair_rows(256, 1)),
         write_jsonl(folder / "val.jsonl", pair_rows(32, 2)),
-        write_jsonl(folder / "test.jsonl", pair_rows(24, 3)),
+        write_jsonl(folder / "test.jsonl", pair_rows(12, 3)),
     )
 
 
@@ -98,9 +98,9 @@ def test_seq2seq_finetune_with_every_method_learns_and_generates(t5_base, pairs,
             f"data.validation={val}",
             f"method={method}",
             *FAST,
-            "train.max_steps=40",
-            "train.eval_every=20",
-            "train.log_every=10",
+            "train.max_steps=24",
+            "train.eval_every=12",
+            "train.log_every=12",
             *METHODS[method],
         ]
     )
@@ -111,16 +111,16 @@ def test_seq2seq_finetune_with_every_method_learns_and_generates(t5_base, pairs,
         f"ckpt={run}",
         "data=files",
         f"data.test={test}",
-        "evaluate.max_new_tokens=6",
+        "evaluate.max_new_tokens=4",
         "evaluate.num_beams=2",
     )
-    assert results["task"] == "seq2seq" and results["n_examples"] == 24
+    assert results["task"] == "seq2seq" and results["n_examples"] == 12
     for key in ("exact_match", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "loss"):
         assert key in results, key
     rows = [
         json.loads(r) for r in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     ]
-    assert len(rows) == 24 and {"source", "prediction", "target"} <= set(rows[0])
+    assert len(rows) == 12 and {"source", "prediction", "target"} <= set(rows[0])
 
 
 def _hf_t5_folder(folder: Path, transformers) -> Path:
