@@ -65,6 +65,17 @@ def commands() -> tuple[str, ...]:
 
 
 @functools.cache
+def builds_on(command: str) -> tuple[str, ...]:
+    """The command and those whose primary config its own includes (plan: plan, pretrain):
+    it takes their experiments."""
+    path = CONFIG_DIR / f"{command}.yaml"
+    body = OmegaConf.load(path) if path.is_file() else None
+    bases = [d for d in (body or {}).get("defaults", []) if isinstance(d, str)]
+    inner = (b for base in bases if base in commands() for b in builds_on(base))
+    return tuple(dict.fromkeys([command, *inner]))
+
+
+@functools.cache
 def command_groups(command: str) -> tuple[str, ...]:
     """Config groups the command's primary config selects (pretrain: model, tokenizer, ...)."""
     groups, _ = _primary(command)

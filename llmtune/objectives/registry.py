@@ -23,6 +23,7 @@ from llmtune.objectives import (
     seq_cls,
     sft,
     span_corruption,
+    span_mlm,
     token_cls,
 )
 from llmtune.objectives.base import Objective
@@ -45,6 +46,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     for e in (
         mlm.MLM,
         mlm.MLM_NSP,
+        span_mlm.ENTRY,
         clm.ENTRY,
         seq_cls.ENTRY,
         token_cls.ENTRY,
