@@ -213,3 +213,21 @@ def test_hf_t5_folder_imports_finetunes_and_exports_back(tmp_path, pairs):
     for g, row in zip(greedy, hf_greedy.tolist()):
         row = row[1:]
         assert g.token_ids == (row[: row.index(1) + 1] if 1 in row else row)
+
+
+def test_graph_formats_of_t5_are_refused_in_one_line(t5_base, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "export",
+                f"ckpt={t5_base}",
+                "format=torchscript",
+                f"out={tmp_path / 'ts'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llmtune: error: ") and len(err.splitlines()) == 1, err
+    assert "format=torchscript: t5 (encoder-decoder) checkpoints export as format=hf only" in err
+    assert not (tmp_path / "ts").exists()
