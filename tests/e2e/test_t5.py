@@ -231,3 +231,13 @@ def test_graph_formats_of_t5_are_refused_in_one_line(t5_base, tmp_path, capsys):
     assert err.startswith("llmtune: error: ") and len(err.splitlines()) == 1, err
     assert "format=torchscript: t5 (encoder-decoder) checkpoints export as format=hf only" in err
     assert not (tmp_path / "ts").exists()
+
+
+def test_denoising_pretraining_runs_through_the_cli(corpus, tmp_path):
+    run = tmp_path / "bart"
+    pretrain(
+        run, corpus, *TINY_T5, "objective=denoising", "train.max_steps=10", "train.eval_every=5"
+    )
+    _, evals = metrics(run)
+    assert [e["step"] for e in evals] == [5, 10]
+    assert evals[1]["val_denoising_loss"] < evals[0]["val_denoising_loss"]
