@@ -36,9 +36,10 @@ def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class InferenceModel(nn.Module):
-    """forward(input_ids, attention_mask[, extra]) -> logits of every head, in order; `extra`
-    is the family's third input (bert: token_type_ids; t5: decoder_input_ids, whose decoder
-    states the lm head projects, teacher-forced).
+    """forward(input_ids, attention_mask[, token_type_ids]) -> logits of every head, in order.
+    The third input is the family's third (bert: token_type_ids; t5: decoder_input_ids, whose
+    teacher-forced decoder states the lm head projects; only format=hf verifies t5 through
+    this graph, so no exported graph names t5's input after BERT's segments).
 
     Token heads give [B,T,*] (mlm over every position), sequence heads [B,*]. Rows are right
     padded; gpt's sequence heads read the last real token, as llmtune's seq_cls does.
@@ -55,11 +56,11 @@ class InferenceModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        extra: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if extra is not None:
-            batch[self.extra_name] = extra
+        if token_type_ids is not None:  # the argument's name is what exported graphs call it
+            batch[self.extra_name] = token_type_ids
         hidden = self.model.features(batch)  # as training reads right-padded rows
         out = []
         for name in self.heads:
