@@ -53,7 +53,7 @@ class Denoising(ObjectiveBase):
 
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
         """Blocks of seq_len - 1 tokens of the stream: with EOS a target is seq_len long."""
-        return {"input_ids": pack_documents(token_ids, seq_len - 1, self.eos_id)["input_ids"]}
+        return pack_documents(token_ids, seq_len - 1, self.eos_id)
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Noised encoder inputs (right-padded, never longer than the target) and targets."""

@@ -59,7 +59,7 @@ class SpanCorruption(ObjectiveBase):
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
         """Raw blocks [N, L] of the stream (documents joined by EOS), L from T5's arithmetic."""
         raw_len, _ = span_corruption_lengths(seq_len, self.noise_density, self.mean_span)
-        return {"input_ids": pack_documents(token_ids, raw_len, self.eos_id)["input_ids"]}
+        return pack_documents(token_ids, raw_len, self.eos_id)
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Corrupt every raw block anew: encoder inputs [B, max_seq_len], labels [B, T]."""

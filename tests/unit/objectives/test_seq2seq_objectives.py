@@ -57,11 +57,23 @@ def test_shift_right_starts_with_the_start_id():
     assert shift_right(labels, 0).tolist() == [[0, 5, 6, 1], [0, 7, 8, 9]]
 
 
-def test_span_corruption_fills_the_encoder_and_learns(tok):
+def _windows(objective, docs: list[list[int]], folder) -> dict:
+    """The objective's examples of `docs`, read from a token store as pretraining reads them."""
+    import numpy as np
+
+    from llmtune.data.store import StoreWriter, store_dtype
+
+    writer = StoreWriter(folder / "stores", "s", store_dtype(100_000), {})
+    writer.add(np.concatenate([np.asarray(d) for d in docs]), np.array([len(d) for d in docs]))
+    windows = objective.make_examples(writer.commit(), 32, 0)
+    return windows.rows(torch.arange(len(windows)))
+
+
+def test_span_corruption_fills_the_encoder_and_learns(tok, tmp_path):
     size = tok.get_vocab_size()
     docs = [tok.encode(d, add_special_tokens=False).ids for d in make_documents(300, seed=2)]
     objective = SpanCorruption(eos_id=1, start_id=0, sentinels=sentinel_ids(size))
-    examples = objective.make_examples(datasets.Dataset.from_dict({"input_ids": docs}), 32, 0)
+    examples = _windows(objective, docs, tmp_path)
     raw_len, target_len = span_corruption_lengths(32)
     assert examples["input_ids"].shape[1] == raw_len
     batch = objective.prepare(examples, torch.Generator().manual_seed(0))
@@ -95,12 +107,12 @@ def test_seq2seq_encodes_pairs_with_eos_and_learns_a_mapping(tok):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2
 
 
-def test_denoising_rebuilds_the_block_and_learns(tok):
+def test_denoising_rebuilds_the_block_and_learns(tok, tmp_path):
     size = tok.get_vocab_size()
     docs = [tok.encode(d, add_special_tokens=False).ids for d in make_documents(300, seed=4)]
     dot = tok.token_to_id(".")
     objective = Denoising((0, 1, size - 1), {dot})
-    examples = objective.make_examples(datasets.Dataset.from_dict({"input_ids": docs}), 32, 0)
+    examples = _windows(objective, docs, tmp_path)
     assert examples["input_ids"].shape[1] == 31
     batch = objective.prepare(examples, torch.Generator().manual_seed(0))
     # the target is the block itself plus EOS; the input lost 30% in spans, one mask each
