@@ -36,12 +36,18 @@ def freeze_layers(model: nn.Module, n_layers: int) -> list[str]:
             f"method.freeze_layers={n_layers}: the model has only {total} layers; "
             f"use 0..{total} or -1 (all but the heads)"
         )
+    # blocks in data-flow order (an encoder-decoder lists its encoder's first)
+    lower = {
+        id(p) for block in list(backbone.blocks)[: max(n_layers, 0)] for p in block.parameters()
+    }
     frozen = []
     for name, param in backbone.named_parameters():
         top = name.split(".")[0]
-        in_blocks = top == "blocks" and int(name.split(".")[1]) < n_layers
-        is_embedding = top in ("tok_emb", "pos_emb", "type_emb", "emb_ln")
-        if n_layers == -1 or in_blocks or is_embedding:
+        # T5's encoder position table sits beside the token table, under the first block
+        is_embedding = top in ("tok_emb", "pos_emb", "type_emb", "emb_ln") or name.startswith(
+            "encoder.rel_bias."
+        )
+        if n_layers == -1 or id(param) in lower or is_embedding:
             param.requires_grad_(False)
             frozen.append(f"backbone.{name}")
     return frozen

@@ -3,12 +3,14 @@
 The prefix is exactly a key/value cache of `n_tokens` positions that no token produced, so
 it rides on the attention's `past` input (the one generation uses): GPT receives it as the
 backbone's `past` (real tokens then take positions P.., as they will during cached
-generation); BERT, which has no cache, gets it per attention layer.
+generation); BERT, which has no cache, gets it per attention layer; T5's self-attention
+layers (encoder and decoder) each have a prefix slot (models/t5_layers.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -39,17 +41,22 @@ class PrefixConfig(MethodConfig):
 
 
 class PrefixKV(nn.Module):
-    """Per-layer prefix keys and values: `kv` [L, 2, H, P, D/H]."""
+    """Per-layer prefix keys and values: `kv` [L, 2, H, P, head width]."""
 
-    def __init__(self, n_layers: int, n_heads: int, d_model: int, n_tokens: int) -> None:
+    def __init__(self, n_layers: int, n_heads: int, head_dim: int, n_tokens: int) -> None:
         super().__init__()
-        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, d_model // n_heads))
+        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, head_dim))
         nn.init.normal_(self.kv, std=INIT_STD)
 
     def forward(self, batch_size: int) -> list[KV]:
-        """One (k, v) per layer, each [B, H, P, D/H] (expanded, not copied)."""
+        """One (k, v) per layer, each [B, H, P, head width] (expanded, not copied)."""
         shape = (batch_size, *self.kv.shape[2:])
         return [(layer[0].expand(shape), layer[1].expand(shape)) for layer in self.kv]
+
+    def layer(self, i: int, batch_size: int) -> KV:
+        """Layer i's (k, v), each [B, H, P, head width]."""
+        shape = (batch_size, *self.kv.shape[2:])
+        return self.kv[i, 0].expand(shape), self.kv[i, 1].expand(shape)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -59,10 +66,17 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 
 def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     """Add `model.adapter` (a PrefixKV) and the hooks that hand it to the attention layers."""
-    cfg = model.config
-    prefix = PrefixKV(cfg.n_layers, cfg.n_heads, cfg.d_model, n_tokens)
+    cfg, blocks = model.config, list(model.backbone.blocks)
+    head_dim = cfg.d_kv if model.kind == Kind.ENCODER_DECODER else cfg.d_model // cfg.n_heads
+    prefix = PrefixKV(len(blocks), cfg.n_heads, head_dim, n_tokens)
     prefix.to(next(model.parameters()).device)
     model.add_module("adapter", prefix)
+    if model.kind == Kind.ENCODER_DECODER:
+        # T5's self-attention layers (encoder, then decoder) read a prefix slot: keys/values
+        # without position bias that every query sees, kept out of the decoder's cache
+        for i, block in enumerate(blocks):
+            block.attn.prefix = partial(prefix.layer, i)
+        return prefix
     if model.kind == Kind.DECODER:  # its forward takes a KV cache: the prefix is one
 
         def gpt_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:

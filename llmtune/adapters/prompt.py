@@ -17,6 +17,7 @@ from torch import nn
 
 from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
 
 ENCODERS = ("none", "mlp", "lstm")
 
@@ -91,6 +92,9 @@ def attach_prompt(
     rows = torch.randint(table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(seed))
     prompt = SoftPrompt(table.detach()[rows.to(table.device)], encoder, hidden).to(table.device)
     model.add_module("adapter", prompt)
+    if model.kind == Kind.ENCODER_DECODER:
+        _before_encoder_input(backbone.encoder, prompt)
+        return prompt
     signature = inspect.signature(backbone.forward)
 
     def widen(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -128,3 +132,19 @@ def attach_prompt(
     backbone.tok_emb.register_forward_hook(swap_in)
     backbone.register_forward_hook(cut, with_kwargs=True)
     return prompt
+
+
+def _before_encoder_input(encoder: nn.Module, prompt: SoftPrompt) -> None:
+    """An encoder-decoder's prompt goes before the encoder's embedded input (T5Encoder takes
+    embeddings and the padding mask), so the decoder reads it through cross-attention and
+    its own inputs and outputs stay as they are."""
+
+    def widen(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        x, mask = (*args, *kwargs.values())[:2]
+        b, n = x.shape[0], prompt.embedding.shape[0]
+        soft = prompt().to(x.dtype).expand(b, -1, -1)  # [B,P,D]
+        if mask is not None:
+            mask = torch.cat([mask.new_ones(b, n), mask], 1)
+        return (torch.cat([soft, x], 1), mask), {}
+
+    encoder.register_forward_pre_hook(widen, with_kwargs=True)

@@ -39,6 +39,7 @@ from llmtune.models.generation import generate
 from llmtune.models.registry import names_of_kind
 from llmtune.objectives import OBJECTIVES, Scoring
 from llmtune.objectives.metrics import classification_report
+from llmtune.objectives.seq2seq import Seq2SeqConfig
 from llmtune.objectives.sft import PromptedConfig
 from llmtune.train.hardware import resolve_runtime
 
@@ -114,6 +115,8 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     template = trained.prompt_template if isinstance(trained, PromptedConfig) else ""
     # an instruction-tuned model answers prompts laid out as it was trained
     texts = [template.replace("{instruction}", p) if template else p for p in prompts]
+    if isinstance(trained, Seq2SeqConfig):  # a text-to-text model reads its task prefix first
+        texts = [trained.source_prefix + t for t in texts]
     ids = [loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
     outs = generate(loaded.model, ids, config.evaluate, eos, generator)
     for prompt, out in zip(prompts, outs):
@@ -140,9 +143,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
     with stage("checkpoint", f"loading {config.ckpt}"):
         loaded = load_checkpoint(config.ckpt, runtime.device)
         note(f"{loaded.family} {loaded.model.heads} from {loaded.step_dir}")
-    if prompts and (loaded.model.kind != Kind.DECODER or "lm" not in loaded.model.heads):
+    if prompts and (loaded.model.kind == Kind.ENCODER or "lm" not in loaded.model.heads):
+        writers = names_of_kind(Kind.DECODER, Kind.ENCODER_DECODER)
         raise ConfigError(
-            f"prompts: generation needs a {names_of_kind(Kind.DECODER)} checkpoint with an lm "
+            f"prompts: generation needs a {writers} checkpoint with an lm "
             f"head; {loaded.step_dir} is a {loaded.family} model with heads "
             f"{', '.join(loaded.model.heads)}"
         )

@@ -18,6 +18,7 @@ from llmtune.errors import ConfigError, UserError
 from llmtune.export import EXTRAS, WRITERS, ExportJob, require
 from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
 from llmtune.loading import folders_of, load_checkpoint
+from llmtune.models import Kind
 from llmtune.objectives.contrastive import embedding_pooling
 
 
@@ -46,6 +47,11 @@ def _check_out(config: RunConfig) -> Path:
 
 def _build_job(config: RunConfig, staging: Path) -> ExportJob:
     loaded = load_checkpoint(config.ckpt, torch.device("cpu"))
+    if loaded.model.kind == Kind.ENCODER_DECODER and config.format != "hf":
+        raise ConfigError(
+            f"format={config.format}: {loaded.family} (encoder-decoder) checkpoints export as "
+            "format=hf only (encoder and decoder-with-past graphs are not written yet)"
+        )
     merge_lora(loaded.model)  # plain Linears: every format (and HF) knows those
     loaded.model.float().eval()
     sample = sample_inputs(

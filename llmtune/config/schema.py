@@ -268,6 +268,11 @@ class EvaluateConfig(ScoringConfig):
     top_k: int = 0  # sample among the k likeliest tokens only (0 = all)
     top_p: float = 1.0  # sample from the smallest set holding this much probability (1 = all)
     stop_at_eos: bool = True  # generation ends at the end-of-text token
+    num_beams: int = 1  # > 1: beam search (encoder-decoders; temperature 0)
+    length_penalty: float = 1.0  # beam scores are sum log p / length**length_penalty
+    # sft checkpoints: also generate answers to data.test and score them against its
+    # responses (exact match, ROUGE, BLEU, chrF); seq2seq checkpoints always do
+    generative_metrics: bool = False
     # zero/few-shot classification with a decoder: score " <word>" after the filled template
     label_words: tuple[str, ...] = ()  # one word (or phrase) per label
     label_names: tuple[str, ...] = ()  # the data's label per word; empty = the words themselves

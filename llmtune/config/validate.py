@@ -15,7 +15,7 @@ from llmtune.objectives.contrastive import POOLINGS
 from llmtune.objectives.registry import OBJECTIVES
 from llmtune.objectives.registry import entry as objective_entry
 
-TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
+TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram", "file")
 OVERLONG = ("truncate", "drop", "error")  # data.overlong (data/overlong.py)
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -1,4 +1,5 @@
-"""Tokenizers: train a BERT WordPiece or GPT-2 byte-level BPE tokenizer (cached), or load one.
+"""Tokenizers: train a BERT WordPiece, GPT-2 byte-level BPE or T5 unigram tokenizer (cached),
+or load one.
 
 Also `TokenizerInfo`, the special-token ids the rest of llmtune needs, checked once here.
 """
@@ -26,6 +27,7 @@ from tokenizers import (
 from llmtune.config.schema import TokenizerConfig
 from llmtune.console import note
 from llmtune.data.corpus import TextSplit
+from llmtune.data.t5_tokenizer import T5_EOS, T5_PAD, T5_UNK, train_t5_tokenizer
 from llmtune.errors import DataError
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] first so pad_id == 0
@@ -71,7 +73,11 @@ def train_tokenizer(
         )
         tok.train_from_iterator(texts, trainer=trainer)
         return tok
-    raise DataError(f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe or file")
+    if kind == "unigram":
+        return train_t5_tokenizer(texts, vocab_size)
+    raise DataError(
+        f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe, unigram or file"
+    )
 
 
 def _train_wordpiece(
@@ -160,8 +166,10 @@ def get_tokenizer(
     kind = resolve_kind(cfg, native)
     if kind == "file":
         return load_tokenizer_file(cfg.path, native, cfg.lowercase)
-    if kind not in {"wordpiece", "bpe"}:
-        raise DataError(f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe or file")
+    if kind not in {"wordpiece", "bpe", "unigram"}:
+        raise DataError(
+            f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe, unigram or file"
+        )
     path = tokenizer_cache_path(cfg, kind, train, cache_dir)
     if path.is_file():
         try:
@@ -277,7 +285,18 @@ def tokenizer_info(tok: Tokenizer, kind: str) -> TokenizerInfo:
             special_ids=(eos,),
             eos_id=eos,
         )
-    raise DataError(f"tokenizer kind {kind!r} is unknown; use wordpiece or bpe")
+    if kind == "unigram":  # T5: <pad> also starts the decoder; sentinels are found by name
+        ids = {t: need(t) for t in (T5_PAD, T5_EOS, T5_UNK)}
+        if ids[T5_PAD] != 0:  # the decoder starts from id 0 (models/t5.py)
+            raise DataError(f"tokenizer.path: {T5_PAD} has id {ids[T5_PAD]}; T5 needs it at 0")
+        return TokenizerInfo(
+            vocab_size=vocab_size,
+            pad_id=ids[T5_PAD],
+            unk_id=ids[T5_UNK],
+            special_ids=tuple(sorted(ids.values())),
+            eos_id=ids[T5_EOS],
+        )
+    raise DataError(f"tokenizer kind {kind!r} is unknown; use wordpiece, bpe or unigram")
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

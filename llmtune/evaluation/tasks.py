@@ -1,6 +1,8 @@
 """Evaluation of fine-tuned task checkpoints on data.test through their own objective:
 seq_cls (accuracy, P/R/F1, confusion), token_cls (entity P/R/F1 per type), sft (response
-loss). Without the label column the split is predicted only (predictions.jsonl)."""
+loss; with evaluate.generative_metrics also generated answers scored against the responses),
+seq2seq (evaluation/seq2seq.py). Without the label column the split is predicted only
+(predictions.jsonl)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
+from llmtune.evaluation.generative_metrics import generative_metrics
+from llmtune.evaluation.seq2seq import evaluate_seq2seq
 from llmtune.loading import LoadedCheckpoint
 from llmtune.models.generation import generate
 from llmtune.objectives import Context, Scoring, entry
@@ -24,7 +28,12 @@ from llmtune.objectives.metrics import classification_report, entity_report
 
 Rows = list[dict[str, Any]]
 # checkpoints scored here, through their own objective
-TASK_SCORING = (Scoring.CLASSIFICATION, Scoring.TAGGING, Scoring.INSTRUCTIONS)
+TASK_SCORING = (
+    Scoring.CLASSIFICATION,
+    Scoring.TAGGING,
+    Scoring.INSTRUCTIONS,
+    Scoring.GENERATION,
+)
 
 
 def task_split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
@@ -144,15 +153,25 @@ def evaluate_task(
 ) -> tuple[dict[str, Any], Rows]:
     """(results, prediction rows) of a seq_cls/token_cls/sft checkpoint on data.test.
     Results hold metrics only when the split has its label (tags, response) column."""
-    task, split, encoded, has_targets = task_split(loaded, data, cfg)
     name = loaded.meta["objective"]
     scoring = entry(name).scoring
+    if scoring == Scoring.GENERATION:
+        return evaluate_seq2seq(loaded, data, cfg, seed)
+    task, split, encoded, has_targets = task_split(loaded, data, cfg)
     results: dict[str, Any] = {"task": name}
     if scoring == Scoring.INSTRUCTIONS:
         if not has_targets:
             answers = _sft_answers(loaded, task, split, cfg, seed)
             return {**results, "n_examples": len(split)}, answers
-        return {**results, **_sft(loaded, task, split, encoded, cfg)}, []
+        results |= _sft(loaded, task, split, encoded, cfg)
+        if not cfg.generative_metrics:
+            return results, []
+        answers = _sft_answers(loaded, task, split, cfg, seed)
+        references = [str(r) for r in split[task.data.response_column]]
+        for row, reference in zip(answers, references):
+            row["response"] = reference
+        predictions = [row["prediction"] for row in answers]
+        return results | generative_metrics(predictions, references), answers
     run = _seq_cls if scoring == Scoring.CLASSIFICATION else _token_cls
     rows, metrics = run(loaded, task, split, encoded, has_targets, cfg.batch_size)
     return {**results, "n_examples": len(rows), **metrics}, rows

@@ -10,12 +10,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import ConfigError
 from llmtune.export.inference import SAMPLE_TEXTS
 from llmtune.export.job import ExportJob, external, require
 from llmtune.export.verify import VerificationError, verify
 from llmtune.models import hf_config_dict, to_hf_state_dict
 from llmtune.models.convert import hf_architecture
+from llmtune.models.family import Kind
+from llmtune.models.generation import generate
 from llmtune.models.pooling import pool_hidden
 
 # The transformers Auto class that builds each head set's HF class (see convert.ARCHS).
@@ -29,6 +32,7 @@ AUTO_CLASSES = {
     (): "AutoModel",  # a contrastive sentence encoder: the backbone, pooled as configured
 }
 NO_HF_EQUIVALENT = ("prefix", "prompt")
+GENERATION_CHECK_TOKENS = 12  # an encoder-decoder export also generates this many, both ways
 
 
 def _config_json(job: ExportJob) -> dict:
@@ -93,6 +97,8 @@ def write(job: ExportJob) -> list[str]:
     )
     _write_tokenizer(job, job.out)
     auto = AUTO_CLASSES[tuple(model.heads)]
+    if model.kind == Kind.ENCODER_DECODER:
+        auto = "AutoModelForSeq2SeqLM" if model.heads else "AutoModel"
     lines = [f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)"]
     if not model.heads:
         _write_sentence_encoder(job)
@@ -164,4 +170,31 @@ def _verify(job: ExportJob, transformers, auto: str, arch_name: str) -> str:
         got = (torch.nn.functional.normalize(pooled, dim=-1),)
     else:
         got = (outputs.logits,)
-    return verify(job, got, f"transformers.{auto}")
+    report = verify(job, got, f"transformers.{auto}")
+    if auto == "AutoModelForSeq2SeqLM":
+        report += "; " + _same_greedy_generations(job, hf)
+    return report
+
+
+def _same_greedy_generations(job: ExportJob, hf) -> str:
+    """transformers' generate and llmtune's greedy decoding write the same tokens."""
+    sample, eos = job.sample, job.loaded.info.eos_id
+    cfg = EvaluateConfig(max_new_tokens=GENERATION_CHECK_TOKENS)
+    rows = [r[m.bool()].tolist() for r, m in zip(sample["input_ids"], sample["attention_mask"])]
+    ours = [g.token_ids for g in generate(job.loaded.model, rows, cfg, eos)]
+    theirs = hf.generate(
+        input_ids=sample["input_ids"],
+        attention_mask=sample["attention_mask"],
+        max_new_tokens=GENERATION_CHECK_TOKENS,
+        do_sample=False,
+        num_beams=1,
+        # transformers 5.25 sizes the decoder's cache by the encoder's layer count
+        use_cache=False,
+    )
+    cut = [row[1:] for row in theirs.tolist()]  # without the start token, cut after EOS
+    cut = [row[: row.index(eos) + 1] if eos in row else row for row in cut]
+    if ours != cut:
+        raise VerificationError(
+            f"{job.out}: transformers' greedy generate writes other tokens than llmtune's"
+        )
+    return f"greedy generations identical ({GENERATION_CHECK_TOKENS} new tokens per sample)"

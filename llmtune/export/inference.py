@@ -11,6 +11,7 @@ from llmtune.data import TokenizerInfo
 from llmtune.data.labelled import encode_texts, padded_batch
 from llmtune.models import LanguageModel
 from llmtune.models.pooling import pool_hidden
+from llmtune.models.t5 import DECODER_START_ID
 
 # Plain English of different lengths, so padding and the dynamic axes are exercised.
 SAMPLE_TEXTS = (
@@ -25,7 +26,7 @@ SEQUENCE_HEADS = ("nsp", "seq_cls", "sentence_embedding")
 
 def input_names(model: LanguageModel) -> tuple[str, ...]:
     """The inputs of an exported graph, in positional order: input_ids, attention_mask, then
-    what else the family reads (bert: token_type_ids)."""
+    what else the family reads (bert: token_type_ids; t5: decoder_input_ids)."""
     base = ("input_ids", "attention_mask")
     return (*base, *(n for n in model.input_names if n not in base))
 
@@ -36,6 +37,9 @@ def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
 
 class InferenceModel(nn.Module):
     """forward(input_ids, attention_mask[, token_type_ids]) -> logits of every head, in order.
+    The third input is the family's third (bert: token_type_ids; t5: decoder_input_ids, whose
+    teacher-forced decoder states the lm head projects; only format=hf verifies t5 through
+    this graph, so no exported graph names t5's input after BERT's segments).
 
     Token heads give [B,T,*] (mlm over every position), sequence heads [B,*]. Rows are right
     padded; gpt's sequence heads read the last real token, as llmtune's seq_cls does.
@@ -46,6 +50,7 @@ class InferenceModel(nn.Module):
         self.model = model
         self.heads = tuple(model.heads) or ("sentence_embedding",)
         self.pooling = pooling  # of the embedding output (checkpoint's objective.pooling)
+        self.extra_name = (input_names(model)[2:] or ("token_type_ids",))[0]
 
     def forward(
         self,
@@ -54,8 +59,8 @@ class InferenceModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
+        if token_type_ids is not None:  # the argument's name is what exported graphs call it
+            batch[self.extra_name] = token_type_ids
         hidden = self.model.features(batch)  # as training reads right-padded rows
         out = []
         for name in self.heads:
@@ -77,6 +82,12 @@ def sample_inputs(
     """The first `n` sample texts encoded and padded as fine-tuning does (BERT: [CLS] .. [SEP],
     cut to `max_len` keeping the special tokens), in the graph's input order."""
     encoded = encode_texts(tokenizer, list(SAMPLE_TEXTS[:n]), None, max_len)
+    if "decoder_input_ids" in model.input_names:  # an encoder-decoder's teacher-forced targets:
+        # the start token, then each source's first tokens (right-padded as training does)
+        targets = [
+            [DECODER_START_ID, *ids[: 1 + 2 * i]] for i, ids in enumerate(encoded.rows["input_ids"])
+        ]
+        encoded.rows["decoder_input_ids"] = targets
     batch = padded_batch(encoded, info.pad_id)
     return {name: batch[name] for name in input_names(model)}
 
@@ -92,4 +103,6 @@ def dynamic_shapes(names: tuple[str, ...], max_positions: int) -> dict[str, dict
     """torch.export dims: batch and sequence vary; the sequence fits the position table."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=max_positions)
-    return {name: {0: batch, 1: seq} for name in names}
+    # an encoder-decoder's targets have a length of their own
+    target = torch.export.Dim("target", min=1, max=max_positions)
+    return {name: {0: batch, 1: target if name == "decoder_input_ids" else seq} for name in names}

@@ -16,8 +16,16 @@ from llmtune.models.model import LanguageModel
 
 # Our head weights that share storage with the token table when tie_embeddings is set.
 TIED_HEAD_KEYS = ("heads.lm.weight", "heads.mlm.decoder.weight")
-# HF keys that are buffers or aliases, never weights of their own.
-_HF_IGNORED_SUFFIXES = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
+# HF keys that are buffers or aliases, never weights of their own (T5's stacks alias its
+# shared table; old T5 files hold a cross-attention position table no layer reads).
+_HF_IGNORED_SUFFIXES = (
+    "embeddings.position_ids",
+    ".attn.bias",
+    ".attn.masked_bias",
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "EncDecAttention.relative_attention_bias.weight",
+)
 _HF_BIAS_ALIAS = ("cls.predictions.decoder.bias", "cls.predictions.bias")
 # HF head prefixes an import may drop when the head was not asked for (e.g. fine-tuning
 # from a pretraining checkpoint).
@@ -93,6 +101,9 @@ def from_hf_state_dict(
         # HF adds decoder.bias in forward; untied (transformers >= 5) it is not cls.predictions.bias
         hf_sd = {**hf_sd, _HF_BIAS_ALIAS[1]: hf_sd[_HF_BIAS_ALIAS[0]]}
     prefix = _backbone_prefix(hf_sd, config.family)
+    fallbacks = registry.family(config.family).hf.fallbacks
+    absent = {k: hf_sd[v] for k, v in fallbacks.items() if k not in hf_sd and v in hf_sd}
+    hf_sd = {**hf_sd, **absent} if absent else hf_sd
     entries = key_map(config, heads, prefix, pooler=True)
     tied = set(TIED_HEAD_KEYS) if config.tie_embeddings else set()
     out: dict[str, torch.Tensor] = {}

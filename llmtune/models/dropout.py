@@ -58,52 +58,64 @@ def attention_with_dropout(
     mask: torch.Tensor | None,
     is_causal: bool,
     p: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """What SDPA computes with dropout_p=p, for CPU fp32 (where SDPA has no fused kernel with
-    dropout and falls back to its unfused path). q [B,H,T,Dh]; k, v [B,H,S,Dh]; mask bool,
-    True = may attend, broadcastable to [B,H,T,S]. Rows that may attend nothing get a uniform
-    average instead of SDPA's zeros; no model here builds such a row."""
+    dropout and falls back to its unfused path). q [B,H,T,Dh]; k, v [B,H,S,Dh]; mask bool
+    (True = may attend) or float (added to the scores, e.g. T5's position bias, and then it
+    receives a gradient), broadcastable to [B,H,T,S]; `scale` defaults to 1/sqrt(Dh). Rows
+    that may attend nothing get a uniform average instead of SDPA's zeros; no model here
+    builds such a row."""
     bias = None
     if is_causal:
         t = q.shape[-2]
         mask = torch.ones(t, t, dtype=torch.bool).tril_()
-    if mask is not None:
+    if mask is not None and mask.is_floating_point():
+        bias = mask
+    elif mask is not None:
         bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, torch.finfo(q.dtype).min)
-    return _AttentionWithDropout.apply(q, k, v, bias, p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return _AttentionWithDropout.apply(q, k, v, bias, p, scale)
 
 
 class _AttentionWithDropout(torch.autograd.Function):
-    """softmax(q k^T / sqrt(Dh) + bias) with dropout, times v. Saves q, k, v (views of the
+    """softmax(q k^T * scale + bias) with dropout, times v. Saves q, k, v (views of the
     q/k/v projection), the probabilities and the 1-byte keep mask; the dropped probabilities
     are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, p):  # noqa: ANN001, ANN205 (autograd.Function signature)
+    def forward(ctx, q, k, v, bias, p, scale):  # noqa: ANN001, ANN205 (autograd.Function)
         # scaling q rather than the scores: [B,H,T,Dh] is smaller than [B,H,T,S]
-        scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+        scores = torch.matmul(q * scale, k.transpose(-1, -2))
         if bias is not None:
             scores.add_(bias)
         probs = torch.softmax(scores, dim=-1)
         del scores
-        keep, scale = keep_mask(probs.shape, p)
+        keep, keep_scale = keep_mask(probs.shape, p)
         # 1/(1-p) is applied to the [..,T,Dh] result rather than to every weight
-        y = torch.matmul(torch.where(keep, probs, 0.0), v).mul_(scale)
+        y = torch.matmul(torch.where(keep, probs, 0.0), v).mul_(keep_scale)
         ctx.save_for_backward(q, k, v, probs, keep)
-        ctx.scale = scale
+        ctx.keep_scale, ctx.scale = keep_scale, scale
+        ctx.bias_shape = None if bias is None else bias.shape
         return y
 
     @staticmethod
     def backward(ctx, dy):  # noqa: ANN001, ANN205
         q, k, v, probs, keep = ctx.saved_tensors
-        scale = ctx.scale
-        dv = torch.matmul(torch.where(keep, probs, 0.0).transpose(-1, -2), dy).mul_(scale)
+        dv = torch.matmul(torch.where(keep, probs, 0.0).transpose(-1, -2), dy).mul_(ctx.keep_scale)
         d_probs = torch.matmul(dy, v.transpose(-1, -2)).mul_(keep)
         d_scores = torch.ops.aten._softmax_backward_data(d_probs, probs, -1, probs.dtype)
         del d_probs
-        scale /= math.sqrt(q.shape[-1])
+        # d_probs lacks the 1/(1-p) factor: it is folded into the products below instead of
+        # a pass over [B,H,T,S]. A float bias (T5's learned position bias) gets the scores'
+        # gradient summed over the dimensions it was broadcast along.
+        d_bias = None
+        if ctx.needs_input_grad[3]:
+            d_bias = d_scores.sum_to_size(ctx.bias_shape).mul_(ctx.keep_scale)
+        scale = ctx.keep_scale * ctx.scale
         dq = torch.matmul(d_scores, k).mul_(scale)
         dk = torch.matmul(d_scores.transpose(-1, -2), q).mul_(scale)
-        return dq, dk, dv, None, None
+        return dq, dk, dv, d_bias, None, None
 
 
 def scaled_dot_product_attention(
@@ -113,8 +125,13 @@ def scaled_dot_product_attention(
     mask: torch.Tensor | None,
     is_causal: bool,
     p: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """SDPA, except CPU fp32 attention with dropout, which goes through the cheaper mask."""
+    """SDPA, except CPU fp32 attention with dropout, which goes through the cheaper mask.
+
+    `scale` multiplies q k^T (default 1/sqrt(Dh)); T5 passes 1.0, its init absorbs it."""
     if _cheap_attention_applies(q, p):
-        return attention_with_dropout(q, k, v, mask, is_causal, p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=scale
+    )

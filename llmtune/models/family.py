@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -93,6 +93,9 @@ class HFMapping:
     key_map: Callable[[Any, Sequence[str], str, bool], list[Entry]]
     to_config: Callable[[Any], dict]  # the family's part of config.json
     from_config: Callable[[Mapping], ModelConfig]  # config.json -> the family's config
+    # HF keys an import may find absent, read from another key instead (transformers 5 saves
+    # a T5 whose config unties the head with lm_head tied to, so stored as, shared)
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -137,6 +140,9 @@ class Family:
     lm_head: str  # the head that projects onto the vocabulary (gpt: lm, bert: mlm)
     hf: HFMapping
     init_weights: Callable[[nn.Module], None] = init_weights
+    # an encoder-decoder's training FLOPs of one example (config, source length, target
+    # length): its stacks run at different lengths, which the per-position count cannot say
+    training_flops: Callable[[Any, int, int], float] | None = None
 
 
 def tied_weight(config: ModelConfig, backbone: nn.Module) -> nn.Parameter | None:

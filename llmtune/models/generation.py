@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 from llmtune.config.schema import EvaluateConfig
+from llmtune.errors import ConfigError
 from llmtune.models.blocks import KV, GrowingKV
+from llmtune.models.family import Kind
 
 # The largest seed a row generator gets (torch.Generator.manual_seed takes 64 bits).
 _SEED_RANGE = 2**62
@@ -92,6 +94,16 @@ def generate(
     `use_cache` every step re-reads the whole sequence (the reference for the cached path).
     `on_token(prompt index, token)` hears every new token as soon as it is chosen.
     """
+    if model.kind == Kind.ENCODER_DECODER:  # the prompt is the encoder's source, + EOS as trained
+        from llmtune.models.seq2seq_generation import generate_seq2seq  # it imports this module
+
+        sources = [list(p) if list(p[-1:]) == [eos_id] else [*p, eos_id] for p in prompts]
+        return generate_seq2seq(model, sources, cfg, eos_id, generator, use_cache)
+    if cfg.num_beams > 1:
+        raise ConfigError(
+            f"evaluate.num_beams={cfg.num_beams}: beam search is for encoder-decoder models "
+            "(model.family=t5); set evaluate.num_beams=1 for a decoder"
+        )
     model.eval()
     # positions past max_seq_len were never trained, so the context stops there; an over-long
     # prompt keeps its end: the next token depends most on what is nearest

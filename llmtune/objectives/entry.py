@@ -31,6 +31,7 @@ class Scoring(StrEnum):
     INSTRUCTIONS = "instructions"  # response loss, or generated answers
     PAIRWISE = "pairwise"  # chosen above rejected on preference pairs
     EMBEDDINGS = "embeddings"  # kNN / linear probe of pooled embeddings
+    GENERATION = "generation"  # generated targets against references (evaluation/seq2seq.py)
 
 
 class Loaded(Protocol):

@@ -13,14 +13,17 @@ from llmtune.models.family import Kind
 from llmtune.objectives import (
     clm,
     contrastive,
+    denoising,
     distill,
     dpo,
     mlm,
     multitask,
     ppo,
     reward,
+    seq2seq,
     seq_cls,
     sft,
+    span_corruption,
     span_mlm,
     token_cls,
 )
@@ -54,6 +57,9 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         reward.ENTRY,
         dpo.ENTRY,
         ppo.ENTRY,
+        span_corruption.ENTRY,
+        denoising.ENTRY,
+        seq2seq.ENTRY,
         multitask.entry(entry),
     )
 }

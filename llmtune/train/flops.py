@@ -99,7 +99,11 @@ def head_flops_per_target(cfg: ModelConfig) -> float:
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int, targets_per_position: float) -> float:
     """Training FLOPs per input position: the body, plus the vocabulary head at the share of
-    positions that carry a target (GPT: (T-1)/T; BERT MLM: the masking rate)."""
+    positions that carry a target (GPT: (T-1)/T; BERT MLM: the masking rate). An
+    encoder-decoder counts one example of seq_len sources and that share as targets."""
+    example = family(cfg.family).training_flops
+    if example is not None:
+        return example(cfg, seq_len, max(1, round(targets_per_position * seq_len))) / seq_len
     return body_flops_per_position(cfg, seq_len) + targets_per_position * head_flops_per_target(cfg)
 
 

@@ -56,6 +56,8 @@ class Throughput:
         # the vocabulary projection at each LM target; classification heads are negligible
         lm_head = model.heads[model.family.lm_head] if objective.vocab_head else None
         self.head_flops = vocab_head_flops(lm_head) if lm_head is not None else 0.0
+        # an encoder-decoder's stacks run at the source and the target lengths
+        self.example_flops, self.model_config = model.family.training_flops, model.config
         self.window = Window()
         self.peak = self._device_peak()
         self.peak_rechecked = False
@@ -73,6 +75,9 @@ class Throughput:
     def flops(self, batch: Batch, counts: dict[str, Tensor]) -> float:
         """Model FLOPs of one micro-batch's forward and backward."""
         width = batch["input_ids"].shape[1]  # task batches are cut to their longest row
+        if self.example_flops is not None:
+            rows, target = batch["decoder_input_ids"].shape
+            return rows * self.example_flops(self.model_config, width, target)
         body = batch["input_ids"].numel() * self.body_flops.at(width)
         return body + float(counts.get(self.objective.lm_term, 0)) * self.head_flops
 

@@ -39,8 +39,10 @@ def test_experiment_composes(name: str):
 @pytest.mark.parametrize("model", group_options("model"))
 def test_model_presets_compose_with_native_objective(model: str):
     config = composed("pretrain", [f"model={model}"])
-    assert config.objective.name == {"bert": "mlm", "gpt": "clm"}[config.model.family]
-    assert config.tokenizer.kind == {"bert": "wordpiece", "gpt": "bpe"}[config.model.family]
+    native = {"bert": "mlm", "gpt": "clm", "t5": "span_corruption"}
+    assert config.objective.name == native[config.model.family]
+    tokenizer = {"bert": "wordpiece", "gpt": "bpe", "t5": "unigram"}
+    assert config.tokenizer.kind == tokenizer[config.model.family]
 
 
 def test_presets_match_the_published_shapes():
@@ -48,6 +50,7 @@ def test_presets_match_the_published_shapes():
         "bert-small": (4, 512, 8, 2048),
         "bert-base": (12, 768, 12, 3072),
         "gpt2-small": (12, 768, 12, 3072),
+        "t5-small": (6, 512, 8, 2048),
     }
     for name, shape in shapes.items():
         m = composed("pretrain", [f"model={name}"]).model

@@ -81,3 +81,20 @@ def test_attention_with_dropout_forward_and_gradients():
     expected = (scores.softmax(-1) * keep * scale) @ v
     assert torch.allclose(attend(q, k, v), expected, atol=1e-12)
     assert torch.autograd.gradcheck(attend, (q, k, v))
+
+
+def test_attention_with_dropout_takes_a_float_bias_and_a_scale():
+    """T5's path: an additive position bias [1,H,T,S] (learned, so it needs a gradient, summed
+    over the batch it was broadcast along) and no 1/sqrt(Dh) scaling."""
+    q, k, v = _inputs()
+    torch.manual_seed(2)
+    bias = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    ours = attention_with_dropout(q, k, v, bias, False, 0.0, scale=1.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    assert torch.allclose(ours, ref, atol=1e-12)
+
+    def attend(q, k, v, bias):
+        torch.manual_seed(7)  # one keep mask for every call
+        return attention_with_dropout(q, k, v, bias, False, 0.5, scale=1.0)
+
+    assert torch.autograd.gradcheck(attend, (q, k, v, bias))

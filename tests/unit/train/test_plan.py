@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -186,3 +187,22 @@ def test_gpt2_small_is_gpt2s_124m_shape(capsys):
     """model=gpt2-small had the tokenizer's 8000 rows instead of GPT-2's 50257 (91,986,432)."""
     main(["plan", "model=gpt2-small", "train.micro_batch_size=1", "hardware=cpu"])
     assert _number(capsys.readouterr().out, "parameters") == 124_439_808
+
+
+def test_plan_of_t5_small_counts_its_60m_parameters_and_both_stacks_flops(capsys):
+    """t5-small is T5's published shape (60,506,624 parameters, as transformers counts it);
+    FLOPs per token are one example's (512 sources, T5's 114 targets) over its sources, not
+    the decoder-only count at every position."""
+    from llmtune.data.span_corruption import span_corruption_lengths
+    from llmtune.models.t5 import t5_training_flops
+    from llmtune.train.flops import model_flops_per_token
+
+    main(["plan", "model=t5-small", "hardware=cpu"])
+    out = capsys.readouterr().out
+    assert _number(out, "parameters") == 60_506_624
+    cfg = model_config("t5", vocab_size=32128, d_model=512, n_layers=6, n_heads=8, d_kv=64)
+    cfg = dataclasses.replace(cfg, d_ff=2048, max_seq_len=512, feed_forward="relu")
+    _, targets = span_corruption_lengths(512)
+    per_token = model_flops_per_token(cfg, 512, targets / 512)
+    assert per_token == t5_training_flops(cfg, 512, 114) / 512
+    assert f"{per_token / 1e6:,.1f} M" in out
