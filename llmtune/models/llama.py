@@ -1,0 +1,266 @@
+"""The Llama-family decoder backbone (Llama, Qwen2, Mistral, SmolLM): RMSNorm pre-norm blocks,
+rotary positions, grouped-query attention and a SwiGLU MLP, plus its config dataclass.
+
+Module names follow gpt.py (`blocks.N.attn.qkv`, `attn.proj`, `mlp.fc`, `mlp.proj`, `ln_*`), so
+LoRA targets, freezing, prefixes, prompts and the FLOP counter treat both decoders alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmtune.errors import ConfigError
+from llmtune.models.blocks import KV, _mask_with_past
+from llmtune.models.dropout import Dropout, scaled_dot_product_attention
+from llmtune.models.gpt import document_causal_mask, document_positions
+from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture of a Llama-family decoder. Zero means "derived": n_kv_heads = n_heads,
+    head_dim = d_model // n_heads, sliding_window = none."""
+
+    family: str = "llama"
+    vocab_size: int = 0  # 0 = take it from the tokenizer
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads, each shared by n_heads/n_kv
+    head_dim: int = 0
+    d_ff: int = 352  # SwiGLU width (gate and up projections each)
+    max_seq_len: int = 128  # training/eval sequence length
+    n_positions: int = 2048  # the context the weights were trained for (dynamic RoPE's threshold)
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    norm_eps: float = 1e-5
+    attention_bias: bool = False  # biases on q, k, v (Qwen2)
+    attention_out_bias: bool = False  # bias on the attention output (Llama's attention_bias)
+    mlp_bias: bool = False
+    # Mistral's sliding window: sequences up to this length attend exactly as with full
+    # attention; longer ones are refused rather than computed differently. 0 = no window.
+    sliding_window: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        if self.head_dim == 0 and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model {self.d_model} is not divisible by n_heads {self.n_heads}; "
+                "set model.head_dim"
+            )
+        if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"
+            )
+        if self.head_size % 2:
+            raise ConfigError(f"model.head_dim must be even (rotary pairs), got {self.head_size}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ConfigError("model.rope_theta and model.norm_eps must be > 0")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 whatever the input dtype (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B,Hkv,S,hd] -> [B,Hkv*n_rep,S,hd]: key/value head j serves query heads j*n_rep.."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query self-attention with rotary positions, computed by SDPA (see dropout.py).
+
+    The fused `qkv` weight is [(H + 2*Hkv) * hd, D]: the q rows, then k, then v, so it splits
+    into Hugging Face's q_proj / k_proj / v_proj. The cache holds the Hkv key/value heads only.
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = config.n_heads, config.kv_heads, config.head_size
+        self.attn_dropout = config.attn_dropout
+        width = (self.n_heads + 2 * self.n_kv) * self.hd
+        self.qkv = nn.Linear(config.d_model, width, bias=config.attention_bias)
+        self.proj = nn.Linear(self.n_heads * self.hd, config.d_model, config.attention_out_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past: KV | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+        """x [B,T,D]; rope = (cos, sin) for the T new positions; mask as in blocks.Attention.
+
+        `past` = (k, v) [B,Hkv,P,hd] of P earlier positions, already rotated. With
+        `use_cache` returns (y, (k, v)) where k, v include `past`.
+        """
+        b, t, _ = x.shape
+        sizes = (self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd)
+        q, k, v = self.qkv(x).split(sizes, dim=2)
+        # [B,T,H*hd] -> [B,H,T,hd]: SDPA wants heads before time
+        q = q.view(b, t, self.n_heads, self.hd).transpose(1, 2)
+        k = k.view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        q, k = rotate(q, *rope), rotate(k, *rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
+        n_rep = self.n_heads // self.n_kv
+        # dropout only while training: SDPA applies dropout_p unconditionally
+        p = self.attn_dropout if self.training else 0.0
+        k_all, v_all = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # [B,H,S,hd]
+        y = scaled_dot_product_attention(q, k_all, v_all, mask, is_causal, p)
+        # [B,H,T,hd] -> [B,T,H*hd]
+        y = self.proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
+        return (y, (k, v)) if use_cache else y
+
+
+class SwiGLU(nn.Module):
+    """proj(silu(gate(x)) * up(x)); `fc` fuses gate and up ([2*d_ff, D], gate rows first), so
+    the block's input is read by one matmul instead of two."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, 2 * config.d_ff, bias=config.mlp_bias)
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class LlamaBlock(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)): pre-norm residual block."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.ln_attn = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = LlamaAttention(config)
+        self.ln_mlp = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past: KV | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+        """x [B,T,D]; the rest as in `LlamaAttention.forward` (with use_cache: (x, (k, v)))."""
+        a, kv = self.attn(self.ln_attn(x), rope, mask, is_causal, past, True)
+        x = x + self.dropout(a)
+        x = x + self.dropout(self.mlp(self.ln_mlp(x)))
+        return (x, kv) if use_cache else x
+
+
+class LlamaBackbone(nn.Module):
+    """Token embeddings, Llama blocks, final RMSNorm; no learned positions. `forward` returns
+    hidden states [B,T,D]; the LM head (tied or not) lives in heads.py."""
+
+    input_names = ("input_ids", "doc_ids")
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.head_dim, self.rope_theta = config.head_size, config.rope_theta
+        self.rope_scaling, self.n_positions = config.rope_scaling, config.n_positions
+        self.sliding_window = config.sliding_window
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = Dropout(config.dropout)
+        self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
+        self.ln_f = RMSNorm(config.d_model, config.norm_eps)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B|1,1,T,hd] for integer positions [B|1,T]."""
+        # only dynamic scaling depends on the length, and reading it synchronises the device
+        longest = int(positions.max()) + 1 if self.rope_scaling.type == "dynamic" else 0
+        inv_freq = inverse_frequencies(
+            self.head_dim, self.rope_theta, self.rope_scaling, self.n_positions, longest
+        )
+        return rotary_tables(inv_freq, positions)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None = None,
+        past: Sequence[KV] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents, whose positions
+        restart at 0 and which never attend to each other.
+
+        `past` holds one (k, v) per block for P earlier positions: the new tokens take
+        positions P..P+T-1. With `use_cache` returns (hidden, cache) to pass back as `past`.
+        """
+        t = input_ids.shape[1]
+        start = 0 if past is None else past[0][0].shape[2]
+        if self.sliding_window and start + t > self.sliding_window:
+            raise ValueError(
+                f"sequence length {start + t} exceeds the sliding window {self.sliding_window}, "
+                "which llmtune does not implement; use shorter sequences"
+            )
+        if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
+            # every row lies inside one document (documents are contiguous): the document mask
+            # equals the causal one, and without a mask SDPA takes its fused causal kernel
+            doc_ids = None
+        if doc_ids is None:
+            pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
+            mask, is_causal = None, True
+        else:
+            pos = document_positions(doc_ids) + start
+            mask, is_causal = document_causal_mask(doc_ids), False
+        rope = self.rope(pos)
+        x = self.dropout(self.tok_emb(input_ids))
+        cache: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            layer_past = None if past is None else past[i]
+            if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
+                x = block(x, rope, mask, is_causal, layer_past)
+                continue
+            x, kv = block(x, rope, mask, is_causal, layer_past, use_cache=True)
+            cache.append(kv)
+        x = self.ln_f(x)
+        return (x, cache) if use_cache else x
+
+    def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
+
+        A causal model has seen the whole sequence only at its last token.
+        """
+        if last_index is None:
+            return hidden[:, -1]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
