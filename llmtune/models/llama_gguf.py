@@ -182,20 +182,29 @@ def _rope_scaling(
     return RopeScaling(type="linear", factor=float(meta[f"{arch}.rope.scaling.factor"]))
 
 
-# Llama 3.1 / 3.2 settings llama.cpp bakes into rope_freqs: (low, high, pretraining context)
-_LLAMA3_SETTINGS = ((1.0, 4.0, 8192),)
+# the llama3 band settings of Llama 3.1 / 3.2 (low_freq_factor, high_freq_factor, pretraining
+# context): llama.cpp bakes them, with the factor, into rope_freqs
+_LLAMA3_BANDS = ((1.0, 4.0, 8192),)
 
 
 def _llama3_from_divisors(divisors: torch.Tensor, head_dim: int, theta: float) -> RopeScaling:
-    """llama.cpp stores llama3 scaling as one divisor per frequency; recover the settings
-    that produce exactly these divisors, or refuse."""
-    base = inverse_frequencies(head_dim, theta, RopeScaling(), 0, 0)
-    for low, high, context in _LLAMA3_SETTINGS:
-        scaling = RopeScaling("llama3", float(divisors.max()), low, high, context)
-        scaled = inverse_frequencies(head_dim, theta, scaling, 0, 0)
-        if torch.allclose(base / scaled, divisors.flatten(), rtol=1e-4):
+    """llama.cpp stores llama3 scaling as one divisor per frequency (base / scaled). Recover
+    the settings that reproduce every divisor, or refuse."""
+    divisors = divisors.flatten().double()
+    if bool((divisors == 1).all()):
+        return RopeScaling()
+    base = inverse_frequencies(head_dim, theta, RopeScaling(), 0, 0).double()
+    wavelen = 2 * torch.pi / base
+    for low, high, context in _LLAMA3_BANDS:
+        # beyond context/low the divisor is the factor; inside the band it is
+        # 1 / ((1 - s) / factor + s), which gives the factor back from any one frequency
+        s = (context / wavelen - low) / (high - low)
+        factors = torch.where(wavelen > context / low, divisors, (1 - s) / (1 / divisors - s))
+        # the largest divisor carries the least float32 rounding; factors are round numbers
+        factor = round(float(factors[int(divisors.argmax())]), 2)
+        scaling = RopeScaling("llama3", factor, low, high, context)
+        scaled = inverse_frequencies(head_dim, theta, scaling, 0, 0).double()
+        if torch.allclose(base / scaled, divisors, rtol=1e-4):
             return scaling
-    raise CheckpointError(
-        "GGUF rope_freqs match no known llama3 scaling; unsupported "
-        f"(divisors {[round(x, 3) for x in divisors.flatten()[:: max(1, head_dim // 8)].tolist()]})"
-    )
+    shown = [round(x, 3) for x in divisors[:: max(1, head_dim // 16)].tolist()]
+    raise CheckpointError(f"GGUF rope_freqs match no known llama3 scaling (divisors {shown})")

@@ -17,6 +17,7 @@ from llmtune.models.llama_gguf import (
     open_gguf,
 )
 from llmtune.models.llama_hf import llama_from_hf_state_dict
+from llmtune.models.rope import RopeScaling, inverse_frequencies
 from tests.unit.models.test_llama import build, hf_model, ids, perturb
 
 gguf = pytest.importorskip("gguf")
@@ -212,3 +213,52 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
     w.close()
     with pytest.raises(CheckpointError, match="architecture 'bert'"):
         llama_config_from_gguf(open_gguf(tmp_path / "bert.gguf"))
+
+
+THETA = 500000.0  # Llama 3's
+
+
+def _file_with_rope(
+    tmp_path: Path, divisors: np.ndarray | None, linear: float = 0.0, theta: float = THETA
+) -> Path:
+    hf = hf_model(CONFIG)
+    path = tmp_path / "rope.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    for key, value in (("context_length", 64), ("embedding_length", 256), ("block_count", 2)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_feed_forward_length(256)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_freq_base(theta)
+    if linear:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(linear)
+    if divisors is not None:
+        w.add_tensor("rope_freqs.weight", divisors.astype(np.float32))
+    w.add_tensor("token_embd.weight", hf.state_dict()["model.embed_tokens.weight"].numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_rope_scaling_is_read_from_metadata_and_rope_freqs(tmp_path):
+    """llama.cpp writes linear scaling as metadata and llama3 scaling as a rope_freqs tensor
+    of per-frequency divisors; both come back as the same RopeScaling."""
+    plain = inverse_frequencies(64, THETA, RopeScaling(), 0, 0)
+    for factor in (8.0, 32.0):
+        llama3 = RopeScaling("llama3", factor, 1.0, 4.0, 8192)
+        divisors = (plain / inverse_frequencies(64, THETA, llama3, 0, 0)).numpy()
+        config = llama_config_from_gguf(open_gguf(_file_with_rope(tmp_path, divisors)))
+        assert config.rope_scaling == llama3
+    # a slow theta leaves every wavelength inside the band: the factor is still recovered
+    plain = inverse_frequencies(64, 500.0, RopeScaling(), 0, 0)
+    divisors = (plain / inverse_frequencies(64, 500.0, llama3, 0, 0)).numpy()
+    assert 1.0 < divisors.max() < 32.0
+    config = llama_config_from_gguf(open_gguf(_file_with_rope(tmp_path, divisors, theta=500.0)))
+    assert config.rope_scaling == llama3
+    config = llama_config_from_gguf(open_gguf(_file_with_rope(tmp_path, None, linear=4.0)))
+    assert config.rope_scaling == RopeScaling("linear", 4.0)
+    with pytest.raises(CheckpointError, match="rope_freqs match no known llama3 scaling"):
+        llama_config_from_gguf(open_gguf(_file_with_rope(tmp_path, divisors**0.5, theta=500.0)))
