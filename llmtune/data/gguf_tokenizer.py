@@ -1,0 +1,139 @@
+"""A `tokenizers.Tokenizer` rebuilt from a GGUF file's metadata (byte-level BPE vocabulary and
+merges, llama.cpp's pre-tokenizer, special tokens), plus the chat template and special-token
+names the file carries. Ids equal those of the original Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from llmtune.errors import CheckpointError
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+# llama.cpp's `tokenizer.ggml.pre` names -> how text is split before BPE (the regexes are
+# those of the original tokenizers; "digits" is GPT-2's split after isolating every digit)
+_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS = {
+    **dict.fromkeys(("default", "gpt2", "gpt-2", "mpt", "olmo", "jais"), "gpt2"),
+    **dict.fromkeys(
+        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"), "digits"
+    ),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2),
+}
+
+
+@dataclass(frozen=True)
+class GGUFTokenizer:
+    """The tokenizer of a GGUF file and what a chat model needs besides it."""
+
+    tokenizer: Tokenizer
+    bos_token: str | None
+    eos_token: str | None
+    pad_token: str | None
+    chat_template: str  # Jinja, as in tokenizer_config.json; "" when the file has none
+    add_bos_token: bool
+
+
+def _byte_alphabet() -> dict[int, str]:
+    # bytes that print as themselves keep their character; the other 68 get 256, 257, ...
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = iter(range(256, 512))
+    return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
+
+
+def _spelled(token: str, alphabet: set[str], spelling: dict[int, str]) -> str:
+    """A token as the byte-level vocabulary spells it (GGUF files sometimes store raw text)."""
+    if set(token) <= alphabet:
+        return token
+    return "".join(spelling[b] for b in token.encode("utf-8"))
+
+
+def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+    if pre not in PRE_TOKENIZERS:
+        raise CheckpointError(
+            f"GGUF tokenizer.ggml.pre '{pre}' is not supported "
+            f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})"
+        )
+    rule = PRE_TOKENIZERS[pre]
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if rule == "gpt2":
+        return gpt2
+    if rule == "digits":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2])
+    split = pre_tokenizers.Split(Regex(rule), behavior="isolated")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return pre_tokenizers.Sequence([split, byte_level])
+
+
+def tokenizer_from_gguf(meta: Mapping[str, Any]) -> GGUFTokenizer:
+    """Rebuild the tokenizer described by GGUF metadata (`tokenizer.ggml.*` keys)."""
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"GGUF tokenizer.ggml.model '{kind}' is not supported (byte-level BPE 'gpt2' only)"
+        )
+    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    spelling = _byte_alphabet()
+    alphabet = set(spelling.values())
+    vocab = {_spelled(t, alphabet, spelling): i for i, t in enumerate(tokens)}
+    merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges", [])]
+    if any(len(m) != 2 for m in merges):
+        raise CheckpointError("GGUF tokenizer.ggml.merges holds a merge that is not a pair")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
+    tok.decoder = decoders.ByteLevel()
+    # control tokens stay whole and are skipped when decoding; a "control" token spelled
+    # outside the byte alphabet is a llama.cpp mislabel and would grow the vocabulary
+    specials = [
+        AddedToken(t, special=True, normalized=False)
+        for t, kind_id in zip(tokens, types, strict=True)
+        if kind_id == _CONTROL and set(t) <= alphabet
+    ]
+    tok.add_special_tokens(specials)
+    tok.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, kind_id in zip(tokens, types, strict=True)
+            if kind_id == _USER_DEFINED and t in vocab
+        ]
+    )
+
+    def named(key: str) -> str | None:
+        index = meta.get(f"tokenizer.ggml.{key}")
+        return tokens[int(index)] if index is not None and int(index) < len(tokens) else None
+
+    bos, eos = named("bos_token_id"), named("eos_token_id")
+    add_bos = bos is not None and bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    add_eos = eos is not None and bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    if add_bos or add_eos:
+        first, last = bos if add_bos else None, eos if add_eos else None
+        tok.post_processor = _bos_eos_template(tok, first, last)
+    return GGUFTokenizer(
+        tokenizer=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=named("padding_token_id"),
+        chat_template=str(meta.get("tokenizer.chat_template", "")),
+        add_bos_token=add_bos,
+    )
+
+
+def _bos_eos_template(tok: Tokenizer, bos: str | None, eos: str | None) -> processors.PostProcessor:
+    """Put bos before and/or eos after every encoded text, as llama.cpp does for this file."""
+    first, last = [bos] if bos else [], [eos] if eos else []
+    single = " ".join([*first, "$A", *last])
+    pair = " ".join([*first, "$A", *last, *first, "$B:1", *last])
+    ids = [(t, tok.token_to_id(t)) for t in dict.fromkeys([*first, *last])]
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=ids)
