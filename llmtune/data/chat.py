@@ -60,3 +60,33 @@ def render_chat(
         )
     except TemplateError as exc:
         raise DataError(f"the chat template refused the conversation: {exc}") from None
+
+
+def assistant_spans(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    special_tokens: Mapping[str, str | None] | None = None,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation's text and the character span of each assistant turn: from the end of
+    the template's assistant opening to the end of the turn (its closing markup included, so
+    the model learns to stop). Needs a template that renders a conversation as the sum of its
+    turns, as chat templates do; one that rewrites earlier turns is refused."""
+    text = render_chat(template, messages, False, special_tokens)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        opened = render_chat(template, messages[:i], True, special_tokens)
+        closed = render_chat(template, messages[: i + 1], False, special_tokens)
+        if not (closed.startswith(opened) and text.startswith(closed)):
+            raise DataError(
+                f"the chat template renders turn {i} differently once later turns follow; "
+                "training on assistant turns needs a template that appends turns"
+            )
+        spans.append((len(opened), len(closed)))
+    return text, spans
+
+
+def in_spans(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """Per token (its character offsets): whether it starts inside one of `spans`."""
+    return [any(lo <= start < hi for lo, hi in spans) for start, _ in offsets]

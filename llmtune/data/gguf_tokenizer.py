@@ -5,11 +5,11 @@ names the file carries. Ids equal those of the original Hugging Face tokenizer."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from llmtune.data.pretrained_tokenizer import PretrainedTokenizer
 from llmtune.errors import CheckpointError
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
@@ -31,18 +31,6 @@ PRE_TOKENIZERS = {
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2),
 }
-
-
-@dataclass(frozen=True)
-class GGUFTokenizer:
-    """The tokenizer of a GGUF file and what a chat model needs besides it."""
-
-    tokenizer: Tokenizer
-    bos_token: str | None
-    eos_token: str | None
-    pad_token: str | None
-    chat_template: str  # Jinja, as in tokenizer_config.json; "" when the file has none
-    add_bos_token: bool
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -76,7 +64,7 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence([split, byte_level])
 
 
-def tokenizer_from_gguf(meta: Mapping[str, Any]) -> GGUFTokenizer:
+def tokenizer_from_gguf(meta: Mapping[str, Any]) -> PretrainedTokenizer:
     """Rebuild the tokenizer described by GGUF metadata (`tokenizer.ggml.*` keys)."""
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -120,7 +108,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]) -> GGUFTokenizer:
     if add_bos or add_eos:
         first, last = bos if add_bos else None, eos if add_eos else None
         tok.post_processor = _bos_eos_template(tok, first, last)
-    return GGUFTokenizer(
+    return PretrainedTokenizer(
         tokenizer=tok,
         bos_token=bos,
         eos_token=eos,

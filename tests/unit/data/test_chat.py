@@ -3,7 +3,7 @@ escape the sandbox; bad conversations are one-line errors."""
 
 import pytest
 
-from llmtune.data.chat import render_chat
+from llmtune.data.chat import assistant_spans, in_spans, render_chat
 from llmtune.data.gguf_tokenizer import tokenizer_from_gguf
 from llmtune.errors import DataError
 from llmtune.models.llama_gguf import gguf_metadata, open_gguf
@@ -58,3 +58,26 @@ def test_bad_conversations_are_one_line_errors():
         render_chat(CHATML, [{"text": "hi"}])
     with pytest.raises(DataError, match="no chat template"):
         render_chat("", CONVERSATIONS[0])
+
+
+def test_assistant_spans_cover_exactly_the_assistant_turns(tmp_path, bpe):  # noqa: F811
+    tok = tokenizer_from_gguf(gguf_metadata(open_gguf(write(tmp_path, bpe)))).tokenizer
+    messages = [*CONVERSATIONS[1], {"role": "assistant", "content": "A lazy dog."}]
+    text, spans = assistant_spans(CHATML, messages)
+    assert [text[a:b] for a, b in spans] == [
+        "The quick brown fox.<|im_end|>\n",
+        "A lazy dog.<|im_end|>\n",
+    ]
+    encoding = tok.encode(text)
+    trained = in_spans(encoding.offsets, spans)
+    kept = [i for i, t in zip(encoding.ids, trained, strict=True) if t]
+    assert (
+        tok.decode(kept, skip_special_tokens=False)
+        == "The quick brown fox.<|im_end|>\nA lazy dog.<|im_end|>\n"
+    )
+
+
+def test_assistant_spans_refuse_a_template_that_rewrites_turns():
+    last_only = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
+    with pytest.raises(DataError, match="renders turn 1 differently"):
+        assistant_spans(last_only, CONVERSATIONS[1][1:3])
