@@ -4,6 +4,7 @@ names the file carries. Ids equal those of the original Hugging Face tokenizer."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,9 @@ from llmtune.data.pretrained_tokenizer import PretrainedTokenizer
 from llmtune.errors import CheckpointError
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
-# llama.cpp's `tokenizer.ggml.pre` names -> how text is split before BPE (the regexes are
-# those of the original tokenizers; "digits" is GPT-2's split after isolating every digit)
+# llama.cpp's `tokenizer.ggml.pre` names -> the regexes it splits text with before BPE, one
+# after the other (each splits the pieces of the previous; unmatched text stays a piece)
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -23,13 +25,18 @@ _QWEN2 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS = {
-    **dict.fromkeys(("default", "gpt2", "gpt-2", "mpt", "olmo", "jais"), "gpt2"),
+_DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")
+PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
+    "default": _DEFAULT,  # what llama.cpp uses for a BPE file that names no rule
+    **dict.fromkeys(("gpt-2", "mpt", "olmo", "jais"), (_GPT2,)),
     **dict.fromkeys(
-        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"), "digits"
+        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+        (r"\p{N}", _GPT2),
     ),
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2),
+    **dict.fromkeys(
+        ("llama-bpe", "llama3", "llama-v3", "falcon3", "smaug-bpe", "dbrx"), (_LLAMA3,)
+    ),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2"), (_QWEN2,)),
 }
 
 
@@ -53,15 +60,9 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
             f"GGUF tokenizer.ggml.pre '{pre}' is not supported "
             f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})"
         )
-    rule = PRE_TOKENIZERS[pre]
-    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if rule == "gpt2":
-        return gpt2
-    if rule == "digits":
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2])
-    split = pre_tokenizers.Split(Regex(rule), behavior="isolated")
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    return pre_tokenizers.Sequence([split, byte_level])
+    return pre_tokenizers.Sequence([*splits, byte_level])
 
 
 def tokenizer_from_gguf(meta: Mapping[str, Any]) -> PretrainedTokenizer:
@@ -125,3 +126,54 @@ def _bos_eos_template(tok: Tokenizer, bos: str | None, eos: str | None) -> proce
     pair = " ".join([*first, "$A", *last, *first, "$B:1", *last])
     ids = [(t, tok.token_to_id(t)) for t in dict.fromkeys([*first, *last])]
     return processors.TemplateProcessing(single=single, pair=pair, special_tokens=ids)
+
+
+def _pre_name(pre: dict | None) -> str:
+    """llama.cpp's name for a tokenizer.json pre-tokenizer: the split sequence of one of the
+    rules above (a GGUF import), or GPT-2's own (llmtune's BPE) with or without digits first
+    (SmolLM's tokenizer.json)."""
+    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
+    kinds = [step.get("type") for step in steps]
+    if kinds[-1:] == ["ByteLevel"] and steps[-1].get("use_regex", True):
+        if kinds == ["ByteLevel"]:
+            return "gpt-2"
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+            return "smollm"
+    if kinds and set(kinds[:-1]) == {"Split"} and kinds[-1] == "ByteLevel":
+        rule = tuple(step.get("pattern", {}).get("Regex") for step in steps[:-1])
+        for name, regexes in PRE_TOKENIZERS.items():  # the first name is llama.cpp's own
+            if regexes == rule:
+                return name
+    raise CheckpointError(
+        f"format=gguf: llama.cpp has no pre-tokenizer matching this tokenizer's ({kinds})"
+    )
+
+
+def gguf_tokenizer_metadata(pretrained: PretrainedTokenizer) -> dict[str, Any]:
+    """The `tokenizer.*` GGUF keys describing a byte-level BPE tokenizer (the inverse of
+    `tokenizer_from_gguf`), for writing a GGUF file."""
+    spec = json.loads(pretrained.tokenizer.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise CheckpointError("format=gguf: only byte-level BPE tokenizers can be written")
+    by_id = {i: t for t, i in model["vocab"].items()}
+    types = dict.fromkeys(by_id, 1)
+    for added in spec.get("added_tokens", []):
+        by_id[added["id"]] = added["content"]
+        types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
+    if sorted(by_id) != list(range(len(by_id))):
+        raise CheckpointError("format=gguf: the tokenizer's ids have gaps")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    ids = {role: pretrained.token_id(f"{role}_token") for role in ("bos", "eos", "pad")}
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": _pre_name(spec.get("pre_tokenizer")),
+        "tokenizer.ggml.tokens": [by_id[i] for i in range(len(by_id))],
+        "tokenizer.ggml.token_type": [types[i] for i in range(len(by_id))],
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": ids["bos"],
+        "tokenizer.ggml.eos_token_id": ids["eos"],
+        "tokenizer.ggml.padding_token_id": ids["pad"],
+        "tokenizer.ggml.add_bos_token": pretrained.add_bos_token,
+        "tokenizer.chat_template": pretrained.chat_template,
+    }

@@ -19,7 +19,7 @@ from llmtune.models.rope import RopeScaling, inverse_frequencies
 
 # GGUF architectures whose tensors this module maps; only "llama" files interleave q/k rows
 GGUF_ARCHS = ("llama", "qwen2")
-_BLOCK_NAMES = {
+GGUF_BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
@@ -30,7 +30,7 @@ _BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_TOP_NAMES = {
+GGUF_TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
@@ -80,11 +80,11 @@ def _uninterleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _hf_name(name: str) -> str:
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
+    if name in GGUF_TOP_NAMES:
+        return GGUF_TOP_NAMES[name]
     parts = name.split(".")  # blk.<i>.<tensor>.<weight|bias>
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
-        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_BLOCK_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_BLOCK_NAMES[parts[2]]}.{parts[3]}"
     raise CheckpointError(f"GGUF tensor {name} has no place in a llama-family model")
 
 

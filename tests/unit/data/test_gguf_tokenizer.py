@@ -37,7 +37,7 @@ def bpe():
     return tokens, merges
 
 
-def write(tmp_path, bpe, pre="default", add_bos=False, model="gpt2"):
+def write(tmp_path, bpe, pre="gpt-2", add_bos=False, model="gpt2"):
     tokens, merges = bpe
     tokens = [*tokens, *[t for t in SPECIALS if t not in tokens], "<think>"]
     types = [3 if t in SPECIALS else 4 if t == "<think>" else 1 for t in tokens]
@@ -61,7 +61,7 @@ def write(tmp_path, bpe, pre="default", add_bos=False, model="gpt2"):
 
 
 @pytest.mark.parametrize(
-    ("pre", "add_bos"), [("default", False), ("llama-bpe", True), ("qwen2", False)]
+    ("pre", "add_bos"), [("gpt-2", False), ("llama-bpe", True), ("qwen2", False)]
 )
 def test_ids_equal_transformers_gguf_tokenizer(tmp_path, bpe, pre, add_bos):
     path = write(tmp_path, bpe, pre, add_bos)
@@ -98,6 +98,15 @@ def test_smollm_isolates_every_digit_before_splitting(tmp_path, bpe):
     ours = tokenizer_from_gguf(gguf_metadata(open_gguf(path))).tokenizer
     pieces = [p for p, _ in ours.pre_tokenizer.pre_tokenize_str("in  2004,\n\n 12")]
     assert pieces == ["in", "ĠĠ", "2", "0", "0", "4", ",", "ĊĊĠ", "1", "2"]
+
+
+def test_default_rule_is_llama_cpps(tmp_path, bpe):
+    """A file that names no rule ("default") splits as llama.cpp does for it: punctuation runs
+    first, then GPT-2's split, then numbers in threes (transformers uses GPT-2's alone)."""
+    path = write(tmp_path, bpe, pre="default")
+    ours = tokenizer_from_gguf(gguf_metadata(open_gguf(path))).tokenizer
+    pieces = [p for p, _ in ours.pre_tokenizer.pre_tokenize_str("isn't 12345")]
+    assert pieces == ["isn", "'", "t", "Ġ", "123", "45"]
 
 
 def test_unsupported_tokenizers_are_refused(tmp_path, bpe):
