@@ -2,9 +2,11 @@
 import and export with the same logits, KV-cached generation, packing, GQA cache, config checks."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from llmtune.config.schema import EvaluateConfig
@@ -19,6 +21,7 @@ from llmtune.models.llama_hf import (
     llama_config_from_hf,
     llama_from_hf_state_dict,
     llama_to_hf_state_dict,
+    read_hf_weights,
 )
 from llmtune.models.model import LanguageModel, init_weights
 from llmtune.models.rope import RopeScaling
@@ -207,3 +210,54 @@ def test_config_checks_name_the_key(change, key):
         return
     with pytest.raises(ConfigError, match=key):
         dataclasses.replace(TINY, **change)
+
+
+def _write_folder(folder, config, model, shards: int) -> None:
+    """An HF folder: config.json plus the weights in `shards` safetensors files (+ index)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config_from_llama(config)))
+    sd = llama_to_hf_state_dict(model.state_dict(), config, ("lm",))
+    if shards == 1:
+        save_file(sd, folder / "model.safetensors")
+        return
+    keys, weight_map = sorted(sd), {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: sd[k] for k in keys[i::shards]}
+        save_file(part, folder / name, {"format": "pt"})
+        weight_map |= dict.fromkeys(part, name)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_hf_folders_single_and_sharded(tmp_path, shards):
+    model = build(TINY)
+    perturb(model)
+    _write_folder(tmp_path / "m", TINY, model, shards)
+    weights = read_hf_weights(tmp_path / "m")
+    back = build(TINY)
+    back.load_state_dict(llama_from_hf_state_dict(weights, TINY, ("lm",)))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    x = ids()
+    with torch.no_grad():
+        ours = model.heads["lm"](model(x))
+        torch.testing.assert_close(back.heads["lm"](back(x)), ours, atol=0, rtol=0)
+        torch.testing.assert_close(hf(x).logits, ours, atol=ATOL, rtol=ATOL)
+
+
+def test_hf_folder_problems_name_the_file(tmp_path):
+    model = build(TINY)
+    _write_folder(tmp_path / "m", TINY, model, 2)
+    (tmp_path / "m" / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: missing shard"):
+        read_hf_weights(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a safetensors index"):
+        read_hf_weights(tmp_path / "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no model.safetensors or model.safetensors.index"):
+        read_hf_weights(tmp_path / "empty")
+    (tmp_path / "empty" / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        read_hf_weights(tmp_path / "empty")
