@@ -68,8 +68,10 @@ def dequantize(tensor: Any) -> torch.Tensor:
 
 
 def _readable(qtype: Any) -> bool:
+    """Whether gguf can dequantize `qtype` (its table of block formats is private: read it
+    defensively, it only serves the error message)."""
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    return qtype in plain or qtype in gguf.quants._type_traits
+    return qtype in plain or qtype in getattr(gguf.quants, "_type_traits", {})
 
 
 def _uninterleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
