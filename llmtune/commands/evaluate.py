@@ -12,9 +12,10 @@ from typing import Any
 
 import datasets
 import torch
-from rich.console import Console
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import console as shared_console
+from llmtune.console import note, stage
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
@@ -123,13 +124,15 @@ def run(config: RunConfig, run_dir: Path) -> None:
     prompts = read_prompts(config.prompts) if config.prompts else []
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    loaded = load_checkpoint(config.ckpt, runtime.device)
+    with stage("checkpoint", f"loading {config.ckpt}"):
+        loaded = load_checkpoint(config.ckpt, runtime.device)
+        note(f"{loaded.family} {loaded.model.heads} from {loaded.step_dir}")
     if prompts and (loaded.family != "gpt" or "lm" not in loaded.model.heads):
         raise ConfigError(
             f"prompts: generation needs a gpt checkpoint with an lm head; {loaded.step_dir} is "
             f"a {loaded.family} model with heads {', '.join(loaded.model.heads)}"
         )
-    console = Console(highlight=False)
+    console = shared_console()  # no wrapping off a terminal
     results: dict[str, Any] = {
         "ckpt": str(loaded.step_dir),
         "step": loaded.meta.get("step"),

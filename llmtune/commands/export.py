@@ -9,10 +9,10 @@ from pathlib import Path
 
 import datasets
 import torch
-from rich.console import Console
 
 from llmtune.adapters import merge_lora
 from llmtune.config.schema import RunConfig
+from llmtune.console import console as shared_console
 from llmtune.errors import ConfigError, UserError
 from llmtune.evaluation.loading import load_checkpoint
 from llmtune.export import EXTRAS, WRITERS, ExportJob, require
@@ -72,7 +72,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console = Console(highlight=False, soft_wrap=True)
+    console = shared_console()  # no wrapping off a terminal
     console.print(f"export {job.loaded.step_dir} -> {out} (format={config.format})")
     for line in lines:
         console.print(line.replace(str(staging), str(out)))

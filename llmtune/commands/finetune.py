@@ -11,12 +11,13 @@ from pathlib import Path
 
 import datasets
 import torch
-from rich.console import Console
 
 from llmtune.adapters import ADAPTER_METHODS, apply_method, parameter_summary
 from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
 from llmtune.config.schema import RunConfig, TokenizerConfig
 from llmtune.config.validate import check_model_fits
+from llmtune.console import console as shared_console
+from llmtune.console import note, stage
 from llmtune.data import cache_root
 from llmtune.models import build_model
 from llmtune.objectives import TASK_OBJECTIVES
@@ -57,23 +58,31 @@ def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[s
 def run(config: RunConfig, run_dir: Path) -> None:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    console = Console(highlight=False)
+    console = shared_console()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    base = read_base(config.init_from)
+    with stage("base model", f"reading {config.init_from}"):
+        base = read_base(config.init_from)
+        note(f"{len(base.weights)} tensors and the tokenizer of {base.ref['path']}")
     config = merged_config(config, base)
-    objective, examples, labels = finetune_examples(config, base.tokenizer, console)
+    with stage("data", "reading and tokenizing the task's rows"):
+        objective, examples, labels = finetune_examples(config, base.tokenizer, console)
+        n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
+        note(
+            f"{n_train:,} train / {n_val:,} validation examples"
+            + (labels and f", {len(labels)} labels" or "")
+        )
     model = build_model(config.model, objective.heads, len(labels))
     source = base.ref["path"]
-    rows = load_base_weights(
-        model, base.weights, source, _reusable_heads(base, objective.heads, labels)
-    )
+    with stage("weights", "loading the base model's weights into the task model"):
+        rows = load_base_weights(
+            model, base.weights, source, _reusable_heads(base, objective.heads, labels)
+        )
     console.print(load_table(rows, source))
     if hasattr(objective, "bind"):  # dpo, ppo: their reference is the model as loaded
         objective.bind(model, config)
     apply_method(model, config.method, config.seed)
     adapter = config.method.name in ADAPTER_METHODS
-    n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import console as shared_console
 from llmtune.data import cache_root
 from llmtune.models import build_model
 from llmtune.models.cpu_bf16 import bf16_via_fp32
@@ -123,7 +124,7 @@ def _note_cpu_bf16(console: Console, runtime: Runtime) -> None:
 
 
 def run(config: RunConfig, run_dir: Path) -> None:
-    console = Console(highlight=False)
+    console = shared_console()  # no wrapping off a terminal
     runtime = resolve_runtime(config.hardware)
     vocab, vocab_from = _vocab_size(config)
     model_cfg = dataclasses.replace(config.model, vocab_size=vocab)

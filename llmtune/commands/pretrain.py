@@ -10,6 +10,7 @@ import datasets
 import torch
 
 from llmtune.config.schema import RunConfig
+from llmtune.console import note, stage
 from llmtune.data import (
     cache_root,
     get_tokenizer,
@@ -44,16 +45,21 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     family, seq_len = config.model.family, config.model.max_seq_len
     cache = cache_root(config.data)
-    corpus = load_corpus(config.data, config.seed)
-    tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
+    with stage("corpus", f"reading data={config.data.source}"):
+        corpus = load_corpus(config.data, config.seed)
+        note(f"{len(corpus['train']):,} train / {len(corpus['validation']):,} validation documents")
+    with stage("tokenizer", f"{config.tokenizer.kind} for {family}"):
+        tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
     info = tokenizer_info(tokenizer, family)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     examples = {}
     for split in ("train", "validation"):
-        token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
-        examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
-        n = len(examples[split]["input_ids"])
+        with stage("tokenization", f"the {split} split into examples of {seq_len} tokens"):
+            token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
+            examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
+            n = len(examples[split]["input_ids"])
+            note(f"{n:,} examples")
         if n == 0:
             raise DataError(
                 f"data.{split}: no training example of {seq_len} tokens could be built; "

@@ -231,6 +231,7 @@ class TaskConfig:
 class RunConfig:
     command: str = "pretrain"
     seed: int = 0
+    verbose: bool = False  # show third-party log lines and warnings on the console too
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,3 +249,4 @@ class RunConfig:
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
+    runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)

@@ -25,6 +25,7 @@ from tokenizers import (
 )
 
 from llmtune.config.schema import TokenizerConfig
+from llmtune.console import note
 from llmtune.errors import DataError
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] first so pad_id == 0
@@ -145,11 +146,13 @@ def get_tokenizer(
     key = hashlib.sha256(json.dumps(key_fields).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
     if path.is_file():
+        note(f"reused the cached {kind} tokenizer {path}")
         return Tokenizer.from_file(str(path))
     n_docs = len(train_texts) if cfg.train_docs <= 0 else min(cfg.train_docs, len(train_texts))
     tok = train_tokenizer(
         _iter_texts(train_texts, n_docs), kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase
     )
+    note(f"trained {kind} ({tok.get_vocab_size():,} tokens) on {n_docs:,} documents")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crashed or concurrent run never leaves a half-written cache entry.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -258,6 +261,8 @@ def tokenize_corpus(
     key = f"{split._fingerprint}-{tokenizer_hash(tok)}"
     out_dir = Path(cache_dir) / "tokenized"
     out_dir.mkdir(parents=True, exist_ok=True)
+    cached = (out_dir / f"{key}.arrow").is_file() or any(out_dir.glob(f"{key}_*.arrow"))
+    note("tokens reused from the cache" if cached else f"{len(split):,} documents tokenized")
     return split.map(
         _encode_batch,
         batched=True,

@@ -229,12 +229,15 @@ class QuietReporter:
     def log(self, record: dict[str, Any]) -> None:
         pass
 
+    def timed(self, kind: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
     def close(self, summary: dict[str, Any]) -> None:
         pass
 
 
-def reporter(run_dir: Path, max_steps: int, start_step: int) -> Any:
-    """Rank 0's Reporter (console, metrics.jsonl); a silent one elsewhere."""
+def reporter(run_dir: Path, train: Any, start_step: int) -> Any:
+    """Rank 0's Reporter (console, metrics.jsonl) for the train config; a silent one elsewhere."""
     from llmtune.train.report import Reporter
 
-    return Reporter(run_dir, max_steps, start_step) if current().is_main else QuietReporter()
+    return Reporter(run_dir, train, start_step) if current().is_main else QuietReporter()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from llmtune.config.schema import ModelConfig
+from llmtune.console import note, stage
 from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
@@ -166,8 +167,12 @@ def device_peak_flops(
         known = {}
     if known.get(key, 0.0) <= achieved:
         dtype = _cpu_dtype(precision)
-        with bf16_products("cpu", dtype):  # bf16 measured the way training multiplies it
+        why = "again: the cached figure is below the achieved" if achieved else "once, for MFU"
+        doing = f"measuring {precision} matmul FLOP/s {why}"
+        # bf16 measured the way training multiplies it
+        with stage("CPU peak", doing), bf16_products("cpu", dtype):
             measured = _measure_cpu_peak(dtype)
+            note(f"{measured / 1e9:,.1f} GFLOP/s {precision}, cached in {path}")
         known[key] = max(known.get(key, 0.0), measured)
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole then renamed: ranks of one machine may read it at the same moment

@@ -100,7 +100,7 @@ class Trainer:
         if resumed and self.progress.step >= cfg.max_steps:
             print(f"run already finished at step {self.progress.step}; nothing to do")
             return {}
-        report = distributed.reporter(self.s.run_dir, cfg.max_steps, self.progress.step)
+        report = distributed.reporter(self.s.run_dir, cfg, self.progress.step)
         restore_signals = preemption.install()
         start, last_log = time.perf_counter(), time.perf_counter()
         window = _new_window()
@@ -120,14 +120,16 @@ class Trainer:
                     val = self._evaluate_and_log(report)
                     self._track_patience(val, report)
                 if step % cfg.save_every == 0:
-                    self._save(val)
+                    with report.timed("save"):
+                        self._save(val)
                     saved_at = step
                 # evaluating and saving are not training: keep them out of tokens/s and MFU
                 window["paused"] += time.perf_counter() - paused
             if self.progress.step != saved_at:
                 if not self.preempted and (not val or val.get("step") != self.progress.step):
                     val = self._evaluate_and_log(report)
-                self._save(val)
+                with report.timed("save"):
+                    self._save(val)
         finally:
             restore_signals()
             report.close(self._summary(val, time.perf_counter() - start))
@@ -263,7 +265,8 @@ class Trainer:
             self.model.train()
 
     def _evaluate_and_log(self, report: Reporter) -> dict[str, float]:
-        metrics = {"step": self.progress.step, **self.evaluate()}
+        with report.timed("eval"):
+            metrics = {"step": self.progress.step, **self.evaluate()}
         report.log(metrics)
         return metrics
 

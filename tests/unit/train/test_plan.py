@@ -168,3 +168,9 @@ def test_plan_reads_free_gpu_memory(capsys):
     assert available_memory(torch.device("cuda")) > 0
     main(["plan", "model=gpt-tiny", "model.vocab_size=1000", "hardware.device=cuda"])
     assert "cuda bf16" in capsys.readouterr().out
+
+
+def test_gpt2_small_is_gpt2s_124m_shape(capsys):
+    """model=gpt2-small had the tokenizer's 8000 rows instead of GPT-2's 50257 (91,986,432)."""
+    main(["plan", "model=gpt2-small", "train.micro_batch_size=1", "hardware=cpu"])
+    assert _number(capsys.readouterr().out, "parameters") == 124_439_808

@@ -1,0 +1,1 @@
+"""`llmtune report`: run folders read back, matplotlib figures, and the HTML page."""
