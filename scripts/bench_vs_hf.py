@@ -14,19 +14,24 @@ Needs the `bench` extra (transformers, accelerate).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-THREADS = 2
+from bench_harness import (
+    THREADS,
+    finish_child,
+    interleaved,
+    llmtune_steps,
+    maybe_profiled,
+    print_table,
+    real_data,
+    run_child,
+    trainer_clock,
+)
+
 LR = 5e-4
 
 # name -> model shape, sequence length and batch size (the issue's two workloads + gpt2-small)
@@ -95,29 +100,6 @@ def llmtune_examples(args: argparse.Namespace):
     return examples, tokenizer, config
 
 
-@contextlib.contextmanager
-def maybe_profiled(args: argparse.Namespace, result: dict):
-    """With --profile, put the ops taking the most CPU time over the run in result['profile']."""
-    if not args.profile:
-        yield
-        return
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        yield
-    result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # ---- child: llmtune ---------------------------------------------------------------------------
 def run_llmtune(args: argparse.Namespace, total_steps: int) -> Path:
     """`llmtune pretrain` through its CLI, in this process; returns the run directory."""
@@ -138,23 +120,9 @@ def child_prepare(args: argparse.Namespace) -> dict:
 
 def child_llmtune(args: argparse.Namespace) -> dict:
     profiled: dict = {}
-    with maybe_profiled(args, profiled):
+    with maybe_profiled(args.profile, profiled):
         run_dir = run_llmtune(args, args.warmup + args.steps)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "tokens_per_s" in r]
-    seconds, prev = [], 0
-    for r in rows:  # log_every=1: one row per step; its seconds = its tokens / tokens_per_s
-        seconds.append((r["tokens"] - prev) / r["tokens_per_s"])
-        prev = r["tokens"]
-    measured = rows[args.warmup :]
-    return {
-        "step_s": seconds[args.warmup :],
-        "mfu": statistics.median(r["mfu"] for r in measured),
-        "tflops": statistics.median(r["tflops_per_s"] for r in measured),
-        "data_wait": statistics.median(r["data_wait_share"] for r in measured),
-        "reported_tok_s": statistics.median(r["tokens_per_s"] for r in measured),
-        **profiled,
-    }
+    return {**llmtune_steps(run_dir, args.warmup), **profiled}
 
 
 # ---- child: Hugging Face Trainer -----------------------------------------------------------
@@ -208,7 +176,7 @@ def hf_data(w: dict, examples: dict, tokenizer):
 
 def child_hf(args: argparse.Namespace) -> dict:
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     torch.set_num_threads(THREADS)
     w = WORKLOADS[args.workload]
@@ -217,14 +185,6 @@ def child_hf(args: argparse.Namespace) -> dict:
     model = hf_model(w)
     dataset, collator = hf_data(w, examples, tokenizer)
     marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            marks.append(time.perf_counter())
-
     targs = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="bench-hf-"),
         per_device_train_batch_size=w["batch"],
@@ -239,10 +199,14 @@ def child_hf(args: argparse.Namespace) -> dict:
         seed=0,
     )
     trainer = Trainer(
-        model=model, args=targs, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]
+        model=model,
+        args=targs,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[trainer_clock(marks)],
     )
     profiled: dict = {}
-    with maybe_profiled(args, profiled):
+    with maybe_profiled(args.profile, profiled):
         trainer.train()
     step_s = [b - a for a, b in zip(marks, marks[1:])]
     return {"step_s": step_s[args.warmup :], **profiled}
@@ -251,8 +215,7 @@ def child_hf(args: argparse.Namespace) -> dict:
 # ---- parent ------------------------------------------------------------------------------------
 def make_corpus(out: Path) -> Path:
     """Real text from the shared corpus when present, else generated long documents."""
-    shared = Path(os.environ.get("LLMTUNE_REAL_DATA", REPO.parent / "shared" / "data"))
-    real = shared / "corpus" / "wiki_articles.jsonl"
+    real = real_data() / "corpus" / "wiki_articles.jsonl"
     if real.exists():
         return real
     rng = random.Random(0)
@@ -269,45 +232,23 @@ def make_corpus(out: Path) -> Path:
     return path
 
 
-def run_child(arm: str, args: argparse.Namespace, workload: str, precision: str) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="result-", dir=args.scratch)) / "result.json"
+def run_arm(arm: str, args: argparse.Namespace, workload: str, precision: str) -> dict:
     config = ["--config", args.config] if arm == "hf" else []
-    cmd = [
-        sys.executable,
-        __file__,
+    child = [
         *config,
-        "--child",
-        arm,
-        "--workload",
-        workload,
-        "--precision",
-        precision,
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--corpus",
-        str(args.corpus),
-        "--out",
-        str(out),
+        *("--child", arm, "--workload", workload, "--precision", precision),
+        *("--steps", str(args.steps), "--warmup", str(args.warmup), "--corpus", str(args.corpus)),
         *(["--profile"] if args.profile else []),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("LLMTUNE_CACHE", str(args.cache))
-    # Every child's temp dirs (run folders with checkpoints, the Trainer's output_dir) land
-    # in the bench's own scratch folder, so they go when the bench ends: ~0.5 GB per run.
-    env["TMPDIR"] = str(args.scratch)
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
-    return json.loads(out.read_text())
+    return run_child(__file__, child, args.scratch, args.quiet)
 
 
 def bench(args: argparse.Namespace, workload: str, precision: str) -> dict:
     w = WORKLOADS[workload]
-    args.config = run_child("prepare", args, workload, precision)["config"]
-    results: dict[str, list[dict]] = {"llmtune": [], "hf": []}
-    for _ in range(args.rounds):
-        for arm in ("llmtune", "hf"):
-            results[arm].append(run_child(arm, args, workload, precision))
+    args.config = run_arm("prepare", args, workload, precision)["config"]
+    results = interleaved(
+        ["llmtune", "hf"], args.rounds, lambda arm: run_arm(arm, args, workload, precision)
+    )
     tokens = w["batch"] * w["seq"]
     row = {"workload": workload, "precision": precision}
     for arm, runs in results.items():
@@ -319,25 +260,23 @@ def bench(args: argparse.Namespace, workload: str, precision: str) -> dict:
         if "profile" in runs[-1]:
             print(f"\n{arm}, {workload} {precision}: ops by self CPU time (profiled run)")
             print(runs[-1]["profile"])
-    for key in ("mfu", "tflops", "data_wait", "reported_tok_s"):
+    for key in ("mfu", "tflops", "data_wait"):
         row[key] = statistics.median(r[key] for r in results["llmtune"])
     return row
 
 
-def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'workload':<11}{'prec':<6}{'llmtune tok/s':>14}{'HF tok/s':>10}{'ratio':>9}"
-        f"{'llmtune RSS':>13}{'HF RSS':>9}{'MFU':>7}{'TFLOP/s':>9}{'data wait':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['workload']:<11}{r['precision']:<6}{r['llmtune_tok_s']:>14.1f}"
-            f"{r['hf_tok_s']:>10.1f}{r['ratio']:>8.2f}x{r['llmtune_rss_mib']:>9.0f} MiB"
-            f"{r['hf_rss_mib']:>5.0f} MiB{100 * r['mfu']:>6.1f}%{r['tflops']:>9.3f}"
-            f"{100 * r['data_wait']:>9.1f}%"
-        )
+COLUMNS = [
+    ("workload", "workload", ""),
+    ("prec", "precision", ""),
+    ("llmtune tok/s", "llmtune_tok_s", ".1f"),
+    ("HF tok/s", "hf_tok_s", ".1f"),
+    ("ratio", "ratio", ".2f"),
+    ("llmtune MiB", "llmtune_rss_mib", ".0f"),
+    ("HF MiB", "hf_rss_mib", ".0f"),
+    ("MFU", "mfu", ".1%"),
+    ("TFLOP/s", "tflops", ".3f"),
+    ("data wait", "data_wait", ".1%"),
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -367,17 +306,16 @@ def main() -> None:
             result = child_prepare(args)
         else:
             result = child_llmtune(args) if args.child == "llmtune" else child_hf(args)
-        result["peak_rss_mib"] = peak_rss_mib()
-        args.out.write_text(json.dumps(result))
+        finish_child(args.out, result)
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-vs-hf-") as scratch:
         args.scratch = Path(scratch)
-        args.corpus, args.cache = make_corpus(args.scratch), args.scratch / "cache"
+        args.corpus = make_corpus(args.scratch)
         for workload in args.workload:
             for precision in args.precision:
                 rows.append(bench(args, workload, precision))
-                print_table(rows)
+                print_table(rows, COLUMNS)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     corpus = args.corpus if args.corpus.exists() else "generated (removed with the scratch folder)"

@@ -7,6 +7,7 @@ or with evaluate.label_words, a gpt by zero/few-shot classification.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,11 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     # sft and the preference tunings after it all answer prompts laid out by the template
     is_sft = loaded.meta.get("objective") in ("sft", "dpo", "ppo")
     template = loaded.config.objective.prompt_template if is_sft else ""
-    for prompt in prompts:
-        # an instruction-tuned model answers prompts laid out as it was trained
-        text = template.replace("{instruction}", prompt) if template else prompt
-        ids = loaded.tokenizer.encode(text, add_special_tokens=False).ids
-        out = generate(loaded.model, ids, config.evaluate, eos, generator)
+    # an instruction-tuned model answers prompts laid out as it was trained
+    texts = [template.replace("{instruction}", p) if template else p for p in prompts]
+    ids = [loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    outs = generate(loaded.model, ids, config.evaluate, eos, generator)
+    for prompt, out in zip(prompts, outs):
         text_ids = [t for t in out.token_ids if t != eos]
         rows.append(
             {
@@ -143,9 +144,14 @@ def run(config: RunConfig, run_dir: Path) -> None:
     if config.data.test:
         results.update(_evaluate_data(loaded, config, run_dir))
     if prompts:
+        start = time.perf_counter()
         rows = _generate(loaded, config, prompts)
+        seconds = time.perf_counter() - start
         write_jsonl(run_dir / GENERATIONS, rows)
+        new_tokens = sum(r["new_tokens"] for r in rows)
         results.update({"n_prompts": len(rows), "generations_file": GENERATIONS})
+        # prompts in, completions out (tokenizing included): what a user waits for
+        results["generation_tokens_per_s"] = round(new_tokens / max(seconds, 1e-9), 1)
         show_generations(console, rows)
     write_json(run_dir / RESULTS, results)
     show_results(console, f"evaluate {loaded.step_dir}", results)

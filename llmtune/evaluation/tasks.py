@@ -130,9 +130,12 @@ def _sft_answers(loaded, task, split: datasets.Dataset, cfg: EvaluateConfig, see
     """Generated responses to the test instructions (batch inference of an sft model)."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for instruction in split[task.data.instruction_column]:
-        ids = loaded.tokenizer.encode(task.prompt(instruction), add_special_tokens=False).ids
-        out = generate(loaded.model, ids, cfg, loaded.info.eos_id, generator)
+    instructions = split[task.data.instruction_column]
+    ids = [
+        loaded.tokenizer.encode(task.prompt(i), add_special_tokens=False).ids for i in instructions
+    ]
+    outs = generate(loaded.model, ids, cfg, loaded.info.eos_id, generator)
+    for instruction, out in zip(instructions, outs):
         text = loaded.tokenizer.decode([t for t in out.token_ids if t != loaded.info.eos_id])
         rows.append({"instruction": instruction, "prediction": text, "stop": out.stop_reason})
     return rows

@@ -1,6 +1,7 @@
 """The GPT-2 backbone: token + learned position embeddings, pre-LN causal blocks, final LayerNorm.
 
-Packed sequences pass `doc_ids` so documents neither see each other nor share positions.
+Packed sequences pass `doc_ids` so documents neither see each other nor share positions;
+left-padded generation batches pass `attention_mask` so padding is neither seen nor counted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
-from llmtune.models.blocks import KV, Block
+from llmtune.models.blocks import KV, Block, GrowingKV
 from llmtune.models.dropout import Dropout
 
 
@@ -37,6 +38,30 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(1)  # [B,1,T,T]: broadcast over heads
 
 
+def padded_positions(
+    attention_mask: torch.Tensor, n_past: int, t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids [B,T] and attention mask [B,1,T,n_past+T] of T new tokens in padded rows.
+
+    `attention_mask` [B,S] (1 = real, 0 = padding) covers the last S of the n_past + T keys;
+    keys before those (a learned prefix) are real. A token's position counts the real keys
+    before it, so a left-padded row computes exactly what the row alone would. Each query also
+    sees itself, so no mask row is empty: torch 2.13's CPU kernels return zeros for a query
+    that may attend nothing, but a kernel that returns NaN there would pass it to real rows
+    through the next layer's keys and values.
+    """
+    b, s = attention_mask.shape
+    k = n_past + t
+    real = attention_mask.bool()
+    if s < k:
+        real = torch.cat([real.new_ones(b, k - s), real], dim=1)  # [B,K]
+    pos = (real.long().cumsum(1)[:, -t:] - 1).clamp_(min=0)  # padding before any real key: 0
+    key = torch.arange(k, device=real.device)
+    query = torch.arange(n_past, k, device=real.device)[:, None]  # [T,1]: key index of each query
+    mask = (real[:, None, :] & (key <= query)) | (key == query)  # [B,T,K]
+    return pos, mask.unsqueeze(1)
+
+
 class GPTBackbone(nn.Module):
     """GPT-2 transformer without its LM head. `forward` returns hidden states [B,T,D]."""
 
@@ -54,17 +79,37 @@ class GPTBackbone(nn.Module):
         self,
         input_ids: torch.Tensor,
         doc_ids: torch.Tensor | None = None,
-        past: Sequence[KV] | None = None,
+        past: Sequence[KV | GrowingKV] | None = None,
         use_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
         """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents.
 
         `past` holds one (k, v) per block for P earlier positions: the new tokens take
         positions P..P+T-1 and attend to them. With `use_cache` returns (hidden, cache),
         the cache being the per-block (k, v) including `past`, to pass back as `past`.
+
+        `attention_mask` [B,S] (1 = real token, 0 = padding; generation's left-padded
+        batches) covers the last S of the P+T keys, cached ones included: padding is never
+        attended and takes no position (see `padded_positions`).
+
+        The generation contract (evaluation/generation.py), for every decoder family:
+        `forward(input_ids, past=past, use_cache=True, attention_mask=mask)` returns
+        (hidden [B,T,D], cache); cache is one entry per layer, each a (k, v) tuple
+        [B,H,positions,Dh] or a `GrowingKV` (attention layers pass `past` through
+        `blocks.with_past`, which appends to a GrowingKV in place); positions and masking
+        follow `attention_mask` as above; a learned prefix or prompt may occupy the first
+        cached positions.
         """
         t = input_ids.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
+        if attention_mask is not None:
+            if doc_ids is not None:
+                raise ValueError("pass doc_ids (packed rows) or attention_mask (padding), not both")
+            pos, mask = padded_positions(attention_mask, start, t)
+            if int(pos[:, -1].max()) >= self.pos_emb.num_embeddings:
+                raise ValueError(f"positions exceed n_positions {self.pos_emb.num_embeddings}")
+            return self._blocks(input_ids, pos, (mask, False), past, use_cache)
         if start + t > self.pos_emb.num_embeddings:
             raise ValueError(
                 f"sequence length {start + t} exceeds n_positions {self.pos_emb.num_embeddings}"
@@ -80,8 +125,20 @@ class GPTBackbone(nn.Module):
         else:
             pos = document_positions(doc_ids) + start
             mask, is_causal = document_causal_mask(doc_ids), False
+        return self._blocks(input_ids, pos, (mask, is_causal), past, use_cache)
+
+    def _blocks(
+        self,
+        input_ids: torch.Tensor,
+        pos: torch.Tensor,
+        attend: tuple[torch.Tensor | None, bool],
+        past: Sequence[KV | GrowingKV] | None,
+        use_cache: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
+        """Embed at positions `pos`, run every block with `attend` = (mask, is_causal)."""
+        mask, is_causal = attend
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
-        cache: list[KV] = []
+        cache: list[KV | GrowingKV] = []
         for i, block in enumerate(self.blocks):
             layer_past = None if past is None else past[i]
             if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views

@@ -59,10 +59,11 @@ def sample(
     eos_id: int,
     generator: torch.Generator | None,
 ) -> list[list[int]]:
-    """One sampled response per prompt (KV-cached generation); the training mode is restored."""
+    """One sampled response per prompt (batched, KV-cached generation, `cfg.batch_size` rows at
+    a time); the training mode is restored."""
     was_training = policy.training
     try:
-        return [generate(policy, p, cfg, eos_id, generator).token_ids for p in prompts]
+        return [out.token_ids for out in generate(policy, prompts, cfg, eos_id, generator)]
     finally:
         policy.train(was_training)
 

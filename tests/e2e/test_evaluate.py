@@ -55,6 +55,7 @@ def test_gpt_perplexity_and_generation_from_file(tmp_path, files):
     assert [r["prompt"] for r in rows] == ["The river", "A quiet garden"]
     assert all(1 <= r["new_tokens"] <= 6 and r["stop"] in ("eos", "max_new_tokens") for r in rows)
     assert results["n_prompts"] == 2 and results["generations_file"] == "generations.jsonl"
+    assert results["generation_tokens_per_s"] > 0
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".log") == [
         ".hydra",
         "generations.jsonl",
@@ -82,6 +83,9 @@ def test_sampled_generation_from_a_list_on_a_step_folder(tmp_path, files):
     )
     assert [r["prompt"] for r in a] == ["Once upon a time", "The city"]
     assert a == b  # the seed fixes the samples
+    # prompts complete together (left-padded) or one at a time: the same samples either way
+    evaluate(tmp_path / "c", *args, "evaluate.batch_size=1")
+    assert read_jsonl(tmp_path / "c" / "generations.jsonl") == a
 
 
 def test_zero_and_few_shot_classification(tmp_path, files):

@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from llmtune.config.schema import EvaluateConfig, ModelConfig
-from llmtune.evaluation.generation import filter_logits, generate, next_token
+from llmtune.evaluation.generation import Generation, filter_logits, generate, next_token
 from llmtune.models import build_model
 
 TINY = ModelConfig(
     family="gpt", vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
     max_seq_len=48, n_positions=64, layer_norm_eps=1e-5,
 )  # fmt: skip
+
+
+def generate_one(model, prompt, cfg, eos_id, generator=None, use_cache=True) -> Generation:
+    return generate(model, [prompt], cfg, eos_id, generator, use_cache)[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +60,25 @@ def test_attention_past_with_explicit_mask_sees_past_keys(model):
 def test_cached_greedy_equals_uncached_token_for_token(model, prompt_len):
     cfg = EvaluateConfig(max_new_tokens=20, stop_at_eos=False)
     prompt = torch.randint(0, 50, (prompt_len,)).tolist()
-    cached = generate(model, prompt, cfg, eos_id=None, use_cache=True)
-    plain = generate(model, prompt, cfg, eos_id=None, use_cache=False)
+    cached = generate_one(model, prompt, cfg, eos_id=None, use_cache=True)
+    plain = generate_one(model, prompt, cfg, eos_id=None, use_cache=False)
     assert cached.token_ids == plain.token_ids and len(cached.token_ids) == 20
 
 
 def test_cached_sampling_equals_uncached_with_same_seed(model):
     cfg = EvaluateConfig(max_new_tokens=15, temperature=0.9, top_k=10, top_p=0.9)
     runs = [
-        generate(model, [1, 2, 3], cfg, None, torch.Generator().manual_seed(7), use_cache=c)
+        generate_one(model, [1, 2, 3], cfg, None, torch.Generator().manual_seed(7), use_cache=c)
         for c in (True, False)
     ]
     assert runs[0].token_ids == runs[1].token_ids
 
 
 def test_top_k_one_and_tiny_top_p_equal_greedy(model):
-    greedy = generate(model, [4, 5], EvaluateConfig(max_new_tokens=12), None).token_ids
+    greedy = generate_one(model, [4, 5], EvaluateConfig(max_new_tokens=12), None).token_ids
     for extra in ({"top_k": 1}, {"top_p": 1e-6}):
         cfg = EvaluateConfig(max_new_tokens=12, temperature=1.5, **extra)
-        sampled = generate(model, [4, 5], cfg, None, torch.Generator().manual_seed(0))
+        sampled = generate_one(model, [4, 5], cfg, None, torch.Generator().manual_seed(0))
         assert sampled.token_ids == greedy
 
 
@@ -93,23 +97,23 @@ def test_filter_logits_keeps_top_k_and_nucleus():
 def test_sampling_only_draws_allowed_tokens():
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]).repeat(200, 1)
     cfg = EvaluateConfig(temperature=1.0, top_k=3)
-    drawn = next_token(logits, cfg, torch.Generator().manual_seed(0))
+    drawn = next_token(logits, cfg, [torch.Generator().manual_seed(i) for i in range(200)])
     assert set(drawn.tolist()) == {0, 1, 2}
 
 
 def test_stops_at_eos(model):
     cfg = EvaluateConfig(max_new_tokens=20, stop_at_eos=False)
-    tokens = generate(model, [3], cfg, eos_id=None).token_ids
+    tokens = generate_one(model, [3], cfg, eos_id=None).token_ids
     eos = tokens[4]
     first = tokens.index(eos)
-    out = generate(model, [3], dataclasses.replace(cfg, stop_at_eos=True), eos_id=eos)
+    out = generate_one(model, [3], dataclasses.replace(cfg, stop_at_eos=True), eos_id=eos)
     assert out.stop_reason == "eos" and out.token_ids == tokens[: first + 1]
 
 
 def test_stops_when_the_context_is_full(model):
     cfg = EvaluateConfig(max_new_tokens=100)
-    out = generate(model, list(range(40)), cfg, eos_id=None)
+    out = generate_one(model, list(range(40)), cfg, eos_id=None)
     assert out.stop_reason == "context"
     assert out.prompt_tokens + len(out.token_ids) == TINY.max_seq_len + 1
-    long_prompt = generate(model, list(range(50)) * 2, EvaluateConfig(max_new_tokens=3), None)
+    long_prompt = generate_one(model, list(range(50)) * 2, EvaluateConfig(max_new_tokens=3), None)
     assert long_prompt.prompt_tokens == TINY.max_seq_len
