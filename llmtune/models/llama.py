@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmtune.errors import ConfigError
-from llmtune.models.blocks import KV, _mask_with_past
+from llmtune.models.blocks import KV, GrowingKV, _mask_with_past, with_past
 from llmtune.models.dropout import Dropout, scaled_dot_product_attention
-from llmtune.models.gpt import document_causal_mask, document_positions
+from llmtune.models.gpt import document_causal_mask, document_positions, padded_positions
 from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
 
 
@@ -118,13 +118,13 @@ class LlamaAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past: KV | None = None,
+        past: KV | GrowingKV | None = None,
         use_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+    ) -> torch.Tensor | tuple[torch.Tensor, KV | GrowingKV]:
         """x [B,T,D]; rope = (cos, sin) for the T new positions; mask as in blocks.Attention.
 
         `past` = (k, v) [B,Hkv,P,hd] of P earlier positions, already rotated. With
-        `use_cache` returns (y, (k, v)) where k, v include `past`.
+        `use_cache` returns (y, cache): k, v including `past` (a GrowingKV grows in place).
         """
         b, t, _ = x.shape
         sizes = (self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd)
@@ -134,8 +134,9 @@ class LlamaAttention(nn.Module):
         k = k.view(b, t, self.n_kv, self.hd).transpose(1, 2)
         v = v.view(b, t, self.n_kv, self.hd).transpose(1, 2)
         q, k = rotate(q, *rope), rotate(k, *rope)
+        cache: KV | GrowingKV = (k, v)
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            (k, v), cache = with_past(past, k, v)
             mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
         n_rep = self.n_heads // self.n_kv
         # dropout only while training: SDPA applies dropout_p unconditionally
@@ -144,7 +145,7 @@ class LlamaAttention(nn.Module):
         y = scaled_dot_product_attention(q, k_all, v_all, mask, is_causal, p)
         # [B,H,T,hd] -> [B,T,H*hd]
         y = self.proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
-        return (y, (k, v)) if use_cache else y
+        return (y, cache) if use_cache else y
 
 
 class SwiGLU(nn.Module):
@@ -178,9 +179,9 @@ class LlamaBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past: KV | None = None,
+        past: KV | GrowingKV | None = None,
         use_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, KV]:
+    ) -> torch.Tensor | tuple[torch.Tensor, KV | GrowingKV]:
         """x [B,T,D]; the rest as in `LlamaAttention.forward` (with use_cache: (x, (k, v)))."""
         a, kv = self.attn(self.ln_attn(x), rope, mask, is_causal, past, True)
         x = x + self.dropout(a)
@@ -217,14 +218,17 @@ class LlamaBackbone(nn.Module):
         self,
         input_ids: torch.Tensor,
         doc_ids: torch.Tensor | None = None,
-        past: Sequence[KV] | None = None,
+        past: Sequence[KV | GrowingKV] | None = None,
         use_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
         """input_ids [B,T]; doc_ids [B,T] (optional) labels packed documents, whose positions
         restart at 0 and which never attend to each other.
 
         `past` holds one (k, v) per block for P earlier positions: the new tokens take
         positions P..P+T-1. With `use_cache` returns (hidden, cache) to pass back as `past`.
+        `attention_mask` [B,S] (1 = real, 0 = padding) follows GPTBackbone's generation
+        contract: padding is never attended and takes no position.
         """
         t = input_ids.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
@@ -233,19 +237,34 @@ class LlamaBackbone(nn.Module):
                 f"sequence length {start + t} exceeds the sliding window {self.sliding_window}, "
                 "which llmtune does not implement; use shorter sequences"
             )
+        if attention_mask is not None:
+            if doc_ids is not None:
+                raise ValueError("pass doc_ids (packed rows) or attention_mask (padding), not both")
+            pos, mask = padded_positions(attention_mask, start, t)
+            return self._blocks(input_ids, pos, (mask, False), past, use_cache)
         if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
             # every row lies inside one document (documents are contiguous): the document mask
             # equals the causal one, and without a mask SDPA takes its fused causal kernel
             doc_ids = None
         if doc_ids is None:
             pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
-            mask, is_causal = None, True
-        else:
-            pos = document_positions(doc_ids) + start
-            mask, is_causal = document_causal_mask(doc_ids), False
+            return self._blocks(input_ids, pos, (None, True), past, use_cache)
+        pos = document_positions(doc_ids) + start
+        return self._blocks(input_ids, pos, (document_causal_mask(doc_ids), False), past, use_cache)
+
+    def _blocks(
+        self,
+        input_ids: torch.Tensor,
+        pos: torch.Tensor,
+        attend: tuple[torch.Tensor | None, bool],
+        past: Sequence[KV | GrowingKV] | None,
+        use_cache: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
+        """Embed, rotate at positions `pos`, run every block with `attend` = (mask, is_causal)."""
+        mask, is_causal = attend
         rope = self.rope(pos)
         x = self.dropout(self.tok_emb(input_ids))
-        cache: list[KV] = []
+        cache: list[KV | GrowingKV] = []
         for i, block in enumerate(self.blocks):
             layer_past = None if past is None else past[i]
             if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views

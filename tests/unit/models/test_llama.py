@@ -161,9 +161,25 @@ def test_cached_greedy_generation_equals_full_recompute(name):
     model = build(VARIANTS[name])
     perturb(model)
     cfg = EvaluateConfig(max_new_tokens=12, stop_at_eos=False)
-    cached = generate(model, [5, 9, 2, 44], cfg, eos_id=None, use_cache=True)
-    full = generate(model, [5, 9, 2, 44], cfg, eos_id=None, use_cache=False)
+    [cached] = generate(model, [[5, 9, 2, 44]], cfg, eos_id=None, use_cache=True)
+    [full] = generate(model, [[5, 9, 2, 44]], cfg, eos_id=None, use_cache=False)
     assert cached.token_ids == full.token_ids and len(cached.token_ids) == 12
+
+
+def test_left_padded_batch_generates_what_each_prompt_does_alone():
+    """The generation contract: padding takes no position (rotary angles start at the first
+    real token) and is never attended; the cache grows in place (GrowingKV)."""
+    model = build(dataclasses.replace(TINY, max_seq_len=48))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(std=0.3)  # decisive logits: padding's 1e-6 cannot flip an argmax
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 97, (n,), generator=g).tolist() for n in (1, 3, 17, 9)]
+    cfg = EvaluateConfig(max_new_tokens=10, stop_at_eos=False, batch_size=4)
+    batched = generate(model, prompts, cfg, eos_id=None)
+    alone = [generate(model, [p], dataclasses.replace(cfg, batch_size=1), None)[0] for p in prompts]
+    assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
 
 
 def test_cache_holds_only_key_value_heads():

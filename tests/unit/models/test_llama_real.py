@@ -103,7 +103,7 @@ def test_chat_greedy_generation_identical(ours, theirs):
     reference = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     assert prompt == list(reference["input_ids"] if hasattr(reference, "keys") else reference)
     eos = tok.tokenizer.token_to_id(tok.eos_token)
-    ours_out = generate(model, prompt, EvaluateConfig(max_new_tokens=32), eos)
+    [ours_out] = generate(model, [prompt], EvaluateConfig(max_new_tokens=32), eos)
     with torch.no_grad():
         hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
     assert ours_out.stop_reason == "eos"
