@@ -6,44 +6,22 @@ and exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from llmtune.commands import COMMANDS
 from llmtune.errors import UserError
 
-COMMANDS = {
-    "pretrain": ("train a BERT or GPT from scratch", "llmtune pretrain model=bert-small"),
-    "plan": (
-        "estimate parameters, FLOPs, memory and step time of a pretrain run",
-        "llmtune plan model=gpt2-small train.micro_batch_size=8",
-    ),
-    "evaluate": (
-        "score a checkpoint on data or complete prompts",
-        "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",
-    ),
-    "finetune": (
-        "adapt a checkpoint to a task (full, freeze, lora, prefix, prompt)",
-        "llmtune finetune init_from=runs/pretrain/<time> objective=seq_cls data.train=train.jsonl",
-    ),
-    "export": (
-        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
-        "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
-    ),
-    "report": (
-        "an HTML page with plots of run, sweep or several run directories",
-        "llmtune report runs/pretrain/<time> runs/finetune/<time>",
-    ),
-}
 USAGE = "usage: llmtune <command> [group=option ...] [key=value ...] [--help]"
 
 
 def _print_help() -> None:
     lines = [USAGE, "", "commands:"]
-    for name, (what, example) in COMMANDS.items():
-        lines.append(f"  {name:<10} {what}")
-        lines.append(f"  {'':<10} e.g. {example}")
+    for name, command in COMMANDS.items():
+        lines.append(f"  {name:<10} {command.what}")
+        lines.append(f"  {'':<10} e.g. {command.example}")
     lines += ["", "`llmtune <command> --help` lists its config groups and keys."]
     print("\n".join(lines))
 
@@ -98,7 +76,7 @@ def _hydra_task(command: str) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path="pkg://llmtune.configs", config_name=command)
     def task(cfg: DictConfig) -> float | None:
         from llmtune import runlog
-        from llmtune.config import from_hydra
+        from llmtune.config.load import from_hydra
         from llmtune.config.sweep_summary import final_metrics
         from llmtune.train.distributed import env_info
         from llmtune.train.launch import run_command
@@ -108,7 +86,7 @@ def _hydra_task(command: str) -> Callable[[], None]:
         with runlog.capture(log_file, verbose=bool(cfg.get("verbose", False))):
             try:
                 config, run_dir = from_hydra(cfg)
-                run = importlib.import_module(f"llmtune.commands.{command}").run
+                run = COMMANDS[command].load()
                 run_command(run, command, config, run_dir)  # one process, or nproc workers
             except UserError as exc:
                 fail(str(exc), exc.exit_code)
@@ -131,15 +109,23 @@ def _worker(args: list[str]) -> None:
     verbose = bool(OmegaConf.load(config_path).get("verbose", False))
     with runlog.capture(log_file, verbose):
         try:
-            run = importlib.import_module(f"llmtune.commands.{command}").run
+            run = COMMANDS[command].load()
             worker_main(run, command, config_path, run_dir)
         except UserError as exc:
             fail(str(exc), exc.exit_code)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run `llmtune <command> [overrides]`; `argv` excludes the program name."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def _command_help(command: str, overrides: list[str]) -> None:
+    """`llmtune <command> --help`: groups, options and every key, from the schema and YAML."""
+    from llmtune.config.compose import compose
+    from llmtune.config.help import command_help
+
+    composed = compose(command, [o for o in overrides if not o.startswith("hydra.")])
+    print(command_help(command, composed, COMMANDS[command].what))
+    print(f"e.g. {COMMANDS[command].example}")
+
+
+def _run(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         _print_help()
         raise SystemExit(0 if args else 2)
@@ -157,14 +143,35 @@ def main(argv: list[str] | None = None) -> None:
     from llmtune.config.overrides import check_overrides
 
     try:
-        checked = iter(check_overrides(_without_flags(overrides)))
+        checked = iter(check_overrides(command, _without_flags(overrides)))
+        if any(a in ("-h", "--help") for a in overrides):
+            _command_help(command, [a for a in _without_flags(overrides)])
+            raise SystemExit(0)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     flags = set(_flag_positions(overrides))
     overrides = [arg if i in flags else next(checked) for i, arg in enumerate(overrides)]
+    if not any(overrides[i] in ("-m", "--multirun") for i in flags):
+        from llmtune.config.compose import compose
+
+        try:  # a composition error is one line here, not Hydra's report
+            compose(command, [arg for i, arg in enumerate(overrides) if i not in flags])
+        except UserError as exc:
+            fail(str(exc), exc.exit_code)
     saved_argv = sys.argv
     sys.argv = [f"llmtune {command}", *overrides]
     try:
         _hydra_task(command)()
     finally:
         sys.argv = saved_argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `llmtune <command> [overrides]`; `argv` excludes the program name."""
+    try:
+        _run(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # the reader went away (`llmtune pretrain --help | head`): nothing more to say, and
+        # the interpreter's last flush of stdout must not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None

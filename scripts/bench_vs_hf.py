@@ -78,7 +78,7 @@ def overrides(w: dict, corpus: Path, precision: str, total_steps: int) -> list[s
 def llmtune_examples(args: argparse.Namespace):
     """Training examples and tokenizer exactly as `llmtune pretrain` builds them."""
     from llmtune.commands.pretrain import _with_vocab
-    from llmtune.config import load_yaml
+    from llmtune.config.load import load_yaml
     from llmtune.data import (
         cache_root,
         get_tokenizer,
@@ -86,13 +86,15 @@ def llmtune_examples(args: argparse.Namespace):
         tokenize_corpus,
         tokenizer_info,
     )
+    from llmtune.models import family
     from llmtune.objectives import build_objective
 
     config = load_yaml(Path(args.config))
     cache = cache_root(config.data)
     corpus = load_corpus(config.data, config.seed)
-    tokenizer = get_tokenizer(config.tokenizer, config.model.family, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, config.model.family)
+    native = family(config.model.family).tokenizer
+    tokenizer = get_tokenizer(config.tokenizer, native, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, native)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
     token_ids = tokenize_corpus(corpus["train"], tokenizer, cache, config.data.num_proc)

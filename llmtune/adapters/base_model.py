@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from llmtune import checkpoint
-from llmtune.config import load_yaml
+from llmtune.config.load import load_yaml
 from llmtune.config.schema import ModelConfig, RunConfig
 from llmtune.data.tokenizer import load_tokenizer_file
 from llmtune.errors import CheckpointError
-from llmtune.models import from_hf_state_dict, heads_from_hf, model_config_from_hf
+from llmtune.models import family, from_hf_state_dict, heads_from_hf, model_config_from_hf
 
 HF_PREFIX = "hf:"
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -91,7 +91,7 @@ def _read_hf(folder: Path) -> Base:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{weights_path}: unreadable ({first})") from None
     weights = from_hf_state_dict(hf_sd, model_config, heads_from_hf(config_json))
-    tokenizer = load_tokenizer_file(str(folder), model_config.family)
+    tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
     ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": checkpoint.sha256_file(weights_path)}
     return Base(model_config, tokenizer, weights, ref)
 
@@ -158,10 +158,13 @@ def load_base_weights(
     return rows
 
 
-def load_table(rows: list[tuple[str, str, int]], source: str) -> Table:
+def load_table(rows: list[tuple[str, str, int | str]], source: str) -> Table:
+    """Rows (action, part, parameters); a str in the last column is shown as it is."""
     table = Table(title="weights from the base model", caption=source)
     for column in ("", "part", "parameters"):
         table.add_column(column)
     for action, part, size in rows:
-        table.add_row(action, part, f"{size / 1e6:.2f}M" if size >= 1e4 else str(size))
+        if isinstance(size, int):
+            size = f"{size / 1e6:.2f}M" if size >= 1e4 else str(size)
+        table.add_row(action, part, size)
     return table

@@ -3,9 +3,24 @@ everything but the task heads when N is -1 (a linear probe on the backbone's fea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FreezeConfig(MethodConfig):
+    """Freeze the embeddings and the bottom blocks; the rest trains in full."""
+
+    name: str = "freeze"  # full | freeze | lora | prefix | prompt
+    freeze_layers: int = -1  # embeddings + this many bottom blocks; -1 = all but the heads
+
+    def check(self) -> None:
+        if self.freeze_layers < -1:
+            raise ConfigError(f"method.freeze_layers={self.freeze_layers}: -1 (all) or >= 0")
 
 
 def freeze_layers(model: nn.Module, n_layers: int) -> list[str]:

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from llmtune import checkpoint
 from llmtune.adapters.base_model import load_base_weights, read_base
 from llmtune.adapters.method import apply_method
-from llmtune.config import load_yaml
+from llmtune.config.load import load_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.models import LanguageModel, build_model
 

@@ -9,13 +9,35 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
 from llmtune.models.dropout import Dropout
+
+
+@dataclass(frozen=True)
+class LoraConfig(MethodConfig):
+    """Rank-r updates beside the frozen Linears named in `targets`; task heads train in full."""
+
+    name: str = "lora"  # full | freeze | lora | prefix | prompt
+    rank: int = 8  # rank r of each update B @ A
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.05  # dropout on the adapter's input
+    targets: tuple[str, ...] = ("qkv", "proj")  # Linear names (qkv, proj, fc, attn.proj)
+
+    def check(self) -> None:
+        for key in ("rank", "alpha"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"method.{key}={getattr(self, key)}: must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"method.dropout={self.dropout}: must be in [0, 1)")
+        if not self.targets:
+            raise ConfigError("method.targets is empty; name Linear layers, e.g. [qkv,proj]")
 
 
 class LoRALinear(nn.Linear):
@@ -113,7 +135,3 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         for layer in layers:
             layer.enabled = True
         model.train(was_training)
-
-
-def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]

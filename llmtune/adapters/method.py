@@ -1,20 +1,62 @@
-"""Which parameters train: apply a fine-tuning method to a built model, and count them."""
+"""Which parameters train: the fine-tuning methods by name (method.name), each with its own
+config class, applied to a built model from the outside; and counting what trains."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from torch import nn
 
-from llmtune.adapters.freeze import freeze_layers
-from llmtune.adapters.lora import apply_lora
-from llmtune.adapters.prefix import attach_prefix
-from llmtune.adapters.prompt import attach_prompt
+from llmtune.adapters.freeze import FreezeConfig, freeze_layers
+from llmtune.adapters.lora import LoraConfig, apply_lora
+from llmtune.adapters.prefix import PrefixConfig, attach_prefix
+from llmtune.adapters.prompt import PromptConfig, attach_prompt
 from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
+from llmtune.models.heads import TASK_HEADS
 
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: a method's config class, what it adds to a built model
+    (`attach(model, cfg, seed)`), and whether it trains only what it adds (an adapter: the
+    pretrained weights freeze, new task heads train, checkpoints hold only the trained
+    weights plus the base's path and checksum)."""
+
+    name: str
+    config: type[MethodConfig]
+    attach: Callable[[nn.Module, Any, int], None]
+    adapter: bool
+
+
+def _nothing(model: nn.Module, cfg: MethodConfig, seed: int) -> None:
+    """full: every weight trains as built."""
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("full", MethodConfig, _nothing, adapter=False),
+        Method("freeze", FreezeConfig, lambda m, c, s: freeze_layers(m, c.freeze_layers), False),
+        Method(
+            "lora",
+            LoraConfig,
+            lambda m, c, s: apply_lora(m, c.rank, c.alpha, c.dropout, c.targets),
+            adapter=True,
+        ),
+        Method("prefix", PrefixConfig, lambda m, c, s: attach_prefix(m, c.n_tokens), True),
+        Method(
+            "prompt",
+            PromptConfig,
+            lambda m, c, s: attach_prompt(m, c.n_tokens, c.prompt_encoder, c.encoder_hidden, s),
+            adapter=True,
+        ),
+    )
+}
 # Methods whose checkpoints hold only the trained weights plus a reference to the base.
-ADAPTER_METHODS = ("lora", "prefix", "prompt")
-# Heads that a parameter-efficient method still trains in full (they are new and small).
-TRAINED_HEADS = ("seq_cls", "token_cls", "reward", "value")
+ADAPTER_METHODS = tuple(name for name, m in METHODS.items() if m.adapter)
 
 
 def apply_method(model: nn.Module, method: MethodConfig, seed: int = 0) -> None:
@@ -23,25 +65,14 @@ def apply_method(model: nn.Module, method: MethodConfig, seed: int = 0) -> None:
     full trains everything; freeze stops the embeddings and bottom layers; lora, prefix and
     prompt freeze the whole pretrained model and train their adapter plus any new task head.
     """
-    if method.name == "full":
-        return
-    if method.name == "freeze":
-        freeze_layers(model, method.freeze_layers)
-    else:
+    if method.name not in METHODS:
+        raise ConfigError(f"method.name={method.name!r}: expected one of {', '.join(METHODS)}")
+    entry = METHODS[method.name]
+    if entry.adapter:
         model.requires_grad_(False)
-        if method.name == "lora":
-            apply_lora(model, method.rank, method.alpha, method.dropout, method.targets)
-        elif method.name == "prefix":
-            attach_prefix(model, method.n_tokens)
-        elif method.name == "prompt":
-            attach_prompt(
-                model, method.n_tokens, method.prompt_encoder, method.encoder_hidden, seed
-            )
-        else:
-            raise ConfigError(
-                f"method.name={method.name!r}: expected full, freeze, {ADAPTER_METHODS}"
-            )
-        for name in TRAINED_HEADS:
+    entry.attach(model, method, seed)
+    if entry.adapter:
+        for name in TASK_HEADS:  # new and small: they train in full
             if name in model.heads:
                 model.heads[name].requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):

@@ -8,13 +8,34 @@ generation); BERT, which has no cache, gets it per attention layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from llmtune.config.schema import MethodConfig
+from llmtune.errors import ConfigError
 from llmtune.models.blocks import KV
+from llmtune.models.family import Kind
 
 INIT_STD = 0.02
 _ATTN_DEFAULTS = (None, None, False, None)  # Attention.forward's x, mask, is_causal, past
+
+
+@dataclass(frozen=True)
+class PrefixConfig(MethodConfig):
+    """P-tuning v2: trainable key/value prefixes at every layer; the rest frozen."""
+
+    name: str = "prefix"  # full | freeze | lora | prefix | prompt
+    n_tokens: int = 16  # key/value positions per layer
+
+    @property
+    def positions(self) -> int:
+        return self.n_tokens
+
+    def check(self) -> None:
+        if self.n_tokens <= 0:
+            raise ConfigError(f"method.n_tokens={self.n_tokens}: must be positive")
 
 
 class PrefixKV(nn.Module):
@@ -42,7 +63,7 @@ def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     prefix = PrefixKV(cfg.n_layers, cfg.n_heads, cfg.d_model, n_tokens)
     prefix.to(next(model.parameters()).device)
     model.add_module("adapter", prefix)
-    if cfg.family == "gpt":
+    if model.kind == Kind.DECODER:  # its forward takes a KV cache: the prefix is one
 
         def gpt_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if len(args) > 2 or kwargs.get("past") is not None:

@@ -10,11 +10,40 @@ same [B, T, D] hidden states as without a prompt.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
+
+ENCODERS = ("none", "mlp", "lstm")
+
+
+@dataclass(frozen=True)
+class PromptConfig(MethodConfig):
+    """A soft prompt at the input, optionally through P-tuning's MLP/LSTM prompt encoder."""
+
+    name: str = "prompt"  # full | freeze | lora | prefix | prompt
+    n_tokens: int = 16  # soft prompt length
+    prompt_encoder: str = "none"  # none | mlp | lstm (P-tuning's reparametrisation)
+    encoder_hidden: int = 0  # prompt encoder width; 0 = model width
+
+    @property
+    def positions(self) -> int:
+        return self.n_tokens
+
+    def check(self) -> None:
+        if self.n_tokens <= 0:
+            raise ConfigError(f"method.n_tokens={self.n_tokens}: must be positive")
+        if self.prompt_encoder not in ENCODERS:
+            raise ConfigError(
+                f"method.prompt_encoder={self.prompt_encoder!r}: expected one of "
+                f"{', '.join(ENCODERS)}"
+            )
+        if self.encoder_hidden < 0:
+            raise ConfigError(f"method.encoder_hidden={self.encoder_hidden}: must be >= 0")
 
 
 class SoftPrompt(nn.Module):
@@ -53,10 +82,10 @@ def attach_prompt(
     better than random vectors, which sit far from anything the model has seen).
     """
     cfg, backbone = model.config, model.backbone
-    if cfg.max_seq_len + n_tokens > cfg.n_positions:
+    if cfg.max_seq_len + n_tokens > cfg.max_positions:
         raise ConfigError(
             f"method.n_tokens={n_tokens} + model.max_seq_len={cfg.max_seq_len} exceed the "
-            f"model's {cfg.n_positions} positions; lower one of them"
+            f"model.s {cfg.max_positions} positions; lower one of them"
         )
     table = backbone.tok_emb.weight
     rows = torch.randint(table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(seed))

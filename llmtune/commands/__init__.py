@@ -1,0 +1,86 @@
+"""The subcommands by name: each is one module with `run(config, run_dir)`, a thin
+composition root. A command's module is imported when it runs (its imports are heavy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Run = Callable[[Any, Path], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    what: str  # one line for `llmtune --help`
+    example: str
+    load: Callable[[], Run]  # the command's run function
+
+
+def _pretrain() -> Run:
+    from llmtune.commands.pretrain import run
+
+    return run
+
+
+def _plan() -> Run:
+    from llmtune.commands.plan import run
+
+    return run
+
+
+def _evaluate() -> Run:
+    from llmtune.commands.evaluate import run
+
+    return run
+
+
+def _finetune() -> Run:
+    from llmtune.commands.finetune import run
+
+    return run
+
+
+def _export() -> Run:
+    from llmtune.commands.export import run
+
+    return run
+
+
+def _report() -> Run:
+    from llmtune.commands.report import run
+
+    return run
+
+
+COMMANDS = {
+    "pretrain": Command(
+        "train a BERT or GPT from scratch", "llmtune pretrain model=bert-small", _pretrain
+    ),
+    "plan": Command(
+        "estimate parameters, FLOPs, memory and step time of a pretrain run",
+        "llmtune plan model=gpt2-small train.micro_batch_size=8",
+        _plan,
+    ),
+    "evaluate": Command(
+        "score a checkpoint on data or complete prompts",
+        "llmtune evaluate ckpt=runs/pretrain/<time> data.test=held_out.txt",
+        _evaluate,
+    ),
+    "finetune": Command(
+        "adapt a checkpoint to a task (full, freeze, lora, prefix, prompt)",
+        "llmtune finetune init_from=runs/pretrain/<time> objective=seq_cls data.train=train.jsonl",
+        _finetune,
+    ),
+    "export": Command(
+        "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
+        "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
+        _export,
+    ),
+    "report": Command(
+        "an HTML page with plots of run, sweep or several run directories",
+        "llmtune report runs/pretrain/<time> runs/finetune/<time>",
+        _report,
+    ),
+}

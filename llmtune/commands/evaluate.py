@@ -20,11 +20,9 @@ from llmtune.console import note, stage
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
-from llmtune.evaluation.generation import generate
 from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
-from llmtune.evaluation.metrics import classification_report
-from llmtune.evaluation.preference import PREFERENCE_OBJECTIVES, evaluate_preferences
+from llmtune.evaluation.preference import evaluate_preferences
 from llmtune.evaluation.report import (
     GENERATIONS,
     PREDICTIONS,
@@ -34,9 +32,14 @@ from llmtune.evaluation.report import (
     write_json,
     write_jsonl,
 )
-from llmtune.evaluation.tasks import evaluate_task
+from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
-from llmtune.objectives import TASK_OBJECTIVES
+from llmtune.models import Kind
+from llmtune.models.generation import generate
+from llmtune.models.registry import names_of_kind
+from llmtune.objectives import OBJECTIVES, Scoring
+from llmtune.objectives.metrics import classification_report
+from llmtune.objectives.sft import PromptedConfig
 from llmtune.train.hardware import resolve_runtime
 
 
@@ -73,21 +76,24 @@ def _zero_shot(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> di
 
 def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     objective = loaded.meta.get("objective", loaded.config.objective.name)
-    if objective == "contrastive" or config.evaluate.embeddings:
+    # a Hugging Face folder (objective "none") is scored as what its model is
+    found = OBJECTIVES.get(objective)
+    scoring = found.scoring if found is not None else Scoring.LANGUAGE_MODEL
+    if scoring == Scoring.EMBEDDINGS or config.evaluate.embeddings:
         return evaluate_embeddings(loaded, config)
-    if objective in PREFERENCE_OBJECTIVES:  # reward models and dpo: pairwise metrics
+    if scoring == Scoring.PAIRWISE:  # reward models and dpo: pairwise metrics
         return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
-    if objective in TASK_OBJECTIVES and objective != "ppo":  # a ppo policy is a language model
+    if scoring in TASK_SCORING:
         results, rows = evaluate_task(loaded, config.data, config.evaluate, config.seed)
         if rows:
             write_jsonl(run_dir / PREDICTIONS, rows)
             results["predictions_file"] = PREDICTIONS
         return results
     if config.evaluate.label_words:
-        if loaded.family != "gpt":
+        if loaded.model.kind != Kind.DECODER:
             raise ConfigError(
-                "evaluate.label_words: zero/few-shot scoring needs a gpt checkpoint; "
-                f"{loaded.step_dir} is a {loaded.family} model"
+                f"evaluate.label_words: zero/few-shot scoring needs a {names_of_kind(Kind.DECODER)}"
+                f" checkpoint; {loaded.step_dir} is a {loaded.family} model"
             )
         return _zero_shot(loaded, config, run_dir)
     return evaluate_language_model(loaded, config.data, config.evaluate, config.seed)
@@ -98,8 +104,8 @@ def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -
     eos = loaded.info.eos_id
     rows = []
     # sft and the preference tunings after it all answer prompts laid out by the template
-    is_sft = loaded.meta.get("objective") in ("sft", "dpo", "ppo")
-    template = loaded.config.objective.prompt_template if is_sft else ""
+    trained = loaded.config.objective
+    template = trained.prompt_template if isinstance(trained, PromptedConfig) else ""
     # an instruction-tuned model answers prompts laid out as it was trained
     texts = [template.replace("{instruction}", p) if template else p for p in prompts]
     ids = [loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
@@ -128,10 +134,11 @@ def run(config: RunConfig, run_dir: Path) -> None:
     with stage("checkpoint", f"loading {config.ckpt}"):
         loaded = load_checkpoint(config.ckpt, runtime.device)
         note(f"{loaded.family} {loaded.model.heads} from {loaded.step_dir}")
-    if prompts and (loaded.family != "gpt" or "lm" not in loaded.model.heads):
+    if prompts and (loaded.model.kind != Kind.DECODER or "lm" not in loaded.model.heads):
         raise ConfigError(
-            f"prompts: generation needs a gpt checkpoint with an lm head; {loaded.step_dir} is "
-            f"a {loaded.family} model with heads {', '.join(loaded.model.heads)}"
+            f"prompts: generation needs a {names_of_kind(Kind.DECODER)} checkpoint with an lm "
+            f"head; {loaded.step_dir} is a {loaded.family} model with heads "
+            f"{', '.join(loaded.model.heads)}"
         )
     console = shared_console()  # no wrapping off a terminal
     results: dict[str, Any] = {

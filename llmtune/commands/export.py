@@ -17,6 +17,7 @@ from llmtune.errors import ConfigError, UserError
 from llmtune.evaluation.loading import load_checkpoint
 from llmtune.export import EXTRAS, WRITERS, ExportJob, require
 from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
+from llmtune.objectives.contrastive import embedding_pooling
 
 
 def _check_out(config: RunConfig) -> Path:
@@ -37,9 +38,10 @@ def _build_job(config: RunConfig, staging: Path) -> ExportJob:
     merge_lora(loaded.model)  # plain Linears: every format (and HF) knows those
     loaded.model.float().eval()
     sample = sample_inputs(
-        loaded.tokenizer, loaded.info, loaded.family, loaded.config.model.max_seq_len
+        loaded.tokenizer, loaded.info, loaded.model, loaded.config.model.max_seq_len
     )
-    inference = InferenceModel(loaded.model, loaded.config.objective.pooling).eval()
+    pooling = embedding_pooling(loaded.config.objective)
+    inference = InferenceModel(loaded.model, pooling).eval()
     return ExportJob(loaded, inference, example_inputs(sample), sample, staging, config)
 
 

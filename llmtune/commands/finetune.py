@@ -12,47 +12,72 @@ from pathlib import Path
 import datasets
 import torch
 
-from llmtune.adapters import ADAPTER_METHODS, apply_method, parameter_summary
+from llmtune.adapters import METHODS, apply_method, parameter_summary
 from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
+from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig, TokenizerConfig
-from llmtune.config.validate import check_model_fits
+from llmtune.config.validate import check_model_fits, resolve_auto
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
-from llmtune.data import cache_root
-from llmtune.models import build_model
-from llmtune.objectives import TASK_OBJECTIVES
-from llmtune.objectives.examples import finetune_examples
+from llmtune.data import cache_root, tokenizer_info
+from llmtune.errors import ConfigError
+from llmtune.models import build_model, family
+from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
 
-def merged_config(config: RunConfig, base: Base) -> RunConfig:
-    """The run config with the base's architecture (and tokenizer settings) filled in.
+def _check_expected(config: RunConfig, base: Base) -> None:
+    """Architecture keys given with finetune must equal the checkpoint's: it is not rebuilt."""
+    m = base.model_config
+    own = {f.name for f in dataclasses.fields(m)}
+    for key, value in config.model.expected:
+        if key not in own:
+            raise ConfigError(
+                f"model.{key}={value}: init_from={config.init_from} is a {m.family} model, "
+                f"which has no {key}; drop model.{key}"
+            )
+        if getattr(m, key) != value:
+            raise ConfigError(
+                f"model.{key}={value} contradicts init_from={config.init_from}, whose {key} is "
+                f"{getattr(m, key)}; fine-tuning keeps the checkpoint's architecture (drop "
+                f"model.{key})"
+            )
+
+
+def merged_config(config: RunConfig, base: Base) -> tuple[RunConfig, list[tuple[str, str, str]]]:
+    """The run config with the base's architecture (and tokenizer settings) filled in, and the
+    model keys this run sets on it (rows for the load table).
 
     model.max_seq_len=0 means the base's length, shortened so a soft prompt still fits.
     """
+    _check_expected(config, base)
     m = base.model_config
-    room = m.n_positions - (config.method.n_tokens if config.method.name == "prompt" else 0)
-    seq_len = config.model.max_seq_len or min(m.max_seq_len, room)
-    model = dataclasses.replace(
-        m,
-        dropout=config.model.dropout,
-        attn_dropout=config.model.attn_dropout,
-        max_seq_len=seq_len,
-    )
+    room = m.max_positions - config.method.positions
+    changes = {
+        "max_seq_len": config.model.max_seq_len or min(m.max_seq_len, room),
+        "dropout": config.model.dropout,
+        "attn_dropout": config.model.attn_dropout,
+    }
+    model = dataclasses.replace(m, **changes)
     if base.run_config is not None:
         tokenizer = base.run_config.tokenizer
     else:  # a Hugging Face folder: its tokenizer files
         tokenizer = TokenizerConfig(kind="file", path=base.ref["path"].removeprefix("hf:"))
-    config = dataclasses.replace(config, model=model, tokenizer=tokenizer)
+    config = resolve_auto(dataclasses.replace(config, model=model, tokenizer=tokenizer))
     check_model_fits(config)
-    return config
+    rows = [("set", f"model.{k}={v}", f"checkpoint: {getattr(m, k)}") for k, v in changes.items()]
+    return config, rows
+
+
+# Heads whose weights mean something only for the labels (or scores) they were trained on.
+LABELLED_HEADS = ("seq_cls", "token_cls", "reward")
 
 
 def _reusable_heads(base: Base, heads: tuple[str, ...], labels: list) -> tuple[str, ...]:
     """Base heads worth keeping: LM heads always; a classifier only for the same labels."""
     same_labels = bool(labels) and base.meta.get("labels") == labels
-    return tuple(h for h in heads if h not in TASK_OBJECTIVES or same_labels)
+    return tuple(h for h in heads if h not in LABELLED_HEADS or same_labels)
 
 
 def run(config: RunConfig, run_dir: Path) -> None:
@@ -64,9 +89,13 @@ def run(config: RunConfig, run_dir: Path) -> None:
     with stage("base model", f"reading {config.init_from}"):
         base = read_base(config.init_from)
         note(f"{len(base.weights)} tensors and the tokenizer of {base.ref['path']}")
-    config = merged_config(config, base)
+    config, settings = merged_config(config, base)
+    fam = family(config.model.family)
+    info = tokenizer_info(base.tokenizer, fam.tokenizer)
+    ctx = Context(config, base.tokenizer, info, fam.kind, console, load_model=load_model)
     with stage("data", "reading and tokenizing the task's rows"):
-        objective, examples, labels = finetune_examples(config, base.tokenizer, console)
+        built = entry(config.objective.name).build(ctx)
+        objective, examples, labels = built.objective, built.examples, built.labels
         n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
         note(
             f"{n_train:,} train / {n_val:,} validation examples"
@@ -78,11 +107,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
         rows = load_base_weights(
             model, base.weights, source, _reusable_heads(base, objective.heads, labels)
         )
-    console.print(load_table(rows, source))
-    if hasattr(objective, "bind"):  # dpo, ppo: their reference is the model as loaded
-        objective.bind(model, config)
+    console.print(load_table([*rows, *settings], source))
+    objective.bind(model, config)  # dpo, ppo: their reference is the model as loaded
     apply_method(model, config.method, config.seed)
-    adapter = config.method.name in ADAPTER_METHODS
+    adapter = METHODS[config.method.name].adapter
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
         f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "

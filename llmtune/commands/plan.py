@@ -18,6 +18,7 @@ from llmtune.console import console as shared_console
 from llmtune.data import cache_root
 from llmtune.models import build_model
 from llmtune.models.cpu_bf16 import bf16_via_fp32
+from llmtune.objectives import entry
 from llmtune.train.flops import device_peak_flops, model_flops_per_token
 from llmtune.train.hardware import Runtime, resolve_runtime
 from llmtune.train.memory import (
@@ -28,8 +29,6 @@ from llmtune.train.memory import (
     gib,
 )
 
-HEADS = {"mlm": ("mlm",), "mlm_nsp": ("mlm", "nsp"), "clm": ("lm",)}
-NATIVE_HEADS = {"bert": ("mlm",), "gpt": ("lm",)}
 # MFU a step reaches, as a share of the device peak: measured on a 2-core CPU in fp32 for the
 # bench workloads (scripts/bench_vs_hf.py); for GPUs what well-tuned small-model runs reach.
 # Share of the peak a training step reaches. CPU: measured 78-80% of the cached matmul peak
@@ -53,9 +52,7 @@ def _vocab_size(config: RunConfig) -> tuple[int, str]:
 
 def _targets_share(config: RunConfig) -> float:
     """Share of positions that reach the vocabulary head."""
-    if config.model.family == "gpt":
-        return (config.model.max_seq_len - 1) / config.model.max_seq_len
-    return config.objective.mask_prob
+    return entry(config.objective.name).vocab_share(config.objective, config.model.max_seq_len)
 
 
 def _memory(config: RunConfig, model: torch.nn.Module, runtime: Runtime):
@@ -69,6 +66,7 @@ def _memory(config: RunConfig, model: torch.nn.Module, runtime: Runtime):
         flash=device.type == "cuda" or config.model.attn_dropout == 0,
         checkpointing=config.hardware.activation_checkpointing,
         lm_rows_share=_targets_share(config),
+        fused_lm_loss=entry(config.objective.name).fused_vocab_loss,
     )
     n_params = model.num_parameters()
     n_trainable = model.num_parameters(trainable_only=True)
@@ -129,7 +127,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     vocab, vocab_from = _vocab_size(config)
     model_cfg = dataclasses.replace(config.model, vocab_size=vocab)
     config = dataclasses.replace(config, model=model_cfg)
-    heads = HEADS.get(config.objective.name, NATIVE_HEADS[model_cfg.family])
+    heads = entry(config.objective.name).heads(config)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(model_cfg, heads)
     summary = Table(title=f"llmtune plan: {model_cfg.family} pretraining", show_header=False)

@@ -11,16 +11,11 @@ import torch
 
 from llmtune.config.schema import RunConfig
 from llmtune.console import note, stage
-from llmtune.data import (
-    cache_root,
-    get_tokenizer,
-    load_corpus,
-    tokenize_corpus,
-    tokenizer_info,
-)
-from llmtune.errors import ConfigError, DataError
+from llmtune.data import cache_root, get_tokenizer, load_corpus, tokenizer_info
+from llmtune.errors import ConfigError
 from llmtune.models import build_model
-from llmtune.objectives import build_objective
+from llmtune.models import family as family_of
+from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -43,33 +38,24 @@ def run(config: RunConfig, run_dir: Path) -> None:
     datasets.logging.set_verbosity_error()
     runtime = resolve_runtime(config.hardware)
     torch.manual_seed(config.seed)
-    family, seq_len = config.model.family, config.model.max_seq_len
+    family = family_of(config.model.family)
     cache = cache_root(config.data)
     with stage("corpus", f"reading data={config.data.source}"):
         corpus = load_corpus(config.data, config.seed)
         note(f"{len(corpus['train']):,} train / {len(corpus['validation']):,} validation documents")
-    with stage("tokenizer", f"{config.tokenizer.kind} for {family}"):
-        tokenizer = get_tokenizer(config.tokenizer, family, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, family)
+    with stage("tokenizer", f"{config.tokenizer.kind} for {family.name}"):
+        tokenizer = get_tokenizer(config.tokenizer, family.tokenizer, corpus["train"], cache)
+    info = tokenizer_info(tokenizer, family.tokenizer)
     config = _with_vocab(config, info.vocab_size)
-    objective = build_objective(config.objective, info)
-    examples = {}
-    for split in ("train", "validation"):
-        with stage("tokenization", f"the {split} split into examples of {seq_len} tokens"):
-            token_ids = tokenize_corpus(corpus[split], tokenizer, cache, config.data.num_proc)
-            examples[split] = objective.make_examples(token_ids, seq_len, config.seed)
-            n = len(examples[split]["input_ids"])
-            note(f"{n:,} examples")
-        if n == 0:
-            raise DataError(
-                f"data.{split}: no training example of {seq_len} tokens could be built; "
-                "add text or lower model.max_seq_len"
-            )
+    ctx = Context(config, tokenizer, info, family.kind, corpus=corpus)
+    built = entry(config.objective.name).build(ctx)  # its examples, staged (data/examples.py)
+    objective, examples = built.objective, built.examples
     torch.manual_seed(config.seed)  # the same init whether or not data came from the cache
     model = build_model(config.model, objective.heads)
     n_params = model.num_parameters()
+    seq_len = config.model.max_seq_len
     print(
-        f"{family} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
+        f"{family.name} model: {n_params / 1e6:.2f}M parameters, objective {objective.name}, "
         f"{len(examples['train']['input_ids'])} train / "
         f"{len(examples['validation']['input_ids'])} validation examples of {seq_len} tokens, "
         f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
@@ -84,6 +70,6 @@ def run(config: RunConfig, run_dir: Path) -> None:
         run_dir=run_dir,
         runtime=runtime,
         cache_dir=cache,
-        meta={"family": family, "heads": list(objective.heads), "objective": objective.name},
+        meta={"family": family.name, "heads": list(objective.heads), "objective": objective.name},
     )
     Trainer(setup).fit()

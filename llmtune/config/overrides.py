@@ -1,7 +1,8 @@
-"""Check command-line overrides against the shipped groups and the schema before Hydra runs.
+"""Check command-line overrides against the command's groups and the schema before Hydra runs.
 
 Hydra's own messages for a misspelt group option or key are multi-line; checking first
-gives one line with the closest valid name. `+key=` additions are checked too.
+gives one line with the closest valid name. `+key=` additions are checked too, and user
+config directories (`hydra.searchpath`) add their options to the ones checked against.
 """
 
 from __future__ import annotations
@@ -10,29 +11,63 @@ import dataclasses
 import importlib.resources
 import typing
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 
-from llmtune.config.build import section_fields, suggestion
-from llmtune.config.schema import RunConfig
+from llmtune.config import choices, layout
+from llmtune.config.build import first_class, section_fields, suggestion
+from llmtune.config.schema import COMMAND_CLASSES, RunConfig
 from llmtune.errors import ConfigError
 
-# The top-level configs/ folder, installed as the package llmtune.configs (see setup.py).
-CONFIG_DIR = Path(importlib.resources.files("llmtune.configs"))
+
+def _parse(overrides: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"cannot parse overrides: {first}") from None
 
 
-def group_options(group: str) -> list[str]:
-    """Names of the shipped options of a config group (`model` -> ['bert-base', ...])."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+def search_dirs(parsed: list[Override]) -> tuple[Path, ...]:
+    """The user config directories of a `hydra.searchpath=[...]` override (file:// or pkg://)."""
+    dirs = []
+    for override in parsed:
+        if override.key_or_group != "hydra.searchpath":
+            continue
+        value = override.value()
+        for item in value if isinstance(value, list) else [value]:
+            text = str(item)
+            if text.startswith("pkg://"):
+                name = text.removeprefix("pkg://").replace("/", ".")
+                try:
+                    dirs.append(Path(str(importlib.resources.files(name))))
+                except ModuleNotFoundError:
+                    raise ConfigError(f"hydra.searchpath: no package '{name}'") from None
+            else:
+                path = Path(text.removeprefix("file://")).expanduser()
+                if not path.is_dir():
+                    raise ConfigError(f"hydra.searchpath: '{path}' is not a folder of configs")
+                dirs.append(path)
+    return tuple(dirs)
 
 
-def config_groups() -> list[str]:
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
-
-
-def _check_group_choice(group: str, values: list[str]) -> None:
-    options = group_options(group)
+def _check_group(command: str, text: str, override: Override, dirs: tuple[Path, ...]) -> None:
+    group, used = override.key_or_group, layout.command_groups(command)
+    # +<group>=<option> of a user's own group (hydra.searchpath) adds what it holds
+    users_own = override.type.name == "ADD" and group not in layout.config_groups()
+    if group not in used and not users_own:
+        raise ConfigError(
+            f"{text}: llmtune {command} has no {group} group (its groups: {', '.join(used)})"
+        )
+    values = (
+        list(override.sweep_string_iterator())
+        if override.is_sweep_override()
+        else [str(override.value())]
+    )
+    options = layout.group_options(group, dirs)
     for value in values:
         if value not in options and value != "null":
             raise ConfigError(
@@ -41,54 +76,70 @@ def _check_group_choice(group: str, values: list[str]) -> None:
             )
 
 
-def _check_key(key: str) -> None:
+def _fields(command: str, path: str, cls: Any) -> dict[str, Any]:
+    """Keys of a section; a choice section takes any choice's keys here (which choice the
+    composed config makes is known only after composition; config/build.py checks it)."""
+    special = COMMAND_CLASSES.get(command, {}).get(path)
+    if path not in choices.SELECTORS:
+        return section_fields(special or cls)
+    fields = {}
+    for option in [*choices.classes(path).values(), *choices.EXTRA.get(path, ())]:
+        fields |= section_fields(option)
+    return fields
+
+
+def _check_key(command: str, key: str, dirs: tuple[Path, ...]) -> None:
     parts = key.split(".")
-    cls: type = RunConfig
+    if parts[0] == "command":
+        raise ConfigError(f"{key}: set by the subcommand (llmtune {command}); it is not a key")
+    sections = layout.command_sections(command)
+    if parts[0] in section_fields(RunConfig) and parts[0] not in sections:
+        raise ConfigError(
+            f"{key}: llmtune {command} does not use {parts[0]} (its sections: "
+            f"{', '.join(sections)})"
+        )
+    cls: Any = RunConfig
     for depth, part in enumerate(parts):
         if typing.get_origin(cls) is dict:  # tasks.<name>: the name is free, its keys are not
             cls = typing.get_args(cls)[1]
             continue
-        fields = section_fields(cls)
+        prefix = ".".join(parts[:depth])
+        fields = _fields(command, prefix, cls) if prefix else section_fields(RunConfig)
         if part not in fields:
-            prefix = ".".join(parts[:depth])
             where = f"'{prefix}'" if prefix else "the top level"
-            valid = fields if prefix else [*fields, *config_groups()]
+            valid = fields if prefix else [*fields, *layout.command_groups(command)]
             raise ConfigError(f"unknown key '{key}' in {where}{suggestion(part, valid)}")
-        cls = fields[part]
-        is_section = dataclasses.is_dataclass(cls) or typing.get_origin(cls) is dict
+        cls = first_class(fields[part])
+        path = ".".join(parts[: depth + 1])
+        is_section = (
+            path in choices.SELECTORS
+            or dataclasses.is_dataclass(cls)
+            or typing.get_origin(cls) is dict
+        )
         if not is_section and depth < len(parts) - 1:
-            raise ConfigError(f"'{'.'.join(parts[: depth + 1])}' is a value, not a section")
+            raise ConfigError(f"'{path}' is a value, not a section")
 
 
-def check_overrides(overrides: list[str]) -> list[str]:
-    """Check overrides against the shipped groups and the schema; return them for Hydra.
+def check_overrides(command: str, overrides: list[str]) -> list[str]:
+    """Check overrides against the command's groups and the schema; return them for Hydra.
 
-    A key the schema knows is passed as `++key=value`: a chosen option's YAML need not
-    list every field of its section (the dataclass supplies defaults), so Hydra's own
-    "not in struct" check would wrongly refuse it.
+    A key the schema knows is passed as `++key=value`: a user's option YAML need not list
+    every field of its section (the dataclass supplies defaults, equal to the shipped
+    YAML's), so Hydra's own "not in struct" check would wrongly refuse it.
     """
-    if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
-        return overrides  # user config directories may add options we cannot see here
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"cannot parse overrides: {first}") from None
-    groups = set(config_groups())
+    parsed = _parse(overrides)
+    dirs = search_dirs(parsed)
+    groups = set(layout.config_groups(dirs))
     checked = []
     for text, override in zip(overrides, parsed):
         key = override.key_or_group
         if key.startswith("hydra") or override.package is not None:
             checked.append(text)
         elif key in groups:
-            if override.is_sweep_override():
-                values = list(override.sweep_string_iterator())
-            else:
-                values = [str(override.value())]
-            _check_group_choice(key, values)
+            _check_group(command, text, override, dirs)
             checked.append(text)
         else:
-            _check_key(key)
+            _check_key(command, key, dirs)
             is_plain = override.type.name in ("CHANGE", "ADD")
             checked.append("++" + text.lstrip("+") if is_plain else text)
     return checked

@@ -1,40 +1,87 @@
 """Typed, frozen run configuration: the only shape a composed Hydra config may take.
 
-Every section is a dataclass; `config/build.py` turns a composed DictConfig into a
-`RunConfig`, refusing unknown keys and invalid values before anything is built.
+Every section is a dataclass; a choice section's class is its choice's (model.family,
+objective.name, method.name, data.source: see config/choices.py). `config/build.py` turns a
+composed config into a `RunConfig`, refusing unknown keys and invalid values. Each field's
+comment is its `--help` line (config/help.py), and its default equals the shipped YAML's
+(tests/unit/config/test_defaults.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmtune.errors import ConfigError
+
+# Field metadata of keys the builder fills in: never given in YAML or on the command line.
+BUILT = {"set_by": "build"}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. `family` picks the wiring (bert: post-LN encoder, gpt: pre-LN decoder)."""
+    """Keys every model family has. Each family (models/<family>.py) subclasses this with its
+    own keys; `model.family` picks the class, and a key of another family is refused."""
 
-    family: str = "gpt"  # "bert" | "gpt"
+    family: str = ""  # registered family name (models/registry.py): bert, gpt, ...
     vocab_size: int = 0  # 0 = take it from the tokenizer
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 512
-    max_seq_len: int = 128  # training/eval sequence length; must fit in n_positions
-    n_positions: int = 512  # size of the learned position table
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads per block
+    d_ff: int = 512  # hidden width of each block's MLP
+    max_seq_len: int = 128  # training/eval sequence length
     dropout: float = 0.1  # hidden and embedding dropout
-    attn_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12  # BERT uses 1e-12, GPT-2 uses 1e-5
-    type_vocab_size: int = 2  # BERT token types; ignored by gpt
-    tie_embeddings: bool = True
+    attn_dropout: float = 0.1  # dropout on attention probabilities
+    tie_embeddings: bool = True  # the output projection shares the token embedding table
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the architecture takes (a learned position table's size)."""
+        return self.max_seq_len
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid key (families add their own checks)."""
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size}: must be >= 0 (0 = tokenizer's)")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}"
+            )
+        if self.max_seq_len > self.max_positions:
+            raise ConfigError(
+                f"model.max_seq_len={self.max_seq_len} exceeds the position table "
+                f"({self.max_positions} positions)"
+            )
+        for key in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)}: must be in [0, 1)")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value}: must be positive")
+
+
+@dataclass(frozen=True)
+class FinetuneModel:
+    """finetune's model section: the architecture comes from init_from. These keys adjust the
+    loaded model; any other model key given must equal the checkpoint's (checked once read)."""
+
+    max_seq_len: int = 0  # 0 = the checkpoint's own length (shortened so a soft prompt fits)
+    dropout: float = 0.1  # hidden and embedding dropout while fine-tuning
+    attn_dropout: float = 0.1  # dropout on attention probabilities while fine-tuning
+    # every other model.<key>=<value> given, as (key, value) pairs: must match the checkpoint
+    expected: tuple[tuple[str, object], ...] = field(default=(), metadata=BUILT)
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How the run gets its tokenizer: trained on the run's corpus, or loaded from a file."""
 
-    kind: str = "auto"  # auto (wordpiece for bert, bpe for gpt) | wordpiece | bpe | file
-    vocab_size: int = 8000
-    min_frequency: int = 2
+    kind: str = "auto"  # auto (the model family's) | wordpiece | bpe | file
+    vocab_size: int = 8000  # size of a tokenizer trained on the run's corpus
+    min_frequency: int = 2  # a trained tokenizer's pieces occur at least this often
     lowercase: bool = True  # wordpiece only; byte-level BPE is always case-preserving
     path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
     train_docs: int = 0  # train on at most this many documents (0 = all)
@@ -42,93 +89,94 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where text comes from and how it is cleaned and split."""
+    """Where text comes from and how it is cleaned and split; `data.source` picks the class
+    (this one: builtin, the Python documentation shipped with CPython)."""
 
     source: str = "builtin"  # builtin | files | hub
-    train: str = ""  # files: path or glob
+    train: str = ""  # files: path or glob of the training split
     validation: str = ""  # files: path or glob; empty = carve validation_fraction out of train
-    test: str = ""
-    text_column: str = "text"
-    # labelled data (finetune and evaluate): which column holds what
-    text_pair_column: str = ""  # seq_cls on pairs: the second text
-    label_column: str = "label"  # seq_cls / zero-shot labels; absent in a file = predict only
-    tokens_column: str = "tokens"  # token_cls: a list of words
-    tags_column: str = "tags"  # token_cls: a list of tags, one per word
-    instruction_column: str = "instruction"  # sft
-    response_column: str = "response"  # sft
-    # reward / dpo: (prompt, chosen, rejected) columns, or pairs built from sft data:
-    # columns | other_response (another row's response is rejected) | shuffled_response
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    preference_pairs: str = "columns"
-    negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
-    name: str = ""  # hub: dataset name
-    config: str = ""  # hub: dataset config
-    split: str = "train"  # hub: split used for training
-    validation_fraction: float = 0.05
-    min_chars: int = 1  # drop documents shorter than this after stripping
+    test: str = ""  # files: path or glob of held-out data (evaluate, export's int8 metric)
+    validation_fraction: float = 0.05  # share of train held out when data.validation is empty
+    min_chars: int = 20  # drop documents shorter than this after stripping
     dedupe: bool = False  # drop exact duplicate documents
-    max_docs: int = 0  # 0 = all
-    # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
-    overlong: str = "truncate"
+    max_docs: int = 0  # keep at most this many documents (0 = all)
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
-    num_proc: int = 1
+    num_proc: int = 1  # processes for cleaning and tokenizing
     # labelled data: batch rows of similar length together (less padding, same epoch coverage)
     group_by_length: bool = True
 
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
-    """Training objective, chosen by registered name. Fields unused by a name are ignored."""
+class FilesData(DataConfig):
+    """Local .txt/.json/.jsonl/.csv/.parquet files: plain text, or labelled columns."""
 
-    name: str = "auto"  # auto (the family's native objective) | mlm | clm | mlm_nsp
-    mask_prob: float = 0.15
-    mask_token_frac: float = 0.8  # of chosen positions: replaced by [MASK]
-    random_token_frac: float = 0.1  # replaced by a random token; the rest stay unchanged
-    nsp_prob: float = 0.5  # mlm_nsp: share of pairs whose B segment is random
-    separate_documents: bool = True  # clm: packed documents never attend to each other
-    class_weights: str = "none"  # seq_cls/token_cls: none | balanced (inverse label frequency)
-    # sft: the prompt before each response; {instruction} is filled from data.instruction_column
-    prompt_template: str = "### Instruction:\n{instruction}\n\n### Response:\n"
-    # dpo: strength of the implicit KL to the reference; loss: dpo (sigmoid) | ipo
-    beta: float = 0.1
-    loss: str = "dpo"
-    # ppo: reward checkpoint, KL penalty per token, GAE, clipping, rollout sampling
-    reward_model: str = ""
-    kl_coef: float = 0.05
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    value_clip: float = 0.2
-    value_coef: float = 0.5
-    ppo_epochs: int = 2  # optimizer steps on each rollout before sampling a new one
-    max_new_tokens: int = 24
-    sample_temperature: float = 1.0  # ppo rollouts (1 = the policy's own distribution)
-    # contrastive: InfoNCE over cosine similarities / temperature, in-batch negatives
-    temperature: float = 0.05
-    pooling: str = "mean"  # cls (bert's first token) | mean (over real tokens)
-    # auto (pair if data.text_pair_column, else dropout) | dropout (two dropout views of a
-    # text, unsupervised) | pair (data.text_pair_column) | label (same data.label_column)
-    positives: str = "auto"
+    source: str = "files"  # builtin | files | hub
+    min_chars: int = 1  # drop documents shorter than this after stripping
+    text_column: str = "text"  # the text of .json/.jsonl/.csv/.parquet rows
+    text_pair_column: str = ""  # seq_cls on pairs (and contrastive positives): the second text
+    label_column: str = "label"  # seq_cls / zero-shot labels; absent in a file = predict only
+    tokens_column: str = "tokens"  # token_cls: a list of words
+    tags_column: str = "tags"  # token_cls: a list of tags, one per word
+    instruction_column: str = "instruction"  # sft, ppo: the instruction
+    response_column: str = "response"  # sft: the response to learn
+    prompt_column: str = "prompt"  # reward / dpo pairs: the prompt
+    chosen_column: str = "chosen"  # reward / dpo pairs: the preferred response
+    rejected_column: str = "rejected"  # reward / dpo pairs: the other response
+    # reward / dpo: columns (prompt, chosen, rejected) | other_response (another row's response
+    # is rejected) | shuffled_response, the last two built from sft data
+    preference_pairs: str = "columns"
+    negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
+    # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
+    overlong: str = "truncate"
+
+
+@dataclass(frozen=True)
+class HubData(DataConfig):
+    """A Hugging Face Hub dataset (needs network, or the datasets cache)."""
+
+    source: str = "hub"  # builtin | files | hub
+    min_chars: int = 1  # drop documents shorter than this after stripping
+    name: str = ""  # the dataset's name on the Hub
+    config: str = ""  # the dataset's config (subset)
+    split: str = "train"  # the split used for training
+    text_column: str = "text"  # the column holding the text
+
+
+DATA_SOURCES: dict[str, type[DataConfig]] = {
+    "builtin": DataConfig,
+    "files": FilesData,
+    "hub": HubData,
+}
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Keys every objective has; each objective (objectives/<name>.py) subclasses this with its
+    own keys; `objective.name` picks the class, and another objective's key is refused."""
+
+    name: str = "auto"  # registered objective name; auto = the model family's native one
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    schedule: str = "cosine"  # cosine | linear | constant
-    warmup_steps: int = 0
+    """AdamW and its learning-rate schedule."""
+
+    name: str = "adamw"  # the optimizer (adamw: no decay on biases, norms and embeddings)
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 0.01  # decoupled weight decay of matrices
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.999  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator epsilon
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_steps: int = 10  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.1  # cosine/linear decay to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables
 
 
 @dataclass(frozen=True)
 class HardwareConfig:
+    """Device, precision, threads and the processes of a run."""
+
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     threads: int = 0  # CPU threads for torch; 0 = all cores
@@ -144,15 +192,17 @@ class HardwareConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 100
-    max_tokens: int = 0  # 0 = no limit
+    """How long to train, the batch layout, and when to log, evaluate and save."""
+
+    max_steps: int = 200  # optimizer steps
+    max_tokens: int = 0  # stop after this many input tokens (0 = no limit)
     max_time: str = ""  # e.g. "90s", "10m", "2h"; empty = no limit
-    global_batch_size: int = 16
-    micro_batch_size: int = 16
-    eval_every: int = 50
+    global_batch_size: int = 16  # rows per optimizer step, over all processes
+    micro_batch_size: int = 16  # rows per forward; the rest is gradient accumulation
+    eval_every: int = 50  # steps between validations
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = whole split)
-    save_every: int = 100
-    log_every: int = 10
+    save_every: int = 100  # steps between checkpoints
+    log_every: int = 10  # steps between train records
     # the `best` checkpoint: val_loss, val_accuracy, val_f1_macro, val_entity_f1 (token_cls),
     # ... (loss/perplexity: lower is better, anything else: higher); judged at saved steps
     best_metric: str = "val_loss"
@@ -162,22 +212,30 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """Resuming and keeping checkpoints of the run directory."""
+
     resume: str = "auto"  # auto | never | <path to a step folder>
-    keep_last: int = 3
+    keep_last: int = 3  # older step folders kept (latest and best are never deleted)
     fallback: bool = False  # auto resume: use the newest intact checkpoint if `latest` is damaged
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class ScoringConfig:
+    """How held-out data is batched when a checkpoint is scored (export: int8's metric)."""
+
+    batch_size: int = 16  # rows per forward
+    max_examples: int = 0  # score at most this many test examples (0 = all)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ScoringConfig):
     """`llmtune evaluate`: batching, sampling for generation, zero/few-shot label scoring."""
 
-    batch_size: int = 16
-    max_examples: int = 0  # evaluate at most this many test examples (0 = all)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # generation: new tokens per prompt, at most
     temperature: float = 0.0  # 0 = greedy decoding; > 0 samples from softmax(logits / T)
     top_k: int = 0  # sample among the k likeliest tokens only (0 = all)
     top_p: float = 1.0  # sample from the smallest set holding this much probability (1 = all)
-    stop_at_eos: bool = True
+    stop_at_eos: bool = True  # generation ends at the end-of-text token
     # zero/few-shot classification with a decoder: score " <word>" after the filled template
     label_words: tuple[str, ...] = ()  # one word (or phrase) per label
     label_names: tuple[str, ...] = ()  # the data's label per word; empty = the words themselves
@@ -191,17 +249,18 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """How finetune adapts the weights: full | freeze | lora | prefix | prompt."""
+    """Keys every fine-tuning method has; each method (adapters/<method>.py) subclasses this
+    with its own keys (this one: full, which trains every weight)."""
 
-    name: str = "full"
-    freeze_layers: int = -1  # freeze: embeddings + this many bottom blocks; -1 = all but heads
-    rank: int = 8  # lora
-    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
-    dropout: float = 0.0  # lora: dropout on the adapter's input
-    targets: tuple[str, ...] = ("qkv", "proj")  # lora: Linear names (qkv, proj, fc, attn.proj)
-    n_tokens: int = 16  # prefix: key/value positions per layer; prompt: soft prompt length
-    prompt_encoder: str = "none"  # prompt: none | mlp | lstm (P-tuning's reparametrisation)
-    encoder_hidden: int = 0  # prompt encoder / prefix MLP width; 0 = model width
+    name: str = "full"  # full | freeze | lora | prefix | prompt
+
+    @property
+    def positions(self) -> int:
+        """Positions of the model's table the method takes before the real tokens."""
+        return 0
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid key (methods add their own checks)."""
 
 
 @dataclass(frozen=True)
@@ -229,10 +288,13 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    command: str = "pretrain"
-    seed: int = 0
+    """A run: each command composes the sections it uses (see its configs/<command>.yaml)."""
+
+    command: str = "pretrain"  # the subcommand (set by its primary config)
+    seed: int = 0  # seeds data order, masks, dropout and initialisation
     verbose: bool = False  # show third-party log lines and warnings on the console too
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # finetune: FinetuneModel until the checkpoint's own config replaces it
+    model: ModelConfig | FinetuneModel = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -240,9 +302,10 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    ckpt: str = ""  # evaluate: a step folder or a run directory (its best, else latest)
+    ckpt: str = ""  # evaluate, export: a step folder or a run directory (its best, else latest)
     prompts: tuple[str, ...] = ()  # evaluate: prompts to complete, or files of one per line
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # export: a ScoringConfig (int8 scores data.test)
+    evaluate: EvaluateConfig | ScoringConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
     format: str = ""  # export: hf | onnx | torchscript | pt2 | int8
@@ -250,3 +313,10 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask
     runs: tuple[str, ...] = ()  # report: run and sweep directories (positional arguments)
+
+
+# Sections whose class depends on the command (the others' is RunConfig's annotation).
+COMMAND_CLASSES: dict[str, dict[str, type]] = {
+    "finetune": {"model": FinetuneModel},
+    "export": {"evaluate": ScoringConfig},
+}

@@ -5,39 +5,22 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from llmtune.config import objective_checks
-from llmtune.config.schema import RunConfig
+from llmtune.config.schema import FilesData, ModelConfig, RunConfig
+from llmtune.data.preference import PAIR_MODES
 from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.models.registry import family as family_of
+from llmtune.models.registry import names_of_kind
+from llmtune.objectives.contrastive import POOLINGS
+from llmtune.objectives.registry import OBJECTIVES
+from llmtune.objectives.registry import entry as objective_entry
 
-FAMILIES = ("bert", "gpt")
-NATIVE_OBJECTIVE = {"bert": "mlm", "gpt": "clm"}
-OBJECTIVE_FAMILIES = {
-    "mlm": ("bert",),
-    "mlm_nsp": ("bert",),
-    "clm": ("gpt",),
-    "seq_cls": FAMILIES,
-    "token_cls": FAMILIES,
-    "sft": ("gpt",),
-    "reward": FAMILIES,
-    "dpo": ("gpt",),
-    "ppo": ("gpt",),
-    "contrastive": FAMILIES,
-    "multitask": FAMILIES,
-}
-# labelled data (or several tasks' data): finetune only
-TASK_OBJECTIVES = ("seq_cls", "token_cls", "sft", "contrastive", "multitask")
-TASK_OBJECTIVES += ("reward", "dpo", "ppo")
-PREFERENCE_PAIRS = ("columns", "other_response", "shuffled_response")
-METHODS = ("full", "freeze", "lora", "prefix", "prompt")
-PROMPT_ENCODERS = ("none", "mlp", "lstm")
-CLASS_WEIGHTS = ("none", "balanced")
-NATIVE_TOKENIZER = {"bert": "wordpiece", "gpt": "bpe"}
 TOKENIZER_KINDS = ("wordpiece", "bpe", "file")
-DATA_SOURCES = ("builtin", "files", "hub")
 OVERLONG = ("truncate", "drop", "error")  # data.overlong (data/overlong.py)
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("none", "ddp", "fsdp")  # hardware.strategy (train/parallel.py)
 EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,15 +37,17 @@ def parse_duration(text: str) -> float:
 
 
 def resolve_auto(config: RunConfig) -> RunConfig:
-    """Replace 'auto' objective and tokenizer choices by the family's native ones."""
-    family = config.model.family
-    if family not in FAMILIES:
-        raise ConfigError(f"model.family={family!r}: expected one of {', '.join(FAMILIES)}")
+    """Replace 'auto' objective and tokenizer choices by the family's native ones (once the
+    family is known: finetune resolves them after reading its checkpoint). The native
+    objective takes its defaults, which are its YAML's (configs/objective/<name>.yaml)."""
+    if not isinstance(config.model, ModelConfig) or not config.model.family:
+        return config
+    family = family_of(config.model.family)
     objective, tokenizer = config.objective, config.tokenizer
     if objective.name == "auto":
-        objective = dataclasses.replace(objective, name=NATIVE_OBJECTIVE[family])
+        objective = objective_entry(family.native_objective).config()
     if tokenizer.kind == "auto":
-        tokenizer = dataclasses.replace(tokenizer, kind=NATIVE_TOKENIZER[family])
+        tokenizer = dataclasses.replace(tokenizer, kind=family.tokenizer)
     return dataclasses.replace(config, objective=objective, tokenizer=tokenizer)
 
 
@@ -75,76 +60,34 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value!r}: expected one of {', '.join(allowed)}")
 
 
-def _check_model(config: RunConfig) -> None:
-    m = config.model
-    for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
-        _require(getattr(m, key) > 0, f"model.{key}={getattr(m, key)}: must be positive")
-    _require(m.vocab_size >= 0, f"model.vocab_size={m.vocab_size}: must be >= 0 (0 = tokenizer's)")
+def _check_objective(config: RunConfig, kind: Kind | None) -> None:
+    """The objective suits the command, the data and (once known) the model family's kind."""
+    o = config.objective
+    composite = [n for n, e in OBJECTIVES.items() if e.composite]
+    if o.name == "auto":  # finetune: the checkpoint's family decides (check_model_fits)
+        _require(not config.tasks, f"tasks.* is set; add objective={'|'.join(composite)}")
+        return
+    entry = objective_entry(o.name)
+    if kind is not None and kind not in entry.kinds:
+        raise ConfigError(
+            f"objective={o.name} needs a {names_of_kind(*entry.kinds)} model, but model.family="
+            f"{config.model.family}"
+        )
     _require(
-        m.d_model % m.n_heads == 0,
-        f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}",
-    )
-    _require(
-        m.max_seq_len <= m.n_positions,
-        f"model.max_seq_len={m.max_seq_len} exceeds the position table "
-        f"(model.n_positions={m.n_positions})",
-    )
-    for key in ("dropout", "attn_dropout"):
-        _require(0 <= getattr(m, key) < 1, f"model.{key}={getattr(m, key)}: must be in [0, 1)")
-
-
-def _check_objective(config: RunConfig) -> None:
-    o, family = config.objective, config.model.family
-    families = OBJECTIVE_FAMILIES.get(o.name)
-    _require(
-        families is not None,
-        f"objective.name={o.name!r}: expected one of {', '.join(OBJECTIVE_FAMILIES)}",
-    )
-    # finetune takes its model from the checkpoint: `check_model_fits` runs once it is known
-    _require(
-        config.command == "finetune" or family in families,
-        f"objective={o.name} needs a {'/'.join(families)} model, but model.family={family}",
-    )
-    _require(
-        o.name not in TASK_OBJECTIVES or config.command != "pretrain",
+        not entry.labelled or config.command != "pretrain",
         f"objective={o.name} needs labelled data; use `llmtune finetune` for it",
     )
-    _one_of("objective.class_weights", o.class_weights, CLASS_WEIGHTS)
-    _require(0 < o.mask_prob < 1, f"objective.mask_prob={o.mask_prob}: must be in (0, 1)")
-    for key in ("mask_token_frac", "random_token_frac"):
-        _require(0 <= getattr(o, key) <= 1, f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
     _require(
-        o.mask_token_frac + o.random_token_frac <= 1,
-        "objective.mask_token_frac + objective.random_token_frac must be <= 1",
+        not entry.labelled or isinstance(config.data, FilesData),
+        f"data.source={config.data.source}: labelled fine-tuning data must be local files; "
+        "use data=files data.train=<path>",
     )
-    _require(0 <= o.nsp_prob <= 1, f"objective.nsp_prob={o.nsp_prob}: must be in [0, 1]")
-    _one_of("data.preference_pairs", config.data.preference_pairs, PREFERENCE_PAIRS)
-    _check_preference(config)
-
-    if o.name == "contrastive":
-        objective_checks.check_contrastive(config)
-    objective_checks.check_tasks(config)
-
-
-def _check_preference(config: RunConfig) -> None:
-    """dpo/ipo and ppo settings (ignored by other objectives, so checked only for them)."""
-    o = config.objective
-    if o.name == "dpo":
-        _one_of("objective.loss", o.loss, ("dpo", "ipo"))
-        _require(o.beta > 0, f"objective.beta={o.beta}: must be positive")
-    if o.name != "ppo":
-        return
     _require(
-        bool(o.reward_model),
-        "objective.reward_model is required with objective=ppo; set it to a checkpoint "
-        "trained with objective=reward",
+        entry.composite or not config.tasks,
+        f"tasks.{next(iter(config.tasks), '')} is set but objective={o.name}; "
+        f"add objective={'|'.join(composite)}",
     )
-    for key in ("kl_coef", "clip_range", "value_clip", "value_coef", "sample_temperature"):
-        _require(getattr(o, key) >= 0, f"objective.{key}={getattr(o, key)}: must be >= 0")
-    for key in ("gamma", "lam"):
-        _require(0 <= getattr(o, key) <= 1, f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
-    for key in ("ppo_epochs", "max_new_tokens"):
-        _require(getattr(o, key) > 0, f"objective.{key}={getattr(o, key)}: must be positive")
+    entry.check(config, kind)
 
 
 def _check_training(config: RunConfig) -> None:
@@ -159,6 +102,7 @@ def _check_training(config: RunConfig) -> None:
     _one_of("optim.schedule", o.schedule, SCHEDULES)
     _one_of("hardware.precision", h.precision, PRECISIONS)
     _one_of("hardware.device", h.device, DEVICES)
+    _require(h.threads >= 0, f"hardware.threads={h.threads}: must be >= 0 (0 = all cores)")
     for key in (
         "max_steps",
         "global_batch_size",
@@ -177,7 +121,7 @@ def _check_training(config: RunConfig) -> None:
     )
     parse_duration(t.max_time)
     _one_of("train.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
-    _one_of("hardware.strategy", h.strategy, ("none", "ddp", "fsdp"))
+    _one_of("hardware.strategy", h.strategy, STRATEGIES)
     _require(h.nproc >= 1, f"hardware.nproc={h.nproc}: must be >= 1")
     _require(
         h.strategy != "none" or max(h.nproc, h.world_size) == 1,
@@ -193,8 +137,9 @@ def _check_training(config: RunConfig) -> None:
 
 def _check_data(config: RunConfig) -> None:
     d, tok = config.data, config.tokenizer
-    _one_of("data.source", d.source, DATA_SOURCES)
-    _one_of("data.overlong", d.overlong, OVERLONG)
+    if isinstance(d, FilesData):
+        _one_of("data.overlong", d.overlong, OVERLONG)
+        _one_of("data.preference_pairs", d.preference_pairs, PAIR_MODES)
     # evaluate and export read data.test only (data.train just for few-shot examples)
     _require(
         d.source != "files" or bool(d.train) or config.command in ("evaluate", "export"),
@@ -211,6 +156,8 @@ def _check_data(config: RunConfig) -> None:
         0 < d.validation_fraction < 1,
         f"data.validation_fraction={d.validation_fraction}: must be in (0, 1)",
     )
+    if config.command != "pretrain":  # the others take the checkpoint's tokenizer
+        return
     _one_of("tokenizer.kind", tok.kind, TOKENIZER_KINDS)
     _require(tok.kind != "file" or bool(tok.path), "tokenizer.path is required with tokenizer=file")
     _require(
@@ -249,15 +196,7 @@ def _check_finetune(config: RunConfig) -> None:
         bool(config.init_from),
         "init_from is required; set init_from=<checkpoint step folder or run dir> or hf:<folder>",
     )
-    _one_of("method.name", m.name, METHODS)
-    _one_of("method.prompt_encoder", m.prompt_encoder, PROMPT_ENCODERS)
-    _require(m.freeze_layers >= -1, f"method.freeze_layers={m.freeze_layers}: -1 (all) or >= 0")
-    for key in ("rank", "n_tokens"):
-        _require(getattr(m, key) > 0, f"method.{key}={getattr(m, key)}: must be positive")
-    _require(m.alpha > 0, f"method.alpha={m.alpha}: must be positive")
-    _require(0 <= m.dropout < 1, f"method.dropout={m.dropout}: must be in [0, 1)")
-    _require(m.encoder_hidden >= 0, f"method.encoder_hidden={m.encoder_hidden}: must be >= 0")
-    _require(bool(m.targets), "method.targets is empty; name Linear layers, e.g. [qkv,proj]")
+    m.check()
     _require(t.patience >= 0, f"train.patience={t.patience}: must be >= 0 (0 = off)")
     _require(
         config.model.max_seq_len >= 0,
@@ -283,27 +222,41 @@ def _check_export(config: RunConfig) -> None:
 
 def check_model_fits(config: RunConfig) -> None:
     """Model checks, and that the objective suits the family (finetune: once the model is known)."""
-    _check_model(config)
-    families = OBJECTIVE_FAMILIES[config.objective.name]
+    config.model.check()
+    kind = family_of(config.model.family).kind
+    entry = objective_entry(config.objective.name)
     _require(
-        config.model.family in families,
-        f"objective={config.objective.name} needs a {'/'.join(families)} model, "
+        kind in entry.kinds,
+        f"objective={entry.name} needs a {names_of_kind(*entry.kinds)} model, "
         f"but the checkpoint is a {config.model.family} model",
     )
-    objective_checks.check_task_families(config, OBJECTIVE_FAMILIES)
+    entry.check(config, kind)
+
+
+def _check_embeddings(config: RunConfig) -> None:
+    e = config.evaluate
+    _require(
+        e.pooling in ("", *POOLINGS),
+        f"evaluate.pooling={e.pooling!r}: expected one of {', '.join(POOLINGS)} "
+        "(or empty for the checkpoint's)",
+    )
+    _require(e.knn_k >= 1, f"evaluate.knn_k={e.knn_k}: must be >= 1")
 
 
 def validate(config: RunConfig) -> None:
     """Raise ConfigError naming the first invalid key."""
+    kind = None
     if config.command == "finetune":
         _check_finetune(config)
-    else:
-        _check_model(config)
-    _check_objective(config)
-    _check_training(config)
+    elif config.command == "pretrain":
+        config.model.check()
+        kind = family_of(config.model.family).kind
+    if config.command in ("pretrain", "finetune"):  # evaluate and export train nothing
+        _check_objective(config, kind)
+        _check_training(config)
     _check_data(config)
     if config.command == "evaluate":
         _check_evaluate(config)
-        objective_checks.check_embedding_evaluation(config)
+        _check_embeddings(config)
     if config.command == "export":
         _check_export(config)

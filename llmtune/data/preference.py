@@ -106,11 +106,13 @@ def _other_response(asks: list[str], texts: list[str], order: list[int], pos: in
     return None
 
 
-def encode_pairs(tok: Tokenizer, family: str, rows: dict, eos_id: int, max_len: int) -> Encoded:
-    """Chosen and rejected token rows of each pair (`rows`: prompt, chosen, rejected; gpt
-    prompts already templated). gpt rows carry response targets; bert rows are text pairs
-    [CLS] prompt [SEP] response [SEP]. A gpt pair whose prompt fills the window is dropped."""
-    if family == "bert":
+def encode_pairs(tok: Tokenizer, segments: bool, rows: dict, eos_id: int, max_len: int) -> Encoded:
+    """Chosen and rejected token rows of each pair (`rows`: prompt, chosen, rejected).
+
+    `segments` (an encoder): text pairs [CLS] prompt [SEP] response [SEP]. Otherwise (a
+    decoder, prompts already templated) prompt + response rows whose response tokens are the
+    targets; a pair whose prompt fills the window is dropped."""
+    if segments:
         chosen = encode_texts(tok, rows["prompt"], rows["chosen"], max_len)
         rejected = encode_texts(tok, rows["prompt"], rows["rejected"], max_len)
         out = dict(chosen.rows)

@@ -117,22 +117,17 @@ def _add_bert_template(tok: Tokenizer) -> None:
     )
 
 
-def resolve_kind(cfg: TokenizerConfig, family: str) -> str:
-    """tokenizer.kind with "auto" resolved from the model family."""
-    if cfg.kind != "auto":
-        return cfg.kind
-    if family not in {"bert", "gpt"}:
-        raise DataError(f"model.family={family!r} is unknown; use bert or gpt")
-    return "wordpiece" if family == "bert" else "bpe"
-
-
 def get_tokenizer(
-    cfg: TokenizerConfig, family: str, train_texts: datasets.Dataset, cache_dir: Path
+    cfg: TokenizerConfig, native: str, train_texts: datasets.Dataset, cache_dir: Path
 ) -> Tokenizer:
-    """Load tokenizer.path (kind=file) or train on the train split, reusing a cached result."""
-    kind = resolve_kind(cfg, family)
+    """Load tokenizer.path (kind=file) or train on the train split, reusing a cached result.
+
+    `native` is the model family's tokenizer kind (wordpiece | bpe): what kind=auto trains and
+    which special tokens a loaded file must have.
+    """
+    kind = native if cfg.kind == "auto" else cfg.kind
     if kind == "file":
-        return load_tokenizer_file(cfg.path, family, cfg.lowercase)
+        return load_tokenizer_file(cfg.path, native, cfg.lowercase)
     if kind not in {"wordpiece", "bpe"}:
         raise DataError(f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe or file")
     key_fields = [
@@ -166,18 +161,19 @@ def _iter_texts(ds: datasets.Dataset, n_docs: int, batch: int = 1000) -> Iterato
         yield from ds[start : min(start + batch, n_docs)]["text"]
 
 
-def load_tokenizer_file(path: str, family: str, lowercase: bool = True) -> Tokenizer:
-    """Load a tokenizer.json, or a Hugging Face tokenizer folder (tokenizer.json or vocab.txt)."""
+def load_tokenizer_file(path: str, native: str, lowercase: bool = True) -> Tokenizer:
+    """Load a tokenizer.json, or a Hugging Face tokenizer folder (tokenizer.json, or vocab.txt
+    for a `native` wordpiece tokenizer)."""
     if not path:
         raise DataError("tokenizer.path: empty; set it to a tokenizer.json or a tokenizer folder")
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "tokenizer.json").is_file():
             p = p / "tokenizer.json"
-        elif (p / "vocab.txt").is_file() and family == "bert":
+        elif (p / "vocab.txt").is_file() and native == "wordpiece":
             return _wordpiece_from_vocab(p, lowercase)
         else:
-            wanted = "tokenizer.json or vocab.txt" if family == "bert" else "tokenizer.json"
+            wanted = "tokenizer.json or vocab.txt" if native == "wordpiece" else "tokenizer.json"
             raise DataError(f"tokenizer.path: no {wanted} in '{path}'; point it at a tokenizer")
     if not p.is_file():
         raise DataError(f"tokenizer.path: '{path}' does not exist; check the path")
@@ -208,20 +204,22 @@ def _wordpiece_from_vocab(folder: Path, lowercase: bool) -> Tokenizer:
     return tok
 
 
-def tokenizer_info(tok: Tokenizer, family: str) -> TokenizerInfo:
-    """Special-token ids for `family`; a DataError if the tokenizer lacks one the model needs."""
+def tokenizer_info(tok: Tokenizer, kind: str) -> TokenizerInfo:
+    """Special-token ids of a `kind` tokenizer (the model family's: wordpiece | bpe); a
+    DataError if the tokenizer lacks one the model needs."""
 
     def need(token: str) -> int:
         idx = tok.token_to_id(token)
         if idx is None:
             raise DataError(
-                f"tokenizer.path: the tokenizer has no {token} token, which a {family} model "
-                "needs; use a matching tokenizer or train one (tokenizer.kind=auto)"
+                f"tokenizer.path: the tokenizer has no {token} token, which a model with a "
+                f"{kind} tokenizer needs; use a matching tokenizer or train one "
+                "(tokenizer.kind=auto)"
             )
         return idx
 
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    if family == "bert":
+    if kind == "wordpiece":
         ids = {t: need(t) for t in BERT_SPECIALS}
         return TokenizerInfo(
             vocab_size=vocab_size,
@@ -232,7 +230,7 @@ def tokenizer_info(tok: Tokenizer, family: str) -> TokenizerInfo:
             sep_id=ids["[SEP]"],
             mask_id=ids["[MASK]"],
         )
-    if family == "gpt":
+    if kind == "bpe":
         eos = need(GPT_EOS)
         # GPT-2 has no pad token; padding positions are masked out of the loss anyway.
         return TokenizerInfo(
@@ -242,7 +240,7 @@ def tokenizer_info(tok: Tokenizer, family: str) -> TokenizerInfo:
             special_ids=(eos,),
             eos_id=eos,
         )
-    raise DataError(f"model.family={family!r} is unknown; use bert or gpt")
+    raise DataError(f"tokenizer kind {kind!r} is unknown; use wordpiece or bpe")
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

@@ -13,7 +13,10 @@ from llmtune.config.schema import RunConfig
 from llmtune.data.labelled import encode_texts, label_ids, label_names, load_table, padded_batch
 from llmtune.errors import ConfigError
 from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.models import Kind
 from llmtune.models.pooling import embed_rows
+from llmtune.models.registry import names_of_kind
+from llmtune.objectives.contrastive import embedding_pooling
 
 
 def knn_accuracy(embeddings: Tensor, labels: Tensor, k: int) -> float:
@@ -71,12 +74,12 @@ def _embedded_split(
 
 
 def pooling_of(loaded: LoadedCheckpoint, config: RunConfig) -> str:
-    """evaluate.pooling, else the checkpoint's objective.pooling; cls needs a bert."""
-    pooling = config.evaluate.pooling or loaded.config.objective.pooling
-    if pooling == "cls" and loaded.family != "bert":
+    """evaluate.pooling, else the checkpoint's objective.pooling; cls needs an encoder."""
+    pooling = config.evaluate.pooling or embedding_pooling(loaded.config.objective)
+    if pooling == "cls" and loaded.model.kind != Kind.ENCODER:
         raise ConfigError(
-            f"evaluate.pooling=cls needs a bert checkpoint; {loaded.step_dir} is a "
-            f"{loaded.family} model: use evaluate.pooling=mean"
+            f"evaluate.pooling=cls needs a {names_of_kind(Kind.ENCODER)} checkpoint; "
+            f"{loaded.step_dir} is a {loaded.family} model: use evaluate.pooling=mean"
         )
     return pooling
 

@@ -1,5 +1,5 @@
-"""Language-model quality on data.test: causal perplexity for GPT checkpoints, masked-LM
-loss/perplexity with fixed-seed masks for BERT checkpoints (not pseudo-perplexity)."""
+"""Language-model quality on data.test: causal perplexity for decoders, masked-LM
+loss/perplexity with fixed-seed masks for encoders (not pseudo-perplexity)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,20 @@ from llmtune.errors import DataError
 from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.likelihood import perplexity
 from llmtune.evaluation.loading import LoadedCheckpoint
-from llmtune.objectives import build_objective
+from llmtune.models import Kind
+from llmtune.objectives import Context, entry
 
 
 @torch.no_grad()
 def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, seed: int) -> dict:
     """Mean masked-LM loss over masks drawn once from `seed` (so reruns compare exactly),
     with the checkpoint's own masking settings."""
-    objective_cfg = dataclasses.replace(loaded.config.objective, name="mlm")
-    objective = build_objective(objective_cfg, loaded.info)
+    mlm = entry("mlm")
+    settings = dataclasses.asdict(loaded.config.objective)  # e.g. mlm_nsp's mask_prob
+    keys = {f.name for f in dataclasses.fields(mlm.config)} - {"name"}
+    objective_cfg = mlm.config(**{k: settings[k] for k in keys if k in settings})
+    config = dataclasses.replace(loaded.config, objective=objective_cfg)
+    objective = mlm.make(Context(config, loaded.tokenizer, loaded.info, loaded.model.kind), [])
     examples = objective.make_examples(token_ids, loaded.config.model.max_seq_len, seed)
     if len(examples["input_ids"]) == 0:
         raise DataError("data.test: too little text for one masked-LM example; add text")
@@ -52,12 +57,12 @@ def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, see
 def evaluate_language_model(
     loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig, seed: int
 ) -> dict[str, Any]:
-    """Perplexity (gpt) or masked-LM loss (bert) of the checkpoint on data.test."""
+    """Perplexity (a decoder) or masked-LM loss (an encoder) of the checkpoint on data.test."""
     documents = test_documents(data, seed)
     if cfg.max_examples and len(documents) > cfg.max_examples:
         documents = documents.select(range(cfg.max_examples))
     token_ids = tokenize_corpus(documents, loaded.tokenizer, cache_root(data), data.num_proc)
-    if loaded.family == "gpt":
+    if loaded.model.kind == Kind.DECODER:
         results = perplexity(
             loaded.model, token_ids["input_ids"], loaded.info.eos_id, cfg.batch_size
         )

@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune import checkpoint
-from llmtune.adapters import load_model
 from llmtune.adapters.base_model import HF_PREFIX, load_base_weights, read_base
+from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig
 from llmtune.data import TokenizerInfo, tokenizer_info
 from llmtune.models import LanguageModel, build_model
@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, device: torch.device | None = None) -> Loa
     if device is not None:
         model.to(device)
     return LoadedCheckpoint(
-        step_dir, config, meta, model, tokenizer, tokenizer_info(tokenizer, config.model.family)
+        step_dir, config, meta, model, tokenizer, tokenizer_info(tokenizer, model.family.tokenizer)
     )
 
 
@@ -55,7 +55,7 @@ def _load_hf(path: str, device: torch.device | None) -> LoadedCheckpoint:
     if device is not None:
         model.to(device)
     config = RunConfig(command="evaluate", model=base.model_config)
-    info = tokenizer_info(base.tokenizer, config.model.family)
+    info = tokenizer_info(base.tokenizer, model.family.tokenizer)
     meta = {"objective": "none", "step": None}
     return LoadedCheckpoint(
         Path(path[len(HF_PREFIX) :]), config, meta, model.eval(), base.tokenizer, info

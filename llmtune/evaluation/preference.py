@@ -3,21 +3,20 @@ accuracy (chosen scored above rejected), mean margins and the loss, through the 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
-from llmtune.adapters import load_model
+from llmtune.adapters.loading import load_model
 from llmtune.config.schema import DataConfig, EvaluateConfig
 from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import load_table
 from llmtune.data.preference import as_pairs, preference_columns
 from llmtune.errors import CheckpointError
 from llmtune.evaluation.loading import LoadedCheckpoint
-from llmtune.objectives import build_task
+from llmtune.objectives import Context, entry
 from llmtune.objectives.preference import Reference
-
-PREFERENCE_OBJECTIVES = ("reward", "dpo")
 
 
 def _reference(loaded: LoadedCheckpoint) -> Reference:
@@ -41,12 +40,14 @@ def evaluate_preferences(
 ) -> dict[str, Any]:
     """Metrics of a reward or dpo checkpoint on the pairs of data.test (or pairs built from
     its instruction data, as data.preference_pairs says)."""
-    task = build_task(loaded.config.objective, loaded.info, loaded.tokenizer, data)
+    config = dataclasses.replace(loaded.config, data=data)  # its objective, evaluate's data
+    ctx = Context(config, loaded.tokenizer, loaded.info, loaded.model.kind)
+    task = entry(loaded.meta["objective"]).make(ctx, [])
     pairs = as_pairs(load_table(data, "test", preference_columns(data)), data, seed, "test")
     if cfg.max_examples:
         pairs = {k: v[: cfg.max_examples] for k, v in pairs.items()}
     examples = task.batch(task.encode(pairs, loaded.config.model.max_seq_len, "test"))
-    if task.name == "dpo":
+    if task.needs_reference:  # dpo: log-ratios against the init model
         task.reference = _reference(loaded)
     device = next(loaded.model.parameters()).device
     sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "n": 0.0}

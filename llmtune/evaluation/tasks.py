@@ -4,6 +4,7 @@ loss). Without the label column the split is predicted only (predictions.jsonl).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Any
@@ -16,33 +17,30 @@ from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
-from llmtune.evaluation.generation import generate
 from llmtune.evaluation.loading import LoadedCheckpoint
-from llmtune.evaluation.metrics import classification_report, entity_report
-from llmtune.objectives import TASKS, build_task
+from llmtune.models.generation import generate
+from llmtune.objectives import Context, Scoring, entry
+from llmtune.objectives.metrics import classification_report, entity_report
 
 Rows = list[dict[str, Any]]
-
-
-def _target_column(objective: str, data: DataConfig) -> str:
-    return {"seq_cls": data.label_column, "token_cls": data.tags_column}.get(
-        objective, data.response_column
-    )
+# checkpoints scored here, through their own objective
+TASK_SCORING = (Scoring.CLASSIFICATION, Scoring.TAGGING, Scoring.INSTRUCTIONS)
 
 
 def _split(loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig) -> tuple:
     """(task objective, test split, its encoding or None, whether it has targets); rows
     longer than the model's max_seq_len handled by data.overlong (the note says how)."""
-    name = loaded.meta["objective"]
-    target = _target_column(name, data)
+    found = entry(loaded.meta["objective"])
+    target = found.target_column(data)
     has_targets = target in column_names(data, "test")
-    columns = [c for c in TASKS[name].columns(data) if c != target or has_targets]
-    split = load_table(data, "test", columns)
+    columns = found.columns(loaded.config.objective, data)
+    split = load_table(data, "test", [c for c in columns if c != target or has_targets])
     if cfg.max_examples and len(split) > cfg.max_examples:
         split = split.select(range(cfg.max_examples))
-    objective_cfg = loaded.config.objective
-    task = build_task(objective_cfg, loaded.info, loaded.tokenizer, data, loaded.meta.get("labels"))
-    if name == "sft" and not has_targets:  # prompts only: generation keeps to the context
+    config = dataclasses.replace(loaded.config, data=data)  # its objective, evaluate's data
+    ctx = Context(config, loaded.tokenizer, loaded.info, loaded.model.kind)
+    task = found.make(ctx, loaded.meta.get("labels") or [])
+    if found.scoring == Scoring.INSTRUCTIONS and not has_targets:  # prompts: generation
         return task, split, None, has_targets
     seq_len = loaded.config.model.max_seq_len
     encode = partial(task.encode, seq_len=seq_len, key="test")
@@ -115,8 +113,8 @@ def _sft(loaded, task, split, encoded: Encoded, cfg: EvaluateConfig) -> dict[str
     loss_sum, count = 0.0, 0
     for batch in iter_eval_batches(examples, cfg.batch_size):
         batch = {k: v.to(device) for k, v in task.prepare(batch, None).items()}
-        count += int(task.count(batch)["sft"])
-        loss_sum += float(task.losses(loaded.model, batch)["sft"].loss_sum)
+        count += int(task.count(batch)[task.lm_term])
+        loss_sum += float(task.losses(loaded.model, batch)[task.lm_term].loss_sum)
     loss = loss_sum / max(count, 1)
     return {
         "loss": loss,
@@ -148,12 +146,13 @@ def evaluate_task(
     Results hold metrics only when the split has its label (tags, response) column."""
     task, split, encoded, has_targets = _split(loaded, data, cfg)
     name = loaded.meta["objective"]
+    scoring = entry(name).scoring
     results: dict[str, Any] = {"task": name}
-    if name == "sft":
+    if scoring == Scoring.INSTRUCTIONS:
         if not has_targets:
             answers = _sft_answers(loaded, task, split, cfg, seed)
             return {**results, "n_examples": len(split)}, answers
         return {**results, **_sft(loaded, task, split, encoded, cfg)}, []
-    run = _seq_cls if name == "seq_cls" else _token_cls
+    run = _seq_cls if scoring == Scoring.CLASSIFICATION else _token_cls
     rows, metrics = run(loaded, task, split, encoded, has_targets, cfg.batch_size)
     return {**results, "n_examples": len(rows), **metrics}, rows

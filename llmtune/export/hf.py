@@ -38,22 +38,20 @@ def _config_json(job: ExportJob) -> dict:
     if labels:  # class names, so pipelines print them instead of LABEL_i
         body["id2label"] = {str(i): name for i, name in enumerate(labels)}
         body["label2id"] = {name: i for i, name in enumerate(labels)}
-    if model.config.family == "gpt":
-        # GPT-2 has no pad token; llmtune pads with EOS, which HF's classifier must know
-        eos = info.eos_id
-        body |= {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    else:
-        body["pad_token_id"] = info.pad_id
+    if info.eos_id is not None:  # a byte-level BPE's one special token begins and ends text
+        body |= {"bos_token_id": info.eos_id, "eos_token_id": info.eos_id}
+    # GPT-2 has no pad token: llmtune pads with EOS, which HF's classifier must know
+    body["pad_token_id"] = info.pad_id
     return body
 
 
 def _special_tokens(job: ExportJob) -> dict[str, str]:
+    """The tokenizer's special tokens by HF role; a tokenizer without an unknown token (byte-level
+    BPE) names its EOS there, as GPT-2's does."""
     info, name = job.loaded.info, job.loaded.tokenizer.id_to_token
-    if job.loaded.family == "gpt":
-        eos = name(info.eos_id)
-        return {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
-    ids = {"unk": info.unk_id, "pad": info.pad_id, "cls": info.cls_id, "sep": info.sep_id}
-    ids["mask"] = info.mask_id
+    unk = info.unk_id if info.unk_id is not None else info.eos_id
+    ids = {"bos": info.eos_id, "eos": info.eos_id, "unk": unk, "pad": info.pad_id}
+    ids |= {"cls": info.cls_id, "sep": info.sep_id, "mask": info.mask_id}
     return {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
 
 
@@ -67,8 +65,9 @@ def _write_tokenizer(job: ExportJob, out: Path) -> None:
         "padding_side": "right",
         **specials,
     }
-    if job.loaded.family == "bert":  # else the generic class returns no segment ids
-        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    names = job.loaded.model.input_names
+    if "token_type_ids" in names:  # else the generic class returns no segment ids
+        config["model_input_names"] = list(names)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 

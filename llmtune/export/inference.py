@@ -23,10 +23,11 @@ SAMPLE_TEXTS = (
 SEQUENCE_HEADS = ("nsp", "seq_cls", "sentence_embedding")
 
 
-def input_names(family: str) -> tuple[str, ...]:
-    """The inputs of an exported graph, in positional order."""
+def input_names(model: LanguageModel) -> tuple[str, ...]:
+    """The inputs of an exported graph, in positional order: input_ids, attention_mask, then
+    what else the family reads (bert: token_type_ids)."""
     base = ("input_ids", "attention_mask")
-    return (*base, "token_type_ids") if family == "bert" else base
+    return (*base, *(n for n in model.input_names if n not in base))
 
 
 def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
@@ -45,7 +46,6 @@ class InferenceModel(nn.Module):
         self.model = model
         self.heads = tuple(model.heads) or ("sentence_embedding",)
         self.pooling = pooling  # of the embedding output (checkpoint's objective.pooling)
-        self.family = model.config.family
 
     def forward(
         self,
@@ -53,12 +53,10 @@ class InferenceModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        if self.family == "bert":
-            hidden = self.model(
-                input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
-            )
-        else:  # right padding is invisible to the real tokens of a causal model
-            hidden = self.model(input_ids)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        hidden = self.model.features(batch)  # as training reads right-padded rows
         out = []
         for name in self.heads:
             if name == "sentence_embedding":
@@ -74,13 +72,13 @@ class InferenceModel(nn.Module):
 
 
 def sample_inputs(
-    tokenizer: Tokenizer, info: TokenizerInfo, family: str, max_len: int, n: int = 3
+    tokenizer: Tokenizer, info: TokenizerInfo, model: LanguageModel, max_len: int, n: int = 3
 ) -> dict[str, torch.Tensor]:
     """The first `n` sample texts encoded and padded as fine-tuning does (BERT: [CLS] .. [SEP],
     cut to `max_len` keeping the special tokens), in the graph's input order."""
     encoded = encode_texts(tokenizer, list(SAMPLE_TEXTS[:n]), None, max_len)
     batch = padded_batch(encoded, info.pad_id)
-    return {name: batch[name] for name in input_names(family)}
+    return {name: batch[name] for name in input_names(model)}
 
 
 def example_inputs(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,8 +88,8 @@ def example_inputs(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:2, :width].clone() for k, v in sample.items()}
 
 
-def dynamic_shapes(family: str, max_positions: int) -> dict[str, dict[int, object]]:
+def dynamic_shapes(names: tuple[str, ...], max_positions: int) -> dict[str, dict[int, object]]:
     """torch.export dims: batch and sequence vary; the sequence fits the position table."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=max_positions)
-    return {name: {0: batch, 1: seq} for name in input_names(family)}
+    return {name: {0: batch, 1: seq} for name in names}

@@ -18,14 +18,14 @@ from torch import nn
 from llmtune.errors import DataError, UserError
 from llmtune.evaluation.language_model import evaluate_language_model
 from llmtune.evaluation.loading import LoadedCheckpoint
-from llmtune.evaluation.tasks import evaluate_task
+from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
 from llmtune.export.inference import InferenceModel
 from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import write_manifest, write_readme
 from llmtune.export.torchscript import ARTIFACT, trace, usage, verify_file
 from llmtune.export.verify import VerificationError, max_abs_diff, reference_logits
 from llmtune.models import LanguageModel
-from llmtune.objectives import TASK_OBJECTIVES
+from llmtune.objectives import OBJECTIVES
 
 # The metric each kind of checkpoint is judged by, and whether higher is better.
 METRICS = (("accuracy", True), ("entity_f1", True), ("loss", False))
@@ -50,7 +50,8 @@ def metric(loaded: LoadedCheckpoint, job: ExportJob) -> tuple[str, float, bool]:
     """(name, value, higher is better) of `loaded` on data.test, read as evaluate reads it."""
     config = job.config
     objective = loaded.meta.get("objective", loaded.config.objective.name)
-    if objective in TASK_OBJECTIVES:
+    found = OBJECTIVES.get(objective)
+    if found is not None and found.scoring in TASK_SCORING:
         results, _ = evaluate_task(loaded, config.data, config.evaluate, config.seed)
     else:
         results = evaluate_language_model(loaded, config.data, config.evaluate, config.seed)

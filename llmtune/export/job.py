@@ -38,7 +38,7 @@ class ExportJob:
         taken = (
             config.method.n_tokens if self.loaded.meta.get("method") in ("prefix", "prompt") else 0
         )
-        return config.model.n_positions - taken
+        return config.model.max_positions - taken
 
     @property
     def labels(self) -> list[str]:

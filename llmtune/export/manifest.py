@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from llmtune.export.inference import SEQUENCE_HEADS, input_names, output_names
+from llmtune.export.inference import SEQUENCE_HEADS, output_names
 from llmtune.export.job import ExportJob
 
 _README = """# {title}
@@ -44,13 +44,13 @@ def _output_text(job: ExportJob) -> str:
 
 def torch_usage(job: ExportJob, load: str) -> str:
     """README code for a torch-only artifact: encode a sentence, `load` the model, run it."""
-    types = ", torch.zeros_like(ids)" if job.loaded.family == "bert" else ""
+    types = ", torch.zeros_like(ids)" if "token_type_ids" in job.sample else ""
     return _TORCH_USAGE.format(types=types, load=load)
 
 
 def write_readme(job: ExportJob, title: str, runs: str, code: str) -> None:
     """README.md and tokenizer.json into the output folder (export.json: `write_manifest`)."""
-    family, info = job.loaded.family, job.loaded.info
+    info, names = job.loaded.info, tuple(job.sample)
     labels = job.labels
     job.loaded.tokenizer.save(str(job.out / "tokenizer.json"))
     text = _README.format(
@@ -59,9 +59,9 @@ def write_readme(job: ExportJob, title: str, runs: str, code: str) -> None:
         runs=runs,
         pad_id=info.pad_id,
         max_len=job.max_positions,
-        inputs=", ".join(f"`{n}`" for n in input_names(family)),
+        inputs=", ".join(f"`{n}`" for n in names),
         types="; `token_type_ids` is 0 on the first segment, 1 on the second"
-        if family == "bert"
+        if "token_type_ids" in names
         else "",
         outputs=_output_text(job),
         labels=f" Class i is `labels[i]` in export.json: {labels}." if labels else "",
@@ -76,7 +76,7 @@ def write_manifest(job: ExportJob, fmt: str, files: list[str], report: dict) -> 
         "files": files,
         "checkpoint": str(job.loaded.step_dir),
         "family": job.loaded.family,
-        "inputs": list(input_names(job.loaded.family)),
+        "inputs": list(job.sample),
         "outputs": list(output_names(job.inference.heads)),
         "labels": job.labels,
         "pad_id": job.loaded.info.pad_id,

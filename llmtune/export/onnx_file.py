@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from llmtune.export.inference import dynamic_shapes, input_names, output_names
+from llmtune.export.inference import dynamic_shapes, output_names
 from llmtune.export.job import ExportJob, external, require
 from llmtune.export.manifest import write_manifest, write_readme
 from llmtune.export.verify import verify
@@ -26,15 +26,15 @@ session = onnxruntime.InferenceSession("{artifact}", providers=["CPUExecutionPro
 logits = session.run(None, feeds)  # a list, one array per output"""
 
 
-def usage(family: str) -> str:
+def usage(names: tuple[str, ...]) -> str:
     feeds = ['"input_ids": ids', '"attention_mask": np.ones_like(ids)']
-    if family == "bert":
+    if "token_type_ids" in names:
         feeds.append('"token_type_ids": np.zeros_like(ids)')
     return _USAGE.format(feeds=", ".join(feeds), artifact=ARTIFACT)
 
 
 def _export(job: ExportJob) -> None:
-    family = job.loaded.family
+    names = tuple(job.sample)  # the graph's inputs, in order
     # the exporter reports progress on stdout and warns about its own internals
     failing = external(job, "torch.onnx could not export the model", "try format=torchscript")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), failing:
@@ -44,9 +44,9 @@ def _export(job: ExportJob) -> None:
             tuple(job.example.values()),
             str(job.out / ARTIFACT),
             dynamo=True,  # torch.export-based; needs onnxscript
-            input_names=list(input_names(family)),
+            input_names=list(names),
             output_names=list(output_names(job.inference.heads)),
-            dynamic_shapes=dynamic_shapes(family, job.max_positions),
+            dynamic_shapes=dynamic_shapes(names, job.max_positions),
             external_data=False,  # one self-contained file (fine below 2 GB)
             verbose=False,
         )
@@ -63,6 +63,6 @@ def write(job: ExportJob) -> list[str]:
         got = session.run(list(output_names(job.inference.heads)), feeds)
     line = verify(job, got, "onnxruntime")
     runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."
-    write_readme(job, "ONNX export", runs, usage(job.loaded.family))
+    write_readme(job, "ONNX export", runs, usage(tuple(job.sample)))
     write_manifest(job, "onnx", [ARTIFACT, "tokenizer.json"], {"verification": line})
     return [f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), tokenizer.json, README.md", line]

@@ -15,8 +15,7 @@ ARTIFACT = "model.pt2"
 
 def export_program(job: ExportJob) -> torch.export.ExportedProgram:
     """torch.export of the inference graph with dynamic batch and sequence axes."""
-    family = job.loaded.family
-    shapes = dynamic_shapes(family, job.max_positions)
+    shapes = dynamic_shapes(tuple(job.sample), job.max_positions)
     return torch.export.export(job.inference, tuple(job.example.values()), dynamic_shapes=shapes)
 
 

@@ -1,4 +1,4 @@
-"""Models: GPT-2 and BERT backbones with named heads, and the Hugging Face key map."""
+"""Models: families (GPT-2, BERT, ...) of backbones with named heads, and their HF key maps."""
 
 from llmtune.models.convert import (
     from_hf_state_dict,
@@ -8,13 +8,17 @@ from llmtune.models.convert import (
     model_config_from_hf,
     to_hf_state_dict,
 )
-from llmtune.models.model import ALL_HEADS, HEADS_BY_FAMILY, LanguageModel, build_model
+from llmtune.models.family import Family, Kind
+from llmtune.models.model import LanguageModel, build_model
+from llmtune.models.registry import FAMILIES, family
 
 __all__ = [
-    "ALL_HEADS",
-    "HEADS_BY_FAMILY",
+    "FAMILIES",
+    "Family",
+    "Kind",
     "LanguageModel",
     "build_model",
+    "family",
     "from_hf_state_dict",
     "heads_from_hf",
     "hf_config_dict",

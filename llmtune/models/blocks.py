@@ -1,6 +1,7 @@
 """Transformer building blocks shared by GPT-2 and BERT: attention, MLP and the residual block.
 
-One block class serves both families; `family` picks pre-LN (gpt) or post-LN (bert) wiring.
+One block class serves both families; the family passes pre-LN (gpt) or post-LN (bert) wiring
+and its GELU.
 """
 
 from __future__ import annotations
@@ -144,9 +145,9 @@ class MLP(nn.Module):
     changes logits by ~1e-3, enough to break exact agreement with the reference weights.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, approximate: str) -> None:
         super().__init__()
-        self.approximate = "tanh" if config.family == "gpt" else "none"
+        self.approximate = approximate  # "tanh" (GPT-2's gelu_new) | "none" (BERT's erf)
         self.fc = nn.Linear(config.d_model, config.d_ff)
         self.proj = nn.Linear(config.d_ff, config.d_model)
 
@@ -155,15 +156,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention + MLP with residuals. gpt: x + f(LN(x)) (pre-LN); bert: LN(x + f(x)) (post-LN)."""
+    """Attention + MLP with residuals. pre_ln (gpt): x + f(LN(x)); else (bert): LN(x + f(x))."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, eps: float, pre_ln: bool, approximate: str) -> None:
         super().__init__()
-        self.pre_ln = config.family == "gpt"
-        self.ln_attn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.pre_ln = pre_ln
+        self.ln_attn = nn.LayerNorm(config.d_model, eps=eps)
         self.attn = Attention(config)
-        self.ln_mlp = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
+        self.ln_mlp = nn.LayerNorm(config.d_model, eps=eps)
+        self.mlp = MLP(config, approximate)
         self.dropout = Dropout(config.dropout)
 
     def forward(

@@ -1,4 +1,5 @@
-"""The GPT-2 backbone: token + learned position embeddings, pre-LN causal blocks, final LayerNorm.
+"""The GPT-2 family: its config, the backbone (token + learned position embeddings, pre-LN
+causal blocks, final LayerNorm), its heads, init and Hugging Face GPT-2 mapping.
 
 Packed sequences pass `doc_ids` so documents neither see each other nor share positions;
 left-padded generation batches pass `attention_mask` so padding is neither seen nor counted.
@@ -6,14 +7,57 @@ left-padded generation batches pass `attention_mask` so padding is neither seen 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
+from llmtune.errors import CheckpointError, ConfigError
 from llmtune.models.blocks import KV, Block, GrowingKV
 from llmtune.models.dropout import Dropout
+from llmtune.models.family import (
+    Arch,
+    Entry,
+    Family,
+    HFMapping,
+    Kind,
+    init_weights,
+    pair,
+    scale_residual_projections,
+    tied_weight,
+)
+from llmtune.models.heads import LMHead, task_head
+
+
+@dataclass(frozen=True)
+class GPTConfig(ModelConfig):
+    """GPT-2: learned positions, pre-LN blocks with GELU (tanh), a final LayerNorm."""
+
+    family: str = "gpt"  # registered family name (models/registry.py): bert, gpt, ...
+    n_positions: int = 1024  # size of the learned position table; max_seq_len must fit in it
+    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (GPT-2 uses 1e-5)
+
+    @property
+    def max_positions(self) -> int:
+        return self.n_positions
+
+    def check(self) -> None:
+        check_position_table(self)
+        super().check()
+
+
+def check_position_table(config: ModelConfig) -> None:
+    """model.n_positions is positive and holds model.max_seq_len (learned position tables)."""
+    n = config.max_positions
+    if n <= 0:
+        raise ConfigError(f"model.n_positions={n}: must be positive")
+    if config.max_seq_len > n:
+        raise ConfigError(
+            f"model.max_seq_len={config.max_seq_len} exceeds the position table "
+            f"(model.n_positions={n})"
+        )
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -65,15 +109,18 @@ def padded_positions(
 class GPTBackbone(nn.Module):
     """GPT-2 transformer without its LM head. `forward` returns hidden states [B,T,D]."""
 
-    input_names = ("input_ids", "doc_ids")
+    input_names = ("input_ids",)  # right padding needs no mask; doc_ids only when packed
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        eps = config.layer_norm_eps
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
         self.dropout = Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.blocks = nn.ModuleList(
+            Block(config, eps, pre_ln=True, approximate="tanh") for _ in range(config.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(config.d_model, eps=eps)
 
     def forward(
         self,
@@ -93,7 +140,7 @@ class GPTBackbone(nn.Module):
         batches) covers the last S of the P+T keys, cached ones included: padding is never
         attended and takes no position (see `padded_positions`).
 
-        The generation contract (evaluation/generation.py), for every decoder family:
+        The generation contract (models/generation.py), for every decoder family:
         `forward(input_ids, past=past, use_cache=True, attention_mask=mask)` returns
         (hidden [B,T,D], cache); cache is one entry per layer, each a (k, v) tuple
         [B,H,positions,Dh] or a `GrowingKV` (attention layers pass `past` through
@@ -149,6 +196,10 @@ class GPTBackbone(nn.Module):
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
 
+    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B,T,D] of right-padded rows: causal, so padding never reaches a real token."""
+        return self(batch["input_ids"])
+
     def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
         """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
 
@@ -157,3 +208,112 @@ class GPTBackbone(nn.Module):
         if last_index is None:
             return hidden[:, -1]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
+def build_head(name: str, config: GPTConfig, backbone: nn.Module, n_labels: int) -> nn.Module:
+    if name == "lm":
+        return LMHead(config, tied_weight(config, backbone))
+    # GPT2ForSequenceClassification's `score` has no bias
+    return task_head(name, config, n_labels, seq_cls_bias=False)
+
+
+def init_gpt(model: nn.Module) -> None:
+    init_weights(model)
+    scale_residual_projections(model, ("attn.proj", "mlp.proj"))
+
+
+# ---- Hugging Face GPT-2 -------------------------------------------------------------------
+ARCHS = (
+    Arch("GPT2Model", "", False, frozenset()),
+    Arch("GPT2LMHeadModel", "transformer.", False, frozenset({"lm"})),
+    Arch("GPT2ForSequenceClassification", "transformer.", False, frozenset({"seq_cls"})),
+    Arch("GPT2ForTokenClassification", "transformer.", False, frozenset({"token_cls"})),
+)
+
+
+def key_map(config: GPTConfig, heads: Sequence[str], p: str, pooler: bool) -> list[Entry]:
+    """Every entry of a GPT-2 model with `heads`, HF backbone keys under `p`."""
+    out = [Entry("backbone.tok_emb.weight", (f"{p}wte.weight",))]
+    out.append(Entry("backbone.pos_emb.weight", (f"{p}wpe.weight",)))
+    for i in range(config.n_layers):
+        ours, hf = f"backbone.blocks.{i}", f"{p}h.{i}"
+        out += pair(f"{ours}.ln_attn", f"{hf}.ln_1")
+        out += pair(f"{ours}.attn.qkv", f"{hf}.attn.c_attn", transpose=True)
+        out += pair(f"{ours}.attn.proj", f"{hf}.attn.c_proj", transpose=True)
+        out += pair(f"{ours}.ln_mlp", f"{hf}.ln_2")
+        out += pair(f"{ours}.mlp.fc", f"{hf}.mlp.c_fc", transpose=True)
+        out += pair(f"{ours}.mlp.proj", f"{hf}.mlp.c_proj", transpose=True)
+    out += pair("backbone.ln_f", f"{p}ln_f")
+    for head in heads:
+        if head == "lm":
+            out.append(Entry("heads.lm.weight", ("lm_head.weight",)))
+        elif head == "seq_cls":
+            out.append(Entry("heads.seq_cls.proj.weight", ("score.weight",)))  # no bias
+        else:
+            out += pair(f"heads.{head}.proj", "classifier")
+    return out
+
+
+def to_config(config: GPTConfig) -> dict:
+    return {
+        "model_type": "gpt2",
+        "n_positions": config.n_positions,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.d_ff,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.attn_dropout,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "summary_first_dropout": config.dropout,
+    }
+
+
+def from_config(c: Mapping) -> GPTConfig:
+    require_hf(c, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
+    require_hf(c, "scale_attn_by_inverse_layer_idx", (False,), False)
+    d = c.get("n_embd", 768)
+    return GPTConfig(
+        vocab_size=c.get("vocab_size", 50257),
+        d_model=d,
+        n_layers=c.get("n_layer", 12),
+        n_heads=c.get("n_head", 12),
+        d_ff=c.get("n_inner") or 4 * d,
+        max_seq_len=c.get("n_positions", 1024),
+        n_positions=c.get("n_positions", 1024),
+        dropout=c.get("resid_pdrop", 0.1),
+        attn_dropout=c.get("attn_pdrop", 0.1),
+        layer_norm_eps=c.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=c.get("tie_word_embeddings", True),
+    )
+
+
+def require_hf(c: Mapping, key: str, allowed: tuple, default: object) -> None:
+    """Refuse a config.json whose `key` selects a variant llmtune does not implement."""
+    if c.get(key, default) not in allowed:
+        raise CheckpointError(f"unsupported Hugging Face {key} '{c[key]}' (supported: {allowed})")
+
+
+GPT = Family(
+    name="gpt",
+    kind=Kind.DECODER,
+    config=GPTConfig,
+    backbone=GPTBackbone,
+    heads=("lm", "seq_cls", "token_cls", "reward", "value"),
+    build_head=build_head,
+    native_objective="clm",
+    tokenizer="bpe",
+    lm_head="lm",
+    hf=HFMapping(
+        model_types=("gpt2",),
+        archs=ARCHS,
+        backbone_prefix="transformer.",
+        pretraining_heads=("lm",),
+        key_map=key_map,
+        to_config=to_config,
+        from_config=from_config,
+    ),
+    init_weights=init_gpt,
+)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
+from llmtune.errors import ConfigError
 from llmtune.models.dropout import Dropout
 
 
@@ -34,10 +35,10 @@ class MLMHead(nn.Module):
     Apply it to the masked positions only: the decoder is the costliest matmul of a BERT step.
     """
 
-    def __init__(self, config: ModelConfig, tied_weight: nn.Parameter | None = None) -> None:
+    def __init__(self, config: ModelConfig, eps: float, tied_weight: nn.Parameter | None) -> None:
         super().__init__()
         self.transform = nn.Linear(config.d_model, config.d_model)
-        self.ln = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ln = nn.LayerNorm(config.d_model, eps=eps)
         self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if tied_weight is not None:
             self.decoder.weight = tied_weight
@@ -63,14 +64,13 @@ class NSPHead(nn.Module):
 class SeqClsHead(nn.Module):
     """Sequence classification: dropout + linear on pooled features [B,D] -> [B,n_labels].
 
-    For gpt the pooled feature is the last real token (`GPTBackbone.pool` with an index) and
-    the projection has no bias, matching Hugging Face's GPT2ForSequenceClassification.
+    `bias=False` matches Hugging Face's GPT2ForSequenceClassification (its `score` has none).
     """
 
-    def __init__(self, config: ModelConfig, n_labels: int) -> None:
+    def __init__(self, config: ModelConfig, n_labels: int, bias: bool = True) -> None:
         super().__init__()
         self.dropout = Dropout(config.dropout)
-        self.proj = nn.Linear(config.d_model, n_labels, bias=config.family == "bert")
+        self.proj = nn.Linear(config.d_model, n_labels, bias=bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(self.dropout(pooled))
@@ -98,3 +98,22 @@ class ScalarHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features).squeeze(-1)
+
+
+# Heads every family builds alike (a family adds its own: lm, mlm, nsp).
+TASK_HEADS = ("seq_cls", "token_cls", "reward", "value")
+
+
+def task_head(
+    name: str, config: ModelConfig, n_labels: int, seq_cls_bias: bool = True
+) -> nn.Module:
+    """seq_cls / token_cls (sized by n_labels) or the scalar reward / value head."""
+    if name in ("reward", "value"):
+        return ScalarHead(config)
+    if name not in ("seq_cls", "token_cls"):
+        raise ConfigError(f"unknown head '{name}'")
+    if n_labels < 1:
+        raise ConfigError(f"head '{name}' needs n_labels >= 1, got {n_labels}")
+    if name == "seq_cls":
+        return SeqClsHead(config, n_labels, seq_cls_bias)
+    return TokenClsHead(config, n_labels)

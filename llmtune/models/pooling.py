@@ -1,4 +1,4 @@
-"""Sentence embeddings from a backbone: `cls` (bert's first token) or `mean` over real tokens.
+"""Sentence embeddings from a backbone: `cls` (an encoder's first token) or `mean` over real tokens.
 
 Used by the contrastive objective, by `evaluate` (kNN / linear probe) and by exporters,
 so an embedding model means the same thing everywhere; the pooling comes from config.
@@ -18,11 +18,10 @@ def sentence_embedding(
     token_type_ids: Tensor | None = None,
 ) -> Tensor:
     """[B,T] right-padded rows -> [B,D] unnormalised embeddings."""
-    if model.config.family == "bert":
-        hidden = model(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
-    else:  # causal: right padding is never attended, so real tokens see real tokens only
-        hidden = model(input_ids)
-    return pool_hidden(hidden, attention_mask, pooling)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        batch["token_type_ids"] = token_type_ids
+    return pool_hidden(model.features(batch), attention_mask, pooling)
 
 
 def pool_hidden(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:

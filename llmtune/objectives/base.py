@@ -1,4 +1,4 @@
-"""The objective protocol: build examples, draw targets, and return per-term summed losses.
+"""The objective protocol: draw targets, count them, and return per-term summed losses.
 
 The loop normalises each term by its *global* target count, counted before the forward,
 so gradient accumulation and multi-term objectives (MLM + NSP) are exact.
@@ -7,10 +7,13 @@ so gradient accumulation and multi-term objectives (MLM + NSP) are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from llmtune.config.schema import RunConfig
+from llmtune.data.labelled import Encoded
 
 Batch = dict[str, Tensor]
 
@@ -34,6 +37,8 @@ class TermResult:
 
 
 class Objective(Protocol):
+    """What the training loop, validation and evaluate drive; built by an ObjectiveEntry."""
+
     name: str
     heads: tuple[str, ...]  # heads the model must have
     lm_term: str  # the term whose mean loss gives perplexity
@@ -44,10 +49,7 @@ class Objective(Protocol):
     # rows are packed to full length (pretraining): nothing to gain from length grouping
     packed: bool
 
-    def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
-        """Fixed-length training examples from a dataset of per-document token ids."""
-
-    def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def prepare(self, batch: Batch, generator: torch.Generator | None) -> Batch:
         """Add this step's targets to a micro-batch (e.g. draw the MLM mask)."""
 
     def count(self, batch: Batch) -> dict[str, Tensor]:
@@ -59,14 +61,45 @@ class Objective(Protocol):
     def input_tokens(self, batch: Batch) -> int:
         """Real (non-padding) input tokens in a micro-batch, for tokens/s."""
 
-    # Task objectives (seq_cls, token_cls, sft) also offer, beyond the protocol:
-    #   labels: list            label names, index = class id (seq_cls, token_cls)
-    #   encode(split, seq_len) -> Encoded   token rows + truncation counts of a Dataset split
-    #   make_examples(split, seq_len, seed) takes that Dataset split instead of token ids
-    #   predictions(model, batch) -> (predicted, target)   1-D class ids for a prepared batch,
-    #       positions without a label removed; used for F1 by the loop and by evaluate
-    #   row_metrics(rows) -> dict   (token_cls) validation metrics over per-row (predicted,
-    #       target) id lists, e.g. entity_f1; train/evaluation.py reports them as val_<name>
+    def bind(self, model: torch.nn.Module, config: RunConfig) -> None:
+        """Before training: see the model as loaded (dpo, ppo keep it as their reference)."""
+
+    def train_metrics(self) -> dict[str, float]:
+        """Statistics logged with each train record since the last call (ppo's reward, KL)."""
+
+    def row_metrics(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        """Validation metrics over per-row (predicted, target) ids of terms that return
+        row_sizes (token_cls: entity F1); reported as val_<name>."""
+
+
+class ObjectiveBase:
+    """What most objectives do for the hooks they do not need."""
+
+    def bind(self, model: torch.nn.Module, config: RunConfig) -> None:
+        return None
+
+    def train_metrics(self) -> dict[str, float]:
+        return {}
+
+    def row_metrics(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        return {}
+
+
+class TextObjective(Objective, Protocol):
+    """An objective on plain text (pretraining, continued pretraining)."""
+
+    def make_examples(self, token_ids: Any, seq_len: int, seed: int) -> Batch:
+        """Fixed-length examples from a dataset of per-document token ids."""
+
+
+class RowTask(Objective, Protocol):
+    """An objective on labelled rows: encodes a split, batches its encoding."""
+
+    def encode(self, split: Any, seq_len: int, key: str = "train") -> Encoded:
+        """Token rows of a Dataset split (or dict of columns) and which rows were too long."""
+
+    def batch(self, encoded: Encoded) -> Batch:
+        """Tensors of an encoded split (padded rows, masks, targets)."""
 
 
 def sum_cross_entropy(
@@ -89,21 +122,12 @@ def sum_cross_entropy(
 
 
 def hidden_states(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B,T,D] features of right-padded rows: bert reads segments and the padding mask; gpt
-    needs neither (it is causal, so right padding never reaches a real token)."""
-    if model.config.family == "bert":
-        return model(
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-        )
-    return model(batch["input_ids"])
+    """[B,T,D] features of right-padded rows, read as the model's family reads a batch (an
+    encoder takes segments and the padding mask; a causal decoder needs neither)."""
+    return model.features(batch)
 
 
 def pooled_features(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B,D] sequence features: bert's pooled [CLS]; gpt's last real token, the only one that
-    has seen the whole row."""
-    hidden = hidden_states(model, batch)
-    if model.config.family == "bert":
-        return model.pool(hidden)
-    return model.pool(hidden, batch["attention_mask"].sum(1) - 1)
+    """[B,D] sequence features, pooled as the family pools (bert: its pooled [CLS]; gpt: the
+    last real token, the only one that has seen the whole row)."""
+    return model.pool(model.features(batch), batch["attention_mask"].sum(1) - 1)

@@ -1,16 +1,40 @@
-"""What seq_cls and token_cls share: labels, padded examples, class weights, dynamic padding."""
+"""What seq_cls and token_cls share: their config (class weights), labels, padded examples,
+class weights, dynamic padding, and how their examples are built."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import datasets
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, padded_batch
-from llmtune.objectives.base import Batch
+from llmtune.data.labelled import Encoded, load_labelled, padded_batch
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase
+from llmtune.objectives.entry import Built, Context, build_rows
+
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass(frozen=True)
+class ClassificationConfig(ObjectiveConfig):
+    """A classifier head trained with cross-entropy on labelled rows."""
+
+    class_weights: str = "none"  # none | balanced (inverse label frequency)
+
+
+def check_classification(config: RunConfig, kind: Kind | None) -> None:
+    weights = config.objective.class_weights
+    if weights not in CLASS_WEIGHTS:
+        raise ConfigError(
+            f"objective.class_weights={weights!r}: expected one of {', '.join(CLASS_WEIGHTS)}"
+        )
 
 
 def trim_padding(batch: Batch) -> Batch:
@@ -27,7 +51,7 @@ def balanced_weights(targets: Tensor, n_labels: int) -> Tensor:
     return valid.numel() / (n_labels * counts)
 
 
-class ClassificationTask:
+class ClassificationTask(ObjectiveBase):
     """Base of the label-predicting tasks; subclasses add encode, logits and losses."""
 
     perplexity = False  # validation: exp(cross-entropy) of a classifier means nothing
@@ -43,15 +67,8 @@ class ClassificationTask:
         self.data = data
         self.class_weight: Tensor | None = None  # objective.class_weights=balanced
 
-    def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
-        raise NotImplementedError
-
-    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
-        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
-
-    def fit_class_weights(self, train: Batch) -> None:
-        # per-example labels are [N], per-token labels [N, T]: count them all alike
-        self.class_weight = balanced_weights(train["labels"].flatten(), len(self.labels))
+    def batch(self, encoded: Encoded) -> Batch:
+        return padded_batch(encoded, self.info.pad_id)
 
     def weight_on(self, device: torch.device) -> Tensor | None:
         return None if self.class_weight is None else self.class_weight.to(device)
@@ -61,3 +78,21 @@ class ClassificationTask:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def build_classification(
+    ctx: Context,
+    make: Callable[[Context, list], ClassificationTask],
+    columns: list[str],
+    label_values: Callable[[datasets.Dataset, DataConfig], list],
+) -> Built:
+    """A classifier's examples: labelled splits, the label vocabulary of the training split,
+    and with objective.class_weights=balanced the weights of its label frequencies."""
+    config = ctx.config
+    raw = load_labelled(config.data, columns, config.seed)
+    built = build_rows(ctx, make, raw, label_values(raw["train"], config.data))
+    if config.objective.class_weights == "balanced":
+        # per-example labels are [N], per-token labels [N, T]: count them all alike
+        labels = built.examples["train"]["labels"].flatten()
+        built.objective.class_weight = balanced_weights(labels, len(built.labels))
+    return built

@@ -1,17 +1,30 @@
-"""Causal LM on packed documents: predict every next token inside a fixed-length block."""
+"""Causal LM (`clm`) on packed documents: predict every next token inside a fixed-length block."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from llmtune.config.schema import ObjectiveConfig
 from llmtune.data import pack_documents
+from llmtune.models.family import Kind
 from llmtune.models.heads import LMHead
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
 from llmtune.objectives.chunked_ce import linear_cross_entropy
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
 
 
-class CausalLM:
+@dataclass(frozen=True)
+class CLMConfig(ObjectiveConfig):
+    """Causal language modelling of packed documents (a decoder's pretraining)."""
+
+    name: str = "clm"  # registered objective name (objectives/registry.py)
+    separate_documents: bool = True  # packed documents never attend to each other
+
+
+class CausalLM(ObjectiveBase):
     name = "clm"
     heads = ("lm",)
     lm_term = "clm"
@@ -50,3 +63,25 @@ class CausalLM:
 
     def input_tokens(self, batch: Batch) -> int:
         return batch["input_ids"].numel()
+
+
+def make(ctx: Context, labels: list) -> CausalLM:
+    return CausalLM(ctx.info.eos_id, ctx.config.objective.separate_documents)
+
+
+def build(ctx: Context) -> Built:
+    return build_text(ctx, make(ctx, []))
+
+
+ENTRY = ObjectiveEntry(
+    name="clm",
+    config=CLMConfig,
+    kinds=(Kind.DECODER,),
+    labelled=False,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,
+    vocab_share=lambda cfg, seq_len: (seq_len - 1) / seq_len,  # every position but the last
+    fused_vocab_loss=True,
+)

@@ -9,20 +9,61 @@ negatives); across DDP ranks negatives are not gathered either.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import datasets
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.objective_checks import resolve_positives as positives_of
-from llmtune.config.schema import DataConfig, ObjectiveConfig
+from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, encode_texts, label_ids, label_names, padded_batch
+from llmtune.data.labelled import (
+    Encoded,
+    encode_texts,
+    label_ids,
+    label_names,
+    load_labelled,
+    padded_batch,
+)
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
 from llmtune.models.pooling import sentence_embedding
-from llmtune.objectives.base import Batch, TermResult
+from llmtune.models.registry import names_of_kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult
+from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring, build_rows
 
 VIEWS = ("", "pos_", "neg_")  # anchor, positive, hard negative: key prefixes in a batch
+POOLINGS = ("cls", "mean")
+POSITIVES = ("auto", "dropout", "pair", "label")
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig(ObjectiveConfig):
+    """Sentence embeddings: InfoNCE over cosine similarities / temperature, no head."""
+
+    name: str = "contrastive"  # registered objective name (objectives/registry.py)
+    temperature: float = 0.05  # divides the cosine similarities before the softmax
+    pooling: str = "mean"  # cls (an encoder's first token) | mean (over real tokens)
+    # auto (pair if data.text_pair_column, else dropout) | dropout (two dropout views of a
+    # text, unsupervised) | pair (data.text_pair_column) | label (same data.label_column)
+    positives: str = "auto"
+
+
+def embedding_pooling(cfg: ObjectiveConfig) -> str:
+    """How a checkpoint trained with `cfg` pools its sentence embeddings: objective.pooling
+    where its objective has one (contrastive, or a multitask run with a contrastive task),
+    else mean pooling."""
+    return str(dataclasses.asdict(cfg).get("pooling", ContrastiveConfig.pooling))
+
+
+def positives_of(objective: ContrastiveConfig, data: DataConfig) -> str:
+    """objective.positives with `auto` resolved: pair when data.text_pair_column is set."""
+    if objective.positives == "auto":
+        return "pair" if data.text_pair_column else "dropout"
+    return objective.positives
 
 
 def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> TermResult:
@@ -60,7 +101,7 @@ def _trim(batch: Batch, prefix: str) -> None:
             batch[f"{prefix}{key}"] = batch[f"{prefix}{key}"][:, :width]
 
 
-class Contrastive:
+class Contrastive(ObjectiveBase):
     name = "contrastive"
     heads: tuple[str, ...] = ()  # the embedding is the pooled backbone output: no head
     lm_term = "contrastive"
@@ -69,7 +110,7 @@ class Contrastive:
     packed = False
 
     def __init__(
-        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig
+        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ContrastiveConfig
     ) -> None:
         self.info = info
         self.tokenizer = tokenizer
@@ -79,7 +120,7 @@ class Contrastive:
         self.positives = positives_of(cfg, data)
 
     @staticmethod
-    def columns(d: DataConfig, cfg: ObjectiveConfig | None = None) -> list[str]:
+    def columns(d: DataConfig, cfg: ContrastiveConfig | None = None) -> list[str]:
         positives = positives_of(cfg, d) if cfg else "dropout"
         columns = [d.text_column]
         if positives == "pair":
@@ -87,10 +128,6 @@ class Contrastive:
         if positives == "label":
             columns.append(d.label_column)
         return columns
-
-    @staticmethod
-    def label_values(split: datasets.Dataset, d: DataConfig) -> list:
-        return []  # labels (positives=label) only group rows; there is no classifier head
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         d = self.data
@@ -112,8 +149,8 @@ class Contrastive:
                         encoded.overlong[row] = max(length, encoded.overlong.get(row, 0))
         return encoded
 
-    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
-        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
+    def batch(self, encoded: Encoded) -> Batch:
+        return padded_batch(encoded, self.info.pad_id)
 
     def prepare(self, batch: Batch, generator: torch.Generator | None) -> Batch:
         batch = dict(batch)
@@ -157,3 +194,68 @@ class Contrastive:
         masks = [batch[f"{p}attention_mask"] for p in VIEWS if f"{p}attention_mask" in batch]
         real = sum(int(m.sum()) for m in masks)
         return real * (1 if self.positives == "pair" else 2)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    """objective.* of contrastive training, and the batch it needs for in-batch negatives;
+    cls pooling (once the family is known) needs an encoder's [CLS] token."""
+    o, d = config.objective, config.data
+    _require(o.temperature > 0, f"objective.temperature={o.temperature}: must be positive")
+    _require(
+        o.pooling in POOLINGS,
+        f"objective.pooling={o.pooling!r}: expected one of {', '.join(POOLINGS)}",
+    )
+    _require(
+        o.positives in POSITIVES,
+        f"objective.positives={o.positives!r}: expected one of {', '.join(POSITIVES)}",
+    )
+    positives = positives_of(o, d)
+    _require(
+        positives != "pair" or bool(d.text_pair_column),
+        "objective.positives=pair needs data.text_pair_column=<column of positive texts>",
+    )
+    _require(
+        positives != "dropout" or config.model.dropout > 0,
+        "objective.positives=dropout makes two views of a text by dropout; set model.dropout>0 "
+        "(e.g. 0.1)",
+    )
+    hard_negative = positives == "pair" and bool(d.negative_column)
+    _require(
+        config.train.micro_batch_size >= 2 or hard_negative,
+        f"train.micro_batch_size={config.train.micro_batch_size}: objective=contrastive "
+        "contrasts each text with the others in its micro-batch; use 2 or more",
+    )
+    _require(
+        kind is None or o.pooling != "cls" or kind == Kind.ENCODER,
+        f"objective.pooling=cls needs a {names_of_kind(Kind.ENCODER)} model (a causal model's "
+        "first token has seen nothing else); use objective.pooling=mean",
+    )
+
+
+def make(ctx: Context, labels: list) -> Contrastive:
+    return Contrastive(ctx.info, ctx.tokenizer, ctx.config.data, ctx.config.objective)
+
+
+def build(ctx: Context) -> Built:
+    config = ctx.config
+    columns = Contrastive.columns(config.data, config.objective)
+    return build_rows(ctx, make, load_labelled(config.data, columns, config.seed), [])
+
+
+ENTRY = ObjectiveEntry(
+    name="contrastive",
+    config=ContrastiveConfig,
+    kinds=ANY_KIND,
+    labelled=True,
+    heads=lambda config: (),  # the embedding is the pooled backbone output
+    make=make,
+    build=build,
+    scoring=Scoring.EMBEDDINGS,
+    check=check,
+    columns=lambda cfg, data: Contrastive.columns(data, cfg),
+)

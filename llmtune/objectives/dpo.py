@@ -3,6 +3,8 @@ to a frozen reference must favour the chosen response over the rejected one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -10,11 +12,24 @@ from torch import Tensor
 
 from llmtune.config.schema import DataConfig, RunConfig
 from llmtune.data import TokenizerInfo
+from llmtune.data.preference import preference_columns
 from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, TermResult
-from llmtune.objectives.preference import PairTask, Reference, sequence_logps
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring
+from llmtune.objectives.preference import PairTask, Reference, build_pairs_task, sequence_logps
+from llmtune.objectives.sft import PromptedConfig, check_template
 
 LOSSES = ("dpo", "ipo")
+
+
+@dataclass(frozen=True)
+class DPOConfig(PromptedConfig):
+    """Direct preference optimisation against the frozen model as loaded."""
+
+    name: str = "dpo"  # registered objective name (objectives/registry.py)
+    beta: float = 0.1  # strength of the implicit KL to the reference
+    loss: str = "dpo"  # dpo (sigmoid) | ipo (squared, to a fixed margin)
 
 
 def preference_loss(log_ratio_margin: Tensor, beta: float, kind: str) -> Tensor:
@@ -33,6 +48,7 @@ class DirectPreference(PairTask):
     name = "dpo"
     heads = ("lm",)
     lm_term = "dpo"
+    needs_reference = True
 
     def __init__(
         self,
@@ -42,7 +58,7 @@ class DirectPreference(PairTask):
         template: str,
         settings: tuple[float, str],
     ) -> None:
-        super().__init__(info, tokenizer, data, template)
+        super().__init__(info, tokenizer, data, template, Kind.DECODER)
         self.beta, self.kind = settings
         if self.kind not in LOSSES:
             raise ConfigError(f"objective.loss={self.kind!r}: expected one of {', '.join(LOSSES)}")
@@ -72,3 +88,36 @@ class DirectPreference(PairTask):
         }
         loss = preference_loss(h, self.beta, self.kind).sum()
         return {"dpo": TermResult(loss, (d > 0).sum(), extra=extra)}
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    check_template(config, kind)
+    o = config.objective
+    if o.loss not in LOSSES:
+        raise ConfigError(f"objective.loss={o.loss!r}: expected one of {', '.join(LOSSES)}")
+    if o.beta <= 0:
+        raise ConfigError(f"objective.beta={o.beta}: must be positive")
+
+
+def make(ctx: Context, labels: list) -> DirectPreference:
+    cfg = ctx.config.objective
+    settings = (cfg.beta, cfg.loss)
+    return DirectPreference(ctx.info, ctx.tokenizer, ctx.config.data, cfg.prompt_template, settings)
+
+
+def build(ctx: Context) -> Built:
+    return build_pairs_task(ctx, make)
+
+
+ENTRY = ObjectiveEntry(
+    name="dpo",
+    config=DPOConfig,
+    kinds=(Kind.DECODER,),
+    labelled=True,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.PAIRWISE,
+    check=check,
+    columns=lambda cfg, data: preference_columns(data),
+)

@@ -1,4 +1,4 @@
-"""BERT masked LM, optionally with next-sentence prediction (`mlm_nsp`).
+"""BERT masked LM (`mlm`), optionally with next-sentence prediction (`mlm_nsp`).
 
 The vocabulary projection runs only at masked positions: ~15% of the positions
 carry a target, so projecting the rest to 30k logits would be wasted work.
@@ -6,15 +6,39 @@ carry a target, so projecting the rest to 30k logits would be wasted work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo, build_pairs
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
 from llmtune.objectives.masking import MaskingSpec, mask_tokens
 
 
-class MaskedLM:
+@dataclass(frozen=True)
+class MLMConfig(ObjectiveConfig):
+    """Masked language modelling (an encoder's pretraining)."""
+
+    name: str = "mlm"  # registered objective name (objectives/registry.py)
+    mask_prob: float = 0.15  # share of real tokens chosen as targets
+    mask_token_frac: float = 0.8  # of chosen positions: replaced by [MASK]
+    random_token_frac: float = 0.1  # replaced by a random token; the rest stay unchanged
+
+
+@dataclass(frozen=True)
+class MLMNSPConfig(MLMConfig):
+    """Masked LM plus next-sentence prediction (BERT's original pretraining)."""
+
+    name: str = "mlm_nsp"  # registered objective name (objectives/registry.py)
+    nsp_prob: float = 0.5  # share of pairs whose B segment is random
+
+
+class MaskedLM(ObjectiveBase):
     name = "mlm"
     lm_term = "mlm"
     perplexity = True
@@ -47,11 +71,7 @@ class MaskedLM:
         return counts
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        hidden = model.backbone(
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-        )  # [B, T, D]
+        hidden = model.backbone.features(batch)  # [B, T, D]
         labels = batch["mlm_labels"]
         at_masks = labels != -100  # [B, T]
         logits = model.heads["mlm"](hidden[at_masks])  # [n_masked, V]
@@ -63,3 +83,59 @@ class MaskedLM:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    o = config.objective
+    if not 0 < o.mask_prob < 1:
+        raise ConfigError(f"objective.mask_prob={o.mask_prob}: must be in (0, 1)")
+    for key in ("mask_token_frac", "random_token_frac"):
+        if not 0 <= getattr(o, key) <= 1:
+            raise ConfigError(f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
+    if o.mask_token_frac + o.random_token_frac > 1:
+        raise ConfigError("objective.mask_token_frac + objective.random_token_frac must be <= 1")
+    if isinstance(o, MLMNSPConfig) and not 0 <= o.nsp_prob <= 1:
+        raise ConfigError(f"objective.nsp_prob={o.nsp_prob}: must be in [0, 1]")
+
+
+def make(ctx: Context, labels: list) -> MaskedLM:
+    cfg, info = ctx.config.objective, ctx.info
+    masking = MaskingSpec(
+        mask_prob=cfg.mask_prob,
+        mask_token_frac=cfg.mask_token_frac,
+        random_token_frac=cfg.random_token_frac,
+        mask_id=info.mask_id,
+        vocab_size=info.vocab_size,
+        special_ids=info.special_ids,
+    )
+    return MaskedLM(info, masking, cfg.nsp_prob if isinstance(cfg, MLMNSPConfig) else 0.0)
+
+
+def build(ctx: Context) -> Built:
+    return build_text(ctx, make(ctx, []))
+
+
+MLM = ObjectiveEntry(
+    name="mlm",
+    config=MLMConfig,
+    kinds=(Kind.ENCODER,),
+    labelled=False,
+    heads=lambda config: ("mlm",),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,
+    check=check,
+    vocab_share=lambda cfg, seq_len: cfg.mask_prob,
+)
+MLM_NSP = ObjectiveEntry(
+    name="mlm_nsp",
+    config=MLMNSPConfig,
+    kinds=(Kind.ENCODER,),
+    labelled=False,
+    heads=lambda config: ("mlm", "nsp"),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,
+    check=check,
+    vocab_share=lambda cfg, seq_len: cfg.mask_prob,
+)

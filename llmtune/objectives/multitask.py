@@ -10,21 +10,45 @@ any accumulation; validation reports the unweighted per-task losses and accuraci
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from llmtune.config.schema import RunConfig
-from llmtune.objectives.base import Batch, Objective, TermResult
+from llmtune.config.schema import ObjectiveConfig, RunConfig
+from llmtune.errors import ConfigError
+from llmtune.models.family import Kind
+from llmtune.models.registry import names_of_kind
+from llmtune.objectives.base import Batch, Objective, ObjectiveBase, TermResult
+from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
 
 SEP = "/"  # examples keys are "<task>/<key>", plus "task" (the row's task index)
+LABELLED_HEADS = ("seq_cls", "token_cls")  # heads sized by the task's labels
+Lookup = Callable[[str], ObjectiveEntry]
 
 
-def task_runs(config: RunConfig) -> list[tuple[str, RunConfig]]:
+@dataclass(frozen=True)
+class MultitaskConfig(ObjectiveConfig):
+    """Several objectives, each on its own data (tasks.<name>); its keys are its tasks'."""
+
+    name: str = "multitask"  # registered objective name (objectives/registry.py)
+
+
+def task_objective(name: str, config: RunConfig) -> str:
+    """The objective of tasks.<name> (its key unless tasks.<name>.objective says otherwise)."""
+    return config.tasks[name].objective or name
+
+
+def task_runs(config: RunConfig, lookup: Lookup) -> list[tuple[str, RunConfig]]:
     """(task name, the run config as that task sees it: its objective and data settings)."""
+    settings = dataclasses.asdict(config.objective)
     runs = []
     for name, task in config.tasks.items():
-        objective = dataclasses.replace(config.objective, name=task.objective or name)
+        entry = lookup(task_objective(name, config))
+        keys = {f.name for f in dataclasses.fields(entry.config)} - {"name"}
+        objective = entry.config(**{k: settings[k] for k in keys if k in settings})
         data = config.data
         if task.train:  # its own files: a validation split of other data would not fit
             data = dataclasses.replace(data, train=task.train, validation=task.validation)
@@ -55,7 +79,7 @@ def stack_tasks(per_task: dict[str, Batch]) -> Batch:
     return out
 
 
-class MultiTask:
+class MultiTask(ObjectiveBase):
     name = "multitask"
     packed = False  # task rows vary in length
 
@@ -129,15 +153,97 @@ class MultiTask:
         subs = {name: self._own(batch, name) for name in self.objectives}
         return sum(self.objectives[n].input_tokens(sub) for n, sub in subs.items() if sub)
 
+    def bind(self, model: torch.nn.Module, config: RunConfig) -> None:
+        for objective in self.objectives.values():
+            objective.bind(model, config)
 
-def combine(parts: dict[str, tuple], config: RunConfig) -> tuple[MultiTask, dict, list]:
-    """(MultiTask, {split: stacked examples}, labels) from each task's (objective, examples,
-    labels); the labels are the classification task's (at most one: see objective_checks)."""
+    def train_metrics(self) -> dict[str, float]:
+        return {k: v for o in self.objectives.values() for k, v in o.train_metrics().items()}
+
+    def row_metrics(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        """The classification task's (one per run: only its terms return rows)."""
+        return {k: v for o in self.objectives.values() for k, v in o.row_metrics(rows).items()}
+
+
+def combine(parts: dict[str, Built], config: RunConfig) -> Built:
+    """One objective, stacked examples and labels from each task's; the labels are the
+    classification task's (at most one: see `check`)."""
     examples = {
-        split: stack_tasks({name: part[1][split] for name, part in parts.items()})
+        split: stack_tasks({name: part.examples[split] for name, part in parts.items()})
         for split in ("train", "validation")
     }
     weights = {name: config.tasks[name].weight for name in parts}
-    objectives = {name: part[0] for name, part in parts.items()}
-    labels = next((part[2] for part in parts.values() if part[2]), [])
-    return MultiTask(objectives, weights, examples["train"]), examples, labels
+    objectives = {name: part.objective for name, part in parts.items()}
+    labels = next((part.labels for part in parts.values() if part.labels), [])
+    return Built(MultiTask(objectives, weights, examples["train"]), examples, labels)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check(config: RunConfig, kind: Kind | None, lookup: Lookup) -> None:
+    """tasks.* (weights, docs, one classification task) and each task's own checks; once the
+    family is known, that each task's objective trains it."""
+    _require(
+        bool(config.tasks),
+        "objective=multitask needs tasks, e.g. tasks.mlm.train=domain.txt tasks.seq_cls.weight=1",
+    )
+    labelled = []
+    for name, run in task_runs(config, lookup):
+        task, entry = config.tasks[name], lookup(run.objective.name)
+        _require(task.weight > 0, f"tasks.{name}.weight={task.weight}: must be positive")
+        _require(task.max_docs >= 0, f"tasks.{name}.max_docs={task.max_docs}: must be >= 0")
+        if set(entry.heads(run)) & set(LABELLED_HEADS):
+            labelled.append(name)
+        entry.check(run, kind)
+        if kind is not None and kind not in entry.kinds:
+            raise ConfigError(
+                f"tasks.{name} (objective {entry.name}) needs a {names_of_kind(*entry.kinds)} "
+                f"model, but the model is a {config.model.family}"
+            )
+    _require(
+        len(labelled) <= 1,
+        f"tasks {', '.join(labelled)}: one classification task per run (their heads would "
+        "share one label set)",
+    )
+
+
+def task_heads(config: RunConfig, lookup: Lookup) -> tuple[str, ...]:
+    """Every task's heads, each once."""
+    runs = task_runs(config, lookup)
+    heads = (h for _, run in runs for h in lookup(run.objective.name).heads(run))
+    return tuple(dict.fromkeys(heads))
+
+
+def build(ctx: Context, lookup: Lookup) -> Built:
+    """Each task's objective and examples, built as that objective builds them, stacked."""
+    parts = {
+        name: lookup(run.objective.name).build(dataclasses.replace(ctx, config=run, corpus=None))
+        for name, run in task_runs(ctx.config, lookup)
+    }
+    return combine(parts, ctx.config)
+
+
+def _make(ctx: Context, labels: list) -> MultiTask:
+    raise ConfigError(
+        "objective=multitask is made from its tasks' examples (llmtune finetune); evaluate "
+        "scores a multitask checkpoint as a language model"
+    )
+
+
+def entry(lookup: Lookup) -> ObjectiveEntry:
+    """The multitask registry entry, looking its tasks' objectives up with `lookup`."""
+    return ObjectiveEntry(
+        name="multitask",
+        config=MultitaskConfig,
+        kinds=ANY_KIND,
+        labelled=True,
+        heads=partial(task_heads, lookup=lookup),
+        make=_make,
+        build=partial(build, lookup=lookup),
+        scoring=Scoring.LANGUAGE_MODEL,
+        check=partial(check, lookup=lookup),
+        composite=True,
+    )

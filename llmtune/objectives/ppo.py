@@ -10,23 +10,46 @@ before an update.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.adapters import load_model
-from llmtune.config.schema import DataConfig, EvaluateConfig, ObjectiveConfig, RunConfig
-from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, padded_batch
+from llmtune.config.schema import EvaluateConfig, RunConfig
+from llmtune.data.labelled import Encoded, load_labelled, padded_batch
 from llmtune.errors import CheckpointError, ConfigError
+from llmtune.models.family import Kind
 from llmtune.objectives import rollout
-from llmtune.objectives.base import Batch, TermResult
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_rows
 from llmtune.objectives.preference import Reference
 from llmtune.objectives.reward import scores
-from llmtune.objectives.sft import checked_template, fill_template
+from llmtune.objectives.sft import PromptedConfig, check_template, checked_template, fill_template
 
 
-def load_reward_model(path: str, tokenizer: Tokenizer) -> torch.nn.Module:
+@dataclass(frozen=True)
+class PPOConfig(PromptedConfig):
+    """RLHF with PPO: sampled responses scored by a reward checkpoint, KL-penalised."""
+
+    name: str = "ppo"  # registered objective name (objectives/registry.py)
+    reward_model: str = ""  # a checkpoint trained with objective=reward (init_from's tokenizer)
+    kl_coef: float = 0.05  # KL penalty per token against the init model
+    gamma: float = 1.0  # discount of GAE
+    lam: float = 0.95  # lambda of GAE
+    clip_range: float = 0.2  # the policy ratio's clip range
+    value_clip: float = 0.2  # how far the value estimate may move from the rollout's
+    value_coef: float = 0.5  # weight of the value loss
+    ppo_epochs: int = 2  # optimizer steps on each rollout before sampling a new one
+    max_new_tokens: int = 24  # response length of a rollout, at most
+    sample_temperature: float = 1.0  # rollout sampling (1 = the policy's own distribution)
+
+
+LoadModel = Callable[[str], tuple[torch.nn.Module, RunConfig, Tokenizer, dict]]
+
+
+def load_reward_model(path: str, tokenizer: Tokenizer, load_model: LoadModel) -> torch.nn.Module:
     """A frozen reward checkpoint whose tokenizer equals the policy's (it scores the same ids)."""
     model, _, reward_tokenizer, meta = load_model(path)
     if meta.get("objective") != "reward" or "reward" not in model.heads:
@@ -42,7 +65,7 @@ def load_reward_model(path: str, tokenizer: Tokenizer) -> torch.nn.Module:
     return model.requires_grad_(False).eval()
 
 
-class ProximalPolicy:
+class ProximalPolicy(ObjectiveBase):
     name = "ppo"
     heads = ("lm", "value")
     lm_term = "ppo"
@@ -50,12 +73,17 @@ class ProximalPolicy:
     vocab_head = False
     packed = False
 
-    def __init__(
-        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, cfg: ObjectiveConfig
-    ) -> None:
+    def __init__(self, ctx: Context) -> None:
+        cfg = ctx.config.objective
         checked_template(cfg.prompt_template)
-        self.info, self.tokenizer, self.data, self.cfg = info, tokenizer, data, cfg
-        self.reward_model = load_reward_model(cfg.reward_model, tokenizer)
+        self.info, self.tokenizer, self.data = ctx.info, ctx.tokenizer, ctx.config.data
+        self.cfg = cfg
+        if ctx.load_model is None:
+            raise ConfigError(
+                "objective=ppo scores rollouts with objective.reward_model; "
+                "it trains in `llmtune finetune` only"
+            )
+        self.reward_model = load_reward_model(cfg.reward_model, ctx.tokenizer, ctx.load_model)
         self.sampling = EvaluateConfig(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, stop_at_eos=True
         )
@@ -65,14 +93,6 @@ class ProximalPolicy:
         self._calls = 0  # training micro-batches prepared so far (picks rollout reuse)
         self._stored: list[Batch] = []
         self._stats: dict[str, list[float]] = {"reward": [], "kl": [], "response_tokens": []}
-
-    @staticmethod
-    def columns(d: DataConfig) -> list[str]:
-        return [d.instruction_column]
-
-    @staticmethod
-    def label_values(split, d: DataConfig) -> list:
-        return []
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
         """Templated prompts, cut from the left to leave room for max_new_tokens."""
@@ -90,8 +110,8 @@ class ProximalPolicy:
         overlong = {i: len(e.ids) for i, e in enumerate(encoded) if len(e.ids) > room}
         return Encoded({"input_ids": rows}, overlong, len(encoded) - len(rows))
 
-    def make_examples(self, split, seq_len: int, seed: int) -> Batch:
-        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
+    def batch(self, encoded: Encoded) -> Batch:
+        return padded_batch(encoded, self.info.pad_id)
 
     def bind(self, model: torch.nn.Module, config: RunConfig) -> None:
         """The policy to sample from and its reference (the model as loaded)."""
@@ -197,3 +217,46 @@ class ProximalPolicy:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def check(config: RunConfig, kind: Kind | None) -> None:
+    check_template(config, kind)
+    o = config.objective
+    if not o.reward_model:
+        raise ConfigError(
+            "objective.reward_model is required with objective=ppo; set it to a checkpoint "
+            "trained with objective=reward"
+        )
+    for key in ("kl_coef", "clip_range", "value_clip", "value_coef", "sample_temperature"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"objective.{key}={getattr(o, key)}: must be >= 0")
+    for key in ("gamma", "lam"):
+        if not 0 <= getattr(o, key) <= 1:
+            raise ConfigError(f"objective.{key}={getattr(o, key)}: must be in [0, 1]")
+    for key in ("ppo_epochs", "max_new_tokens"):
+        if getattr(o, key) <= 0:
+            raise ConfigError(f"objective.{key}={getattr(o, key)}: must be positive")
+
+
+def make(ctx: Context, labels: list) -> ProximalPolicy:
+    return ProximalPolicy(ctx)
+
+
+def build(ctx: Context) -> Built:
+    config = ctx.config
+    raw = load_labelled(config.data, [config.data.instruction_column], config.seed)
+    return build_rows(ctx, make, raw, [])
+
+
+ENTRY = ObjectiveEntry(
+    name="ppo",
+    config=PPOConfig,
+    kinds=(Kind.DECODER,),
+    labelled=True,
+    heads=lambda config: ("lm", "value"),
+    make=make,
+    build=build,
+    scoring=Scoring.LANGUAGE_MODEL,  # a ppo policy is a language model
+    check=check,
+    columns=lambda cfg, data: [data.instruction_column],
+)

@@ -9,24 +9,20 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.adapters import adapters_disabled
+from llmtune.adapters.lora import adapters_disabled
 from llmtune.config.schema import DataConfig, RunConfig
 from llmtune.data import TokenizerInfo
 from llmtune.data.labelled import IGNORE, Encoded
-from llmtune.data.preference import (
-    REJECTED,
-    encode_pairs,
-    load_preferences,
-    pair_batch,
-    preference_columns,
-)
-from llmtune.objectives.base import Batch
+from llmtune.data.preference import REJECTED, encode_pairs, load_preferences, pair_batch
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase
 from llmtune.objectives.classification import trim_padding
+from llmtune.objectives.entry import Built, Context, build_rows
 from llmtune.objectives.rollout import action_logps
 from llmtune.objectives.sft import checked_template, fill_template
 
 
-class PairTask:
+class PairTask(ObjectiveBase):
     """Examples and batching of preference pairs; subclasses add `name`, `heads`, `losses`.
 
     A prepared micro-batch of B pairs has 2B rows: the chosen sequences, then the rejected
@@ -36,33 +32,28 @@ class PairTask:
     name = "pairs"
     lm_term = "pairs"
     perplexity = False  # validation: a pairwise loss has no perplexity
+    needs_reference = False  # scored against the frozen init model (dpo): `reference` set
     vocab_head = False  # dpo's response log-probs: not counted per pair
     packed = False
 
     def __init__(
-        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
+        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str, kind: Kind
     ) -> None:
         self.info, self.tokenizer, self.data = info, tokenizer, data
         self.template = checked_template(template)
-        # tokenizer_info fills cls for bert and eos for gpt: the family without another argument
-        self.family = "bert" if info.cls_id is not None else "gpt"
-
-    columns = staticmethod(preference_columns)
-    load = staticmethod(load_preferences)
-
-    @staticmethod
-    def label_values(split, d: DataConfig) -> list:
-        return []  # no label vocabulary
+        # an encoder reads prompt and response as segments A and B; a decoder continues the
+        # filled template with the response, whose tokens are the targets
+        self.segments = kind == Kind.ENCODER
 
     def prompt(self, text: str) -> str:
-        """gpt: the prompt template filled (as sft trains it); bert: the text as segment A."""
-        return fill_template(self.template, text) if self.family == "gpt" else text
+        """A decoder's prompt: the template filled (as sft trains it); an encoder's: the text."""
+        return text if self.segments else fill_template(self.template, text)
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
         """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
         rows = {k: list(split[k]) for k in ("chosen", "rejected")}
         rows["prompt"] = [self.prompt(p) for p in split["prompt"]]
-        return encode_pairs(self.tokenizer, self.family, rows, self.info.eos_id, seq_len)
+        return encode_pairs(self.tokenizer, self.segments, rows, self.info.eos_id, seq_len)
 
     def batch(self, encoded: Encoded) -> Batch:
         return pair_batch(encoded, self.info.pad_id)
@@ -120,3 +111,9 @@ class Reference:
         if next(self.copy.parameters()).device != device:
             self.copy.to(device)
         return fn(self.copy, *args)
+
+
+def build_pairs_task(ctx: Context, make) -> Built:  # noqa: ANN001 (make: Context, labels -> PairTask)
+    """A preference objective's examples: (prompt, chosen, rejected) pairs of data.train and
+    data.validation, or pairs built from instruction data (data.preference_pairs)."""
+    return build_rows(ctx, make, load_preferences(ctx.config.data, ctx.config.seed), [])

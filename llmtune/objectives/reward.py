@@ -3,12 +3,24 @@ pairs with the pairwise (Bradley-Terry) loss -log sigmoid(r_chosen - r_rejected)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llmtune.data.preference import preference_columns
 from llmtune.objectives.base import Batch, TermResult, pooled_features
-from llmtune.objectives.preference import PairTask
+from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
+from llmtune.objectives.preference import PairTask, build_pairs_task
+from llmtune.objectives.sft import PromptedConfig, check_template
+
+
+@dataclass(frozen=True)
+class RewardConfig(PromptedConfig):
+    """A scalar head trained on (prompt, chosen, rejected) pairs (Bradley-Terry loss)."""
+
+    name: str = "reward"  # registered objective name (objectives/registry.py)
 
 
 def pairwise_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
@@ -38,3 +50,26 @@ class RewardModel(PairTask):
                 pairwise_loss(chosen, rejected).sum(), (margin > 0).sum(), extra=extra
             )
         }
+
+
+def make(ctx: Context, labels: list) -> RewardModel:
+    cfg = ctx.config.objective
+    return RewardModel(ctx.info, ctx.tokenizer, ctx.config.data, cfg.prompt_template, ctx.kind)
+
+
+def build(ctx: Context) -> Built:
+    return build_pairs_task(ctx, make)
+
+
+ENTRY = ObjectiveEntry(
+    name="reward",
+    config=RewardConfig,
+    kinds=ANY_KIND,
+    labelled=True,
+    heads=lambda config: ("reward",),
+    make=make,
+    build=build,
+    scoring=Scoring.PAIRWISE,
+    check=check_template,
+    columns=lambda cfg, data: preference_columns(data),
+)

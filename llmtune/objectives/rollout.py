@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmtune.config.schema import EvaluateConfig
-from llmtune.evaluation.generation import generate
+from llmtune.models.generation import generate
 
 
 def gae(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,8 @@ invisible to a causal model, so padded and unpadded rows give the same features)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import datasets
 import torch
 from torch import Tensor
@@ -13,7 +15,20 @@ from torch import Tensor
 from llmtune.config.schema import DataConfig
 from llmtune.data.labelled import Encoded, encode_texts, label_ids
 from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cross_entropy
-from llmtune.objectives.classification import ClassificationTask
+from llmtune.objectives.classification import (
+    ClassificationConfig,
+    ClassificationTask,
+    build_classification,
+    check_classification,
+)
+from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
+
+
+@dataclass(frozen=True)
+class SeqClsConfig(ClassificationConfig):
+    """One label per text (or text pair), from pooled features."""
+
+    name: str = "seq_cls"  # registered objective name (objectives/registry.py)
 
 
 class SequenceClassification(ClassificationTask):
@@ -57,3 +72,27 @@ class SequenceClassification(ClassificationTask):
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         return self.logits(model, batch).argmax(-1), batch["labels"]
+
+
+def make(ctx: Context, labels: list) -> SequenceClassification:
+    return SequenceClassification(ctx.info, labels, ctx.tokenizer, ctx.config.data)
+
+
+def build(ctx: Context) -> Built:
+    columns = SequenceClassification.columns(ctx.config.data)
+    return build_classification(ctx, make, columns, SequenceClassification.label_values)
+
+
+ENTRY = ObjectiveEntry(
+    name="seq_cls",
+    config=SeqClsConfig,
+    kinds=ANY_KIND,
+    labelled=True,
+    heads=lambda config: ("seq_cls",),
+    make=make,
+    build=build,
+    scoring=Scoring.CLASSIFICATION,
+    check=check_classification,
+    columns=lambda cfg, data: SequenceClassification.columns(data),
+    target_column=lambda data: data.label_column,
+)

@@ -6,17 +6,43 @@ are targets, so the model learns to answer, not to reproduce prompts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import datasets
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, encode_instructions, padded_batch
+from llmtune.data.labelled import Encoded, encode_instructions, load_labelled, padded_batch
 from llmtune.errors import ConfigError
-from llmtune.objectives.base import Batch, TermResult, sum_cross_entropy
+from llmtune.models.family import Kind
+from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
 from llmtune.objectives.classification import trim_padding
+from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_rows
+
+DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@dataclass(frozen=True)
+class PromptedConfig(ObjectiveConfig):
+    """Objectives whose rows start with an instruction laid out by a prompt template (sft and
+    the preference tunings after it); a model trained so answers prompts laid out so."""
+
+    # the prompt before each response; {instruction} is filled from data.instruction_column
+    prompt_template: str = DEFAULT_TEMPLATE
+
+
+@dataclass(frozen=True)
+class SFTConfig(PromptedConfig):
+    """Instruction tuning: loss on response tokens (and EOS) after the filled template."""
+
+    name: str = "sft"  # registered objective name (objectives/registry.py)
+
+
+def check_template(config: RunConfig, kind: Kind | None) -> None:
+    checked_template(config.objective.prompt_template)
 
 
 def checked_template(template: str) -> str:
@@ -33,7 +59,7 @@ def fill_template(template: str, instruction: object) -> str:
     return template.replace("{instruction}", str(instruction))
 
 
-class InstructionTuning:
+class InstructionTuning(ObjectiveBase):
     name = "sft"
     heads = ("lm",)
     lm_term = "sft"
@@ -53,10 +79,6 @@ class InstructionTuning:
     def columns(d: DataConfig) -> list[str]:
         return [d.instruction_column, d.response_column]
 
-    @staticmethod
-    def label_values(split: datasets.Dataset, d: DataConfig) -> list:
-        return []  # generation: no label vocabulary
-
     def prompt(self, instruction: str) -> str:
         """The template filled with one instruction (what a user's prompt becomes)."""
         return fill_template(self.template, instruction)
@@ -66,8 +88,8 @@ class InstructionTuning:
         responses = [str(r) for r in split[self.data.response_column]]
         return encode_instructions(self.tokenizer, prompts, responses, self.info.eos_id, seq_len)
 
-    def make_examples(self, split: datasets.Dataset, seq_len: int, seed: int) -> Batch:
-        return padded_batch(self.encode(split, seq_len), self.info.pad_id)
+    def batch(self, encoded: Encoded) -> Batch:
+        return padded_batch(encoded, self.info.pad_id)
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
         return trim_padding(batch)
@@ -85,3 +107,29 @@ class InstructionTuning:
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def make(ctx: Context, labels: list) -> InstructionTuning:
+    data = ctx.config.data
+    return InstructionTuning(ctx.info, ctx.tokenizer, data, ctx.config.objective.prompt_template)
+
+
+def build(ctx: Context) -> Built:
+    config = ctx.config
+    raw = load_labelled(config.data, InstructionTuning.columns(config.data), config.seed)
+    return build_rows(ctx, make, raw, [])
+
+
+ENTRY = ObjectiveEntry(
+    name="sft",
+    config=SFTConfig,
+    kinds=(Kind.DECODER,),
+    labelled=True,
+    heads=lambda config: ("lm",),
+    make=make,
+    build=build,
+    scoring=Scoring.INSTRUCTIONS,
+    check=check_template,
+    columns=lambda cfg, data: InstructionTuning.columns(data),
+    target_column=lambda data: data.response_column,
+)

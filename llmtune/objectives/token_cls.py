@@ -6,6 +6,8 @@ word split into many pieces counts once in the loss and in the accuracy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import datasets
 import torch
 from torch import Tensor
@@ -13,9 +15,22 @@ from torch import Tensor
 from llmtune.config.schema import DataConfig
 from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids
 from llmtune.errors import DataError
-from llmtune.evaluation.metrics import entity_report
 from llmtune.objectives.base import Batch, TermResult, hidden_states, sum_cross_entropy
-from llmtune.objectives.classification import ClassificationTask
+from llmtune.objectives.classification import (
+    ClassificationConfig,
+    ClassificationTask,
+    build_classification,
+    check_classification,
+)
+from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
+from llmtune.objectives.metrics import entity_report
+
+
+@dataclass(frozen=True)
+class TokenClsConfig(ClassificationConfig):
+    """Word-level tags (BIO or any tag set) on the first sub-token of each word."""
+
+    name: str = "token_cls"  # registered objective name (objectives/registry.py)
 
 
 def words_and_tags(split: datasets.Dataset, d: DataConfig, key: str) -> tuple[list, list]:
@@ -91,3 +106,27 @@ class TokenClassification(ClassificationTask):
         for type_, scores in report["per_type"].items():
             out[f"entity_f1/{type_}"] = scores["f1"]
         return out
+
+
+def make(ctx: Context, labels: list) -> TokenClassification:
+    return TokenClassification(ctx.info, labels, ctx.tokenizer, ctx.config.data)
+
+
+def build(ctx: Context) -> Built:
+    columns = TokenClassification.columns(ctx.config.data)
+    return build_classification(ctx, make, columns, TokenClassification.label_values)
+
+
+ENTRY = ObjectiveEntry(
+    name="token_cls",
+    config=TokenClsConfig,
+    kinds=ANY_KIND,
+    labelled=True,
+    heads=lambda config: ("token_cls",),
+    make=make,
+    build=build,
+    scoring=Scoring.TAGGING,
+    check=check_classification,
+    columns=lambda cfg, data: TokenClassification.columns(data),
+    target_column=lambda data: data.tags_column,
+)

@@ -10,7 +10,7 @@ import datetime
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,6 @@ from torch import Tensor
 
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration, validate
-
-STRATEGIES = ("none", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -151,17 +149,6 @@ def share_run_dir(run_dir: Path) -> Path:
     if chosen != run_dir and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
         shutil.rmtree(run_dir, ignore_errors=True)
     return chosen
-
-
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (fills caches); the others then read what it wrote."""
-    info = current()
-    if not info.is_main:
-        dist.barrier()
-    yield
-    if info.is_main and info.world_size > 1:
-        dist.barrier()
 
 
 def barrier() -> None:

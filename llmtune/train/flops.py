@@ -17,6 +17,7 @@ import torch
 
 from llmtune.config.schema import ModelConfig
 from llmtune.console import note, stage
+from llmtune.models import build_model, family
 from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
@@ -82,12 +83,18 @@ def trained_body_flops(model: torch.nn.Module) -> BodyFlops:
     return BodyFlops(fixed, per_len)
 
 
+def vocab_head_flops(head: torch.nn.Module) -> float:
+    """Training FLOPs of a head for one target: 6 per matrix weight (the vocabulary projection,
+    and BERT's transform before it); vectors (biases, norms) are not matmuls."""
+    return 6.0 * sum(p.numel() for p in head.parameters() if p.dim() == 2)
+
+
 def head_flops_per_target(cfg: ModelConfig) -> float:
-    """Training FLOPs of the vocabulary projection (plus BERT's transform) for one target."""
-    params = cfg.vocab_size * cfg.d_model
-    if cfg.family == "bert":
-        params += cfg.d_model * cfg.d_model
-    return 6.0 * params
+    """Training FLOPs of the family's vocabulary head (`Family.lm_head`) for one target."""
+    lm_head = family(cfg.family).lm_head
+    with torch.device("meta"):  # shapes only
+        model = build_model(cfg, (lm_head,))
+    return vocab_head_flops(model.heads[lm_head])
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int, targets_per_position: float) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmtune.config import to_yaml
+from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.errors import UserError
 from llmtune.train import distributed, preemption
@@ -118,7 +118,7 @@ def _worker_error(exc: Any) -> UserError:
 
 def worker_main(run: Run, command: str, config_path: str, run_dir: str) -> None:
     """Entry of a worker started by `spawn`: the resolved config, no Hydra composition."""
-    from llmtune.config import load_yaml
+    from llmtune.config.load import load_yaml
 
     config = load_yaml(Path(config_path))
     if config.command != command:

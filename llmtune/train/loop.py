@@ -16,23 +16,19 @@ import torch
 from torch import Tensor
 
 from llmtune import checkpoint
-from llmtune.config import to_yaml
+from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import parse_duration
-from llmtune.errors import CheckpointError, UserError
+from llmtune.errors import CheckpointError
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, selection, streams
-from llmtune.train.flops import device_peak_flops, head_flops_per_target, trained_body_flops
+from llmtune.train.flops import device_peak_flops, trained_body_flops, vocab_head_flops
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
 from llmtune.train.resume import check_resumable
 
 Batch = dict[str, Tensor]
-
-
-class TrainingError(UserError):
-    """Training cannot continue (e.g. the loss became NaN or infinite)."""
 
 
 @dataclass
@@ -86,7 +82,8 @@ class Trainer:
         self.body_flops = trained_body_flops(setup.model)
         # the vocabulary projection at each LM target; classification heads are negligible
         vocab_head = setup.objective.vocab_head
-        self.head_flops = head_flops_per_target(setup.model.config) if vocab_head else 0.0
+        lm_head = setup.model.heads[setup.model.family.lm_head] if vocab_head else None
+        self.head_flops = vocab_head_flops(lm_head) if lm_head is not None else 0.0
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -246,7 +243,7 @@ class Trainer:
             "mfu": flops_per_s / self.peak if self.peak else None,
             "data_wait_share": window["wait"] / max(seconds, 1e-9),
             # objective statistics, e.g. PPO's mean reward, KL and response length
-            **getattr(self.s.objective, "train_metrics", dict)(),
+            **self.s.objective.train_metrics(),
         }
 
     # ---- evaluation -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class ActivationShape:
     half_via_fp32: bool = False
     checkpointing: bool = False  # hardware.activation_checkpointing: keep block inputs only
     lm_rows_share: float = 1.0  # share of positions projected onto the vocabulary
-    fused_lm_loss: bool = True  # gpt: chunked projection + loss (objectives/chunked_ce.py)
+    fused_lm_loss: bool = True  # lm head: chunked projection + loss (objectives/chunked_ce.py)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def head_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     """Bytes of the vocabulary projection and loss at their peak."""
     rows = int(shape.batch * shape.seq_len * shape.lm_rows_share)
     v, d = cfg.vocab_size, cfg.d_model
-    if cfg.family == "gpt" and shape.fused_lm_loss:
+    if shape.fused_lm_loss:
         # gradients made during the forward (hidden and a full fp32 weight-sized one) plus
         # one chunk of logits
         return rows * d * 4 + v * d * 4 + min(rows, max(1, CHUNK_ELEMENTS // v)) * v * 4

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llmtune import checkpoint
-from llmtune.config import load_yaml
+from llmtune.config.load import load_yaml
 from llmtune.config.schema import RunConfig
 from llmtune.errors import CheckpointError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters import load_model
+from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.models.pooling import sentence_embedding
 from tests.e2e.helpers import metrics

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters import load_model
+from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel, sample_inputs
+from llmtune.models import family
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 from tests.e2e.test_finetune import WORDS, finetune, sentiment_rows
 
@@ -122,8 +123,8 @@ def _verified_diff(text: str) -> float:
 def _llmtune_logits(ckpt: Path) -> tuple[dict, tuple]:
     """Sample inputs and logits of the checkpoint as llmtune loads it (LoRA unmerged)."""
     model, config, tokenizer, _ = load_model(ckpt)
-    info = tokenizer_info(tokenizer, config.model.family)
-    inputs = sample_inputs(tokenizer, info, config.model.family, config.model.max_seq_len)
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
+    inputs = sample_inputs(tokenizer, info, model, config.model.max_seq_len)
     return inputs, InferenceModel(model).eval()(*inputs.values())
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmtune.adapters import load_model
+from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from tests.e2e.helpers import FAST, TINY_BERT, TINY_GPT, metrics, pretrain
 
@@ -295,3 +295,24 @@ def test_minilm_from_the_package_finetunes(tmp_path, sentiment):
     )
     _, evals = metrics(run)
     assert evals and "val_accuracy" in evals[-1]
+
+
+def test_architecture_keys_must_match_the_checkpoint(tmp_path, bert_base, sentiment, capsys):
+    """model.n_layers=... with init_from loaded every block of the checkpoint and said nothing
+    (issue 17): a key that contradicts the checkpoint is refused naming both values, and the
+    keys that apply to a loaded model are set and listed in the load table."""
+    train, _ = sentiment
+    with pytest.raises(SystemExit) as exit_info:
+        finetune(tmp_path / "a", bert_base, f"data.train={train}", "model.n_layers=7")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "model.n_layers=7 contradicts" in err and "whose n_layers is 2" in err  # bert-tiny
+    # a key equal to the checkpoint's passes; dropout applies and is listed
+    run = tmp_path / "b"
+    finetune(
+        run, bert_base, f"data.train={train}", "model.n_layers=2", "model.dropout=0.25",
+        "train.max_steps=2", "train.eval_every=2", "train.save_every=2",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "model.dropout=0.25" in out and "checkpoint: " in out
+    assert load_model(run)[1].model.dropout == 0.25

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmtune import checkpoint
-from llmtune.config import load_yaml
+from llmtune.config.load import load_yaml
 from llmtune.models import build_model
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 

@@ -46,10 +46,12 @@ def test_two_point_sweep_ends_with_a_table(tmp_path, jsonl_corpus, capsys):
 
 
 def test_shipped_sweep_and_launcher_options_pass_the_override_check():
-    assert check_overrides(["sweep=lr", "hardware=ddp", "hardware=fsdp"])
-    assert check_overrides(["hydra/launcher=slurm", "hydra/launcher=submitit_local"])  # plugin
+    assert check_overrides("pretrain", ["sweep=lr", "hardware=ddp", "hardware=fsdp"])
+    assert check_overrides(
+        "pretrain", ["hydra/launcher=slurm", "hydra/launcher=submitit_local"]
+    )  # plugin
     with pytest.raises(Exception, match="did you mean 'lr'"):
-        check_overrides(["sweep=lrr"])
+        check_overrides("pretrain", ["sweep=lrr"])
 
 
 def test_shipped_sweep_configs_compose(capsys):

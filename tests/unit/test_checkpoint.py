@@ -105,7 +105,7 @@ def test_malformed_safetensors_is_refused(tmp_path):
 
 
 def test_config_in_a_checkpoint_cannot_name_code_to_run(tmp_path):
-    from llmtune.config import load_yaml
+    from llmtune.config.load import load_yaml
     from llmtune.errors import ConfigError
 
     path = tmp_path / "config.yaml"

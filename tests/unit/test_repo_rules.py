@@ -35,13 +35,82 @@ def test_ownership_boundaries():
         rel = path.relative_to(PACKAGE).as_posix()
         if "import hydra" in text or "from hydra" in text:
             assert rel == "cli.py" or rel.startswith("config/"), f"{rel} imports Hydra"
-        if "llmtune.commands" in text:
-            assert rel == "cli.py", f"{rel} imports commands/"
+        if "llmtune.commands" in text:  # the package's own registry imports its modules
+            assert rel == "cli.py" or rel.startswith("commands/"), f"{rel} imports commands/"
         if rel.startswith("objectives/"):
-            assert "llmtune.train" not in text, f"{rel} imports train/ (the layer above it)"
+            for banned in ("llmtune.train", "llmtune.evaluation"):
+                assert banned not in text, f"{rel} imports {banned} (a layer above it)"
         if rel.startswith("models/"):
             for banned in ("llmtune.data", "llmtune.objectives", "llmtune.train", "omegaconf"):
                 assert banned not in text, f"{rel} imports {banned}"
+
+
+# Layers, lowest first: a module imports only its own package and packages of lower layers
+# (models -> objectives -> train/evaluation -> commands). Keys are module paths under
+# llmtune; the longest matching prefix gives a module's layer.
+LAYERS = {
+    "errors": 0,
+    "faults": 0,
+    "runlog": 0,
+    "": 0,  # llmtune/__init__.py
+    "console": 1,  # rich output and timed stages, for any layer
+    "config.schema": 1,  # the typed sections: read by every layer
+    "data": 2,
+    "models": 2,
+    "adapters": 3,  # methods applied to a built model (freeze, lora, prefix, prompt)
+    "objectives": 4,
+    "config": 5,  # building and checking a config needs every registry
+    "checkpoint": 5,
+    "adapters.loading": 6,  # checkpoints into models
+    "adapters.base_model": 6,
+    "train": 7,
+    "evaluation": 7,
+    "export": 8,
+    "plots": 8,  # figures of runs (llmtune report)
+    "commands": 9,
+    "cli": 10,
+    "__main__": 11,
+}
+
+
+def _layer(module: str) -> tuple[str, int]:
+    """(the LAYERS key, its layer) of a dotted module path under llmtune."""
+    parts = module.split(".")
+    for n in range(len(parts), -1, -1):
+        key = ".".join(parts[:n])
+        if key in LAYERS:
+            return key, LAYERS[key]
+    raise AssertionError(f"llmtune.{module} is in no layer; add it to LAYERS")
+
+
+def _imports(path: Path) -> list[str]:
+    """Modules under llmtune that a file imports (at the top or inside functions)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llmtune"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            out += [node.module] + [n for n in names if _is_module(n)]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("llmtune")]
+    return [m.removeprefix("llmtune").lstrip(".") for m in out]
+
+
+def _is_module(dotted: str) -> bool:
+    rel = Path(*dotted.split(".")[1:])
+    return (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel).is_dir()
+
+
+def test_layers_import_only_downwards():
+    for path in SOURCES:
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix("__init__")
+        own, level = _layer(module.rstrip("."))
+        for imported in _imports(path):
+            key, other = _layer(imported)
+            same_package = key.split(".")[0] == own.split(".")[0]
+            assert other < level or same_package, (
+                f"{path.relative_to(PACKAGE)} imports llmtune.{imported}: layer {other} "
+                f"({key}) is not below layer {level} ({own})"
+            )
 
 
 def test_no_import_paths_in_user_yaml():

@@ -8,14 +8,18 @@ import dataclasses
 import pytest
 import torch
 
-from llmtune.adapters import apply_method, merge_lora, parameter_summary
-from llmtune.config.schema import MethodConfig, ModelConfig
+from llmtune.adapters import METHODS, apply_method, merge_lora, parameter_summary
+from llmtune.adapters.freeze import FreezeConfig
+from llmtune.adapters.lora import LoraConfig
+from llmtune.adapters.prefix import PrefixConfig
+from llmtune.adapters.prompt import PromptConfig
+from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
 from tests.unit.train.test_accumulation import tiny_model
 
 BERT = tiny_model(vocab_size=60, n_positions=40)
-GPT = dataclasses.replace(BERT, family="gpt", layer_norm_eps=1e-5)
+GPT = tiny_model("gpt", vocab_size=60, n_positions=40, layer_norm_eps=1e-5)
 
 
 def _model(config: ModelConfig, head: str = "seq_cls"):
@@ -48,7 +52,7 @@ def _train_steps(model, steps: int = 3):
 @pytest.mark.parametrize("config", [BERT, GPT], ids=["bert", "gpt"])
 def test_lora_starts_at_the_base_and_merges_exactly(config):
     base, model = _model(config).eval(), _model(config)
-    apply_method(model, MethodConfig(name="lora", rank=4, targets=("qkv", "fc")))
+    apply_method(model, LoraConfig(rank=4, dropout=0.0, targets=("qkv", "fc")))
     model.eval()
     ids = _ids()
     with torch.no_grad():
@@ -68,14 +72,14 @@ def test_lora_starts_at_the_base_and_merges_exactly(config):
 
 def test_lora_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="method.targets"):
-        apply_method(_model(BERT), MethodConfig(name="lora", targets=("query",)))
+        apply_method(_model(BERT), LoraConfig(dropout=0.0, targets=("query",)))
 
 
 @pytest.mark.parametrize("layers", [1, -1])
 def test_freeze_keeps_frozen_weights_bit_identical(layers):
     model = _model(BERT)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    apply_method(model, MethodConfig(name="freeze", freeze_layers=layers))
+    apply_method(model, FreezeConfig(freeze_layers=layers))
     _train_steps(model)
     for name, p in model.named_parameters():
         frozen = name.startswith(
@@ -99,7 +103,8 @@ def test_prefix_and_prompt_change_outputs_only_through_their_parameters(config, 
     name, _, encoder = method.partition("-")
     model = _model(config)
     frozen_before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-    apply_method(model, MethodConfig(name=name, n_tokens=4, prompt_encoder=encoder or "none"))
+    settings = {"prompt_encoder": encoder or "none"} if name == "prompt" else {}
+    apply_method(model, METHODS[name].config(n_tokens=4, **settings))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(n.startswith(("adapter.", "heads.seq_cls")) for n in trainable), trainable
     model.eval()
@@ -121,7 +126,7 @@ def test_prefix_and_prompt_change_outputs_only_through_their_parameters(config, 
 def test_prefix_on_gpt_is_a_key_value_cache():
     """A GPT with a learned prefix computes what the backbone computes given that cache."""
     model = _model(GPT, "lm").eval()
-    apply_method(model, MethodConfig(name="prefix", n_tokens=3))
+    apply_method(model, PrefixConfig(n_tokens=3))
     ids = _ids()
     with torch.no_grad():
         hooked = model(ids)
@@ -133,10 +138,10 @@ def test_prefix_on_gpt_is_a_key_value_cache():
 def test_prompt_too_long_for_the_position_table():
     config = dataclasses.replace(BERT, max_seq_len=38)
     with pytest.raises(ConfigError, match="n_tokens"):
-        apply_method(_model(config), MethodConfig(name="prompt", n_tokens=4))
+        apply_method(_model(config), PromptConfig(n_tokens=4))
 
 
 def test_nothing_to_train_is_refused():
     model = build_model(GPT, ["lm"])
     with pytest.raises(ConfigError, match="no parameter to train"):
-        apply_method(model, MethodConfig(name="freeze", freeze_layers=-1))
+        apply_method(model, FreezeConfig(freeze_layers=-1))

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from llmtune.config import build_run_config
-from llmtune.config.overrides import CONFIG_DIR, group_options
+from llmtune.config.build import build_run_config
+from llmtune.config.layout import CONFIG_DIR, group_options
 
 EXPERIMENTS = group_options("experiment")
 

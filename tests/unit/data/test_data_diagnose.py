@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import FilesData
 from llmtune.data import load_corpus
 from llmtune.errors import DataError
 
@@ -26,7 +26,7 @@ from llmtune.errors import DataError
 def test_unreadable_file_names_file_and_line(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
-    cfg = DataConfig(source="files", train=str(path), cache_dir=str(tmp_path / "cache"))
+    cfg = FilesData(train=str(path), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError) as info:
         load_corpus(cfg, seed=0)
     message = str(info.value)

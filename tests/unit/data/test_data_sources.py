@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import DataConfig, FilesData, HubData
 from llmtune.data.builtin import builtin_documents
 from llmtune.data.sources import cache_root, carve_validation, load_corpus
 from llmtune.errors import DataError
@@ -32,7 +32,7 @@ def _write(path: Path, docs: list[str], column: str = "content") -> None:
 
 def _files_cfg(train: str, **kw) -> DataConfig:
     kw.setdefault("validation", train)
-    return DataConfig(source="files", train=train, **kw)
+    return FilesData(train=train, **kw)
 
 
 @pytest.mark.parametrize("ext", [".jsonl", ".json", ".csv", ".parquet"])
@@ -130,7 +130,7 @@ def test_corrupt_file_is_one_line_data_error(tmp_path):
 def test_validation_carve_out_is_deterministic_and_disjoint(tmp_path):
     docs = [f"document number {i}" for i in range(100)]
     _write(tmp_path / "c.jsonl", docs)
-    cfg = DataConfig(source="files", train="c.jsonl", text_column="content")
+    cfg = FilesData(train="c.jsonl", text_column="content")
     a, b = load_corpus(cfg, seed=1), load_corpus(cfg, seed=1)
     train, val = list(a["train"]["text"]), list(a["validation"]["text"])
     assert (train, val) == (list(b["train"]["text"]), list(b["validation"]["text"]))
@@ -141,7 +141,7 @@ def test_validation_carve_out_is_deterministic_and_disjoint(tmp_path):
 
 def test_carve_out_takes_at_least_one_and_needs_two(tmp_path):
     _write(tmp_path / "c.jsonl", ["one doc here", "two doc here"])
-    cfg = DataConfig(source="files", train="c.jsonl", text_column="content")
+    cfg = FilesData(train="c.jsonl", text_column="content")
     splits = load_corpus(cfg, 0)
     assert (len(splits["train"]), len(splits["validation"])) == (1, 1)
     single = splits["train"]
@@ -152,7 +152,7 @@ def test_carve_out_takes_at_least_one_and_needs_two(tmp_path):
 def test_test_split_is_loaded_when_set(tmp_path):
     _write(tmp_path / "tr.jsonl", CLEAN)
     _write(tmp_path / "te.jsonl", ["held out text"])
-    cfg = DataConfig(source="files", train="tr.jsonl", test="te.jsonl", text_column="content")
+    cfg = FilesData(train="tr.jsonl", test="te.jsonl", text_column="content")
     splits = load_corpus(cfg, 0)
     assert set(splits) == {"train", "validation", "test"}
     assert list(splits["test"]["text"]) == ["held out text"]
@@ -181,7 +181,7 @@ def test_hub_offline_gives_one_line_error(monkeypatch):
     # Belt and braces: the flags may have been read before conftest set the env vars.
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
-    cfg = DataConfig(source="hub", name="someone/not-cached-dataset")
+    cfg = HubData(name="someone/not-cached-dataset")
     with pytest.raises(DataError, match=r"data\.name=someone/not-cached-dataset: cannot reach"):
         load_corpus(cfg, 0)
 

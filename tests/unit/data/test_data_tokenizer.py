@@ -42,7 +42,7 @@ def test_wordpiece_round_trips_lowercased(wordpiece):
 
 
 def test_wordpiece_special_ids_and_pair_template(wordpiece):
-    info = tokenizer_info(wordpiece, "bert")
+    info = tokenizer_info(wordpiece, "wordpiece")
     assert (info.pad_id, info.unk_id, info.cls_id, info.sep_id, info.mask_id) == (0, 1, 2, 3, 4)
     assert info.special_ids == (0, 1, 2, 3, 4)
     assert info.vocab_size == wordpiece.get_vocab_size()
@@ -58,7 +58,7 @@ def test_bpe_round_trips_exactly(bpe):
     for text in CORPUS[:4] + ["  leading spaces, UPPER case, 12345 and ünïcödé ✓ never seen"]:
         ids = bpe.encode(text).ids
         assert bpe.decode(ids) == text
-    info = tokenizer_info(bpe, "gpt")
+    info = tokenizer_info(bpe, "bpe")
     assert info.eos_id == bpe.token_to_id("<|endoftext|>") == info.pad_id
     assert info.special_ids == (info.eos_id,)
     assert info.eos_id not in bpe.encode("hello world").ids  # GPT-2 adds no specials
@@ -79,7 +79,7 @@ def test_unknown_kind_is_refused():
 def test_get_tokenizer_caches_trained_tokenizer(tmp_path, monkeypatch):
     ds = datasets.Dataset.from_dict({"text": CORPUS})
     cfg = TokenizerConfig(vocab_size=300, min_frequency=1)
-    first = get_tokenizer(cfg, "gpt", ds, tmp_path)
+    first = get_tokenizer(cfg, "bpe", ds, tmp_path)
     cached = list((tmp_path / "tokenizers").glob("*/tokenizer.json"))
     assert len(cached) == 1
 
@@ -87,17 +87,17 @@ def test_get_tokenizer_caches_trained_tokenizer(tmp_path, monkeypatch):
         raise AssertionError("trained again despite a cached tokenizer")
 
     monkeypatch.setattr(tokmod, "train_tokenizer", no_training)
-    assert get_tokenizer(cfg, "gpt", ds, tmp_path).to_str() == first.to_str()
+    assert get_tokenizer(cfg, "bpe", ds, tmp_path).to_str() == first.to_str()
     with pytest.raises(AssertionError, match="trained again"):  # another setting, another key
-        get_tokenizer(TokenizerConfig(vocab_size=301, min_frequency=1), "gpt", ds, tmp_path)
+        get_tokenizer(TokenizerConfig(vocab_size=301, min_frequency=1), "bpe", ds, tmp_path)
 
 
 def test_get_tokenizer_auto_kind_follows_family(tmp_path):
     ds = datasets.Dataset.from_dict({"text": CORPUS})
     cfg = TokenizerConfig(vocab_size=300, min_frequency=1)
-    bert = get_tokenizer(cfg, "bert", ds, tmp_path)
+    bert = get_tokenizer(cfg, "wordpiece", ds, tmp_path)
     assert bert.token_to_id("[MASK]") == 4
-    gpt = get_tokenizer(cfg, "gpt", ds, tmp_path)
+    gpt = get_tokenizer(cfg, "bpe", ds, tmp_path)
     assert gpt.token_to_id("<|endoftext|>") == 0 and gpt.token_to_id("[MASK]") is None
 
 
@@ -105,9 +105,15 @@ def test_file_kind_loads_json_and_folders(tmp_path, wordpiece):
     wordpiece.save(str(tmp_path / "tokenizer.json"))
     cfg = TokenizerConfig(kind="file", path=str(tmp_path / "tokenizer.json"))
     text = "the lazy fox"
-    assert get_tokenizer(cfg, "bert", None, tmp_path).encode(text).ids == wordpiece.encode(text).ids
+    assert (
+        get_tokenizer(cfg, "wordpiece", None, tmp_path).encode(text).ids
+        == wordpiece.encode(text).ids
+    )
     cfg = TokenizerConfig(kind="file", path=str(tmp_path))
-    assert get_tokenizer(cfg, "bert", None, tmp_path).encode(text).ids == wordpiece.encode(text).ids
+    assert (
+        get_tokenizer(cfg, "wordpiece", None, tmp_path).encode(text).ids
+        == wordpiece.encode(text).ids
+    )
 
 
 def test_file_kind_builds_bert_from_vocab_txt(tmp_path, wordpiece):
@@ -117,7 +123,7 @@ def test_file_kind_builds_bert_from_vocab_txt(tmp_path, wordpiece):
     (folder / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab))
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     cfg = TokenizerConfig(kind="file", path=str(folder), lowercase=False)
-    loaded = get_tokenizer(cfg, "bert", None, tmp_path)
+    loaded = get_tokenizer(cfg, "wordpiece", None, tmp_path)
     for text in ["The Quick brown fox.", "tokenizers split words", "quick fox", "lazy dog"]:
         assert loaded.encode(text).ids == wordpiece.encode(text).ids
     assert loaded.decode(loaded.encode("The Lazy dog").ids) == "the lazy dog"
@@ -126,17 +132,17 @@ def test_file_kind_builds_bert_from_vocab_txt(tmp_path, wordpiece):
 
 def test_file_kind_errors_name_tokenizer_path(tmp_path, bpe):
     with pytest.raises(DataError, match=r"tokenizer\.path: '.*missing\.json' does not exist"):
-        get_tokenizer(TokenizerConfig(kind="file", path="missing.json"), "gpt", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path="missing.json"), "bpe", None, tmp_path)
     with pytest.raises(DataError, match=r"tokenizer\.path: empty"):
-        get_tokenizer(TokenizerConfig(kind="file"), "gpt", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file"), "bpe", None, tmp_path)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DataError, match=r"tokenizer\.path: cannot read"):
-        get_tokenizer(TokenizerConfig(kind="file", path="broken.json"), "gpt", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path="broken.json"), "bpe", None, tmp_path)
     with pytest.raises(DataError, match=r"tokenizer\.path: no tokenizer\.json in"):
-        get_tokenizer(TokenizerConfig(kind="file", path=str(tmp_path)), "gpt", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path=str(tmp_path)), "bpe", None, tmp_path)
     # A GPT tokenizer lacks [CLS], [MASK], ...: a BERT model cannot use it.
     with pytest.raises(DataError, match=r"no \[PAD\] token"):
-        tokenizer_info(bpe, "bert")
+        tokenizer_info(bpe, "wordpiece")
 
 
 class CountingTokenizer:

@@ -8,14 +8,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from llmtune.config.schema import EvaluateConfig, ModelConfig
+from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import DataError
 from llmtune.evaluation.likelihood import lm_windows, pad_batch, perplexity, score_sequences
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
 from llmtune.models import build_model
+from llmtune.models.gpt import GPTConfig
 
-TINY = ModelConfig(
-    family="gpt", vocab_size=40, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+TINY = GPTConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, d_ff=64,
     max_seq_len=8, n_positions=16, layer_norm_eps=1e-5,
 )  # fmt: skip
 

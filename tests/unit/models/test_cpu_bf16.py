@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from llmtune.cli import main
-from llmtune.config.schema import HardwareConfig, ModelConfig
+from llmtune.config.schema import HardwareConfig
 from llmtune.models import build_model
 from llmtune.models.cpu_bf16 import Bf16ViaFp32, native_bf16_matmul
+from llmtune.models.gpt import GPTConfig
 from llmtune.objectives.chunked_ce import linear_cross_entropy
 from llmtune.train.hardware import prepare_model
 from llmtune.train.memory import ActivationShape, activation_bytes
@@ -66,7 +67,7 @@ def test_linear_saves_its_operands_in_bf16():
 
 def test_matches_torchs_own_bf16_autocast_on_a_model():
     torch.manual_seed(0)
-    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+    cfg = GPTConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=128,
                       max_seq_len=32, dropout=0.0, attn_dropout=0.0)  # fmt: skip
     model = build_model(cfg, ("lm",))
     ids = torch.randint(300, (2, 32))
@@ -123,7 +124,7 @@ def test_cross_entropy_head_rounds_its_operands_to_bf16():
 
 def test_activation_checkpointing_recomputes_with_the_same_products():
     torch.manual_seed(0)
-    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+    cfg = GPTConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=128,
                       max_seq_len=32, dropout=0.1, attn_dropout=0.1)  # fmt: skip
     plain = build_model(cfg, ("lm",))
     ckpt = build_model(cfg, ("lm",))
@@ -143,7 +144,7 @@ def test_activation_checkpointing_recomputes_with_the_same_products():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_memory_estimate_of_bf16_through_fp32(dropout):
-    cfg = ModelConfig(family="gpt", vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
+    cfg = GPTConfig(vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
                       max_seq_len=64, dropout=dropout, attn_dropout=dropout)  # fmt: skip
     model = build_model(cfg, ("lm",))
     ids = torch.randint(500, (4, 64))

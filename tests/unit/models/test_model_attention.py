@@ -1,13 +1,11 @@
 """Attention masking: GPT is causal and respects packed documents; BERT is bidirectional."""
 
-import dataclasses
-
 import torch
 
-from llmtune.config.schema import ModelConfig
 from llmtune.models import build_model
+from llmtune.models.registry import model_config
 
-TINY = ModelConfig(
+TINY = dict(
     vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, n_positions=32
 )
 
@@ -15,7 +13,7 @@ TINY = ModelConfig(
 def _model(family: str, heads: list[str]):
     torch.manual_seed(0)
     eps = 1e-5 if family == "gpt" else 1e-12
-    return build_model(dataclasses.replace(TINY, family=family, layer_norm_eps=eps), heads).eval()
+    return build_model(model_config(family, **TINY, layer_norm_eps=eps), heads).eval()
 
 
 def test_gpt_is_causal():

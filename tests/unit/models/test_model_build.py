@@ -7,15 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
+from llmtune.models.bert import BertConfig
+from llmtune.models.gpt import GPTConfig
 
-TINY = ModelConfig(
+TINY = dict(
     vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, n_positions=32
 )
-GPT = dataclasses.replace(TINY, family="gpt", layer_norm_eps=1e-5)
-BERT = dataclasses.replace(TINY, family="bert")
+GPT = GPTConfig(**TINY, layer_norm_eps=1e-5)
+BERT = BertConfig(**TINY)
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,16 @@ from llmtune.models import (
     model_config_from_hf,
     to_hf_state_dict,
 )
+from llmtune.models.bert import BertConfig
+from llmtune.models.gpt import GPTConfig
 
 transformers = pytest.importorskip("transformers")
 
-TINY = ModelConfig(
+TINY = dict(
     vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, n_positions=32
 )
-GPT = dataclasses.replace(TINY, family="gpt", layer_norm_eps=1e-5)
-BERT = dataclasses.replace(TINY, family="bert")
+GPT = GPTConfig(**TINY, layer_norm_eps=1e-5)
+BERT = BertConfig(**TINY)
 ATOL = 1e-5
 
 

@@ -9,15 +9,19 @@ import pytest
 import torch
 
 from llmtune.config.schema import (
-    DataConfig,
+    FilesData,
     HardwareConfig,
-    ObjectiveConfig,
     RunConfig,
     TrainConfig,
 )
 from llmtune.models import build_model
 from llmtune.models.pooling import sentence_embedding
-from llmtune.objectives.contrastive import Contrastive, info_nce, label_info_nce
+from llmtune.objectives.contrastive import (
+    Contrastive,
+    ContrastiveConfig,
+    info_nce,
+    label_info_nce,
+)
 from llmtune.train.loop import Trainer
 from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, grads, tiny_model
 
@@ -66,8 +70,8 @@ def _pair_trainer(tmp_path) -> Trainer:
     config = RunConfig(
         command="finetune",
         model=tiny_model(n_layers=1, max_seq_len=8, n_positions=16),
-        objective=ObjectiveConfig(name="contrastive", positives="pair", temperature=0.1),
-        data=DataConfig(text_pair_column="positive"),
+        objective=ContrastiveConfig(positives="pair", temperature=0.1),
+        data=FilesData(text_pair_column="positive"),
         train=TrainConfig(global_batch_size=8, micro_batch_size=4),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from llmtune.config.schema import (
-    DataConfig,
+    FilesData,
     HardwareConfig,
-    ObjectiveConfig,
     RunConfig,
     TaskConfig,
     TrainConfig,
 )
-from llmtune.objectives import build_objective
-from llmtune.objectives.multitask import MultiTask, stack_tasks, task_runs
+from llmtune.objectives import build_objective, entry
+from llmtune.objectives.mlm import MLMConfig
+from llmtune.objectives.multitask import MultiTask, MultitaskConfig, stack_tasks, task_runs
 from llmtune.objectives.seq_cls import SequenceClassification
 from llmtune.train.loop import Trainer
 from tests.unit.train.test_accumulation import BERT_INFO, cpu_trainer, examples, tiny_model
@@ -23,7 +23,7 @@ WEIGHTS = {"mlm": 0.5, "seq_cls": 2.0}
 
 
 def _parts() -> tuple[dict, dict]:
-    mlm = build_objective(ObjectiveConfig(name="mlm"), BERT_INFO)
+    mlm = build_objective(MLMConfig(), BERT_INFO)
     cls = SequenceClassification(BERT_INFO, ["a", "b"], None, None)
     lm_rows = examples("bert", n=6)
     lm_rows.pop("nsp_labels")
@@ -101,11 +101,11 @@ def test_weighted_loss_is_exact_under_accumulation(tmp_path):
 def test_task_runs_take_their_own_files_and_objective():
     config = RunConfig(
         command="finetune",
-        data=DataConfig(train="l.jsonl", validation="v.jsonl"),
-        objective=ObjectiveConfig(name="multitask"),
+        data=FilesData(train="l.jsonl", validation="v.jsonl"),
+        objective=MultitaskConfig(),
         tasks={"domain": TaskConfig(objective="mlm", train="d.txt"), "seq_cls": TaskConfig()},
     )
-    runs = dict(task_runs(config))
+    runs = dict(task_runs(config, entry))
     assert runs["domain"].objective.name == "mlm" and runs["domain"].data.train == "d.txt"
     assert runs["domain"].data.validation == ""  # carved from d.txt, not the labelled file
     assert (

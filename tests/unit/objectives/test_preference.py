@@ -9,16 +9,18 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from llmtune.adapters import adapters_disabled, apply_method
-from llmtune.config.schema import DataConfig, MethodConfig, ModelConfig, ObjectiveConfig, RunConfig
+from llmtune.adapters import METHODS, adapters_disabled, apply_method
+from llmtune.adapters.lora import LoraConfig
+from llmtune.config.schema import FilesData, RunConfig
 from llmtune.data import tokenizer_info, train_tokenizer
 from llmtune.data.labelled import IGNORE
 from llmtune.data.preference import build_pairs
 from llmtune.models import build_model
-from llmtune.objectives import build_task
-from llmtune.objectives.dpo import preference_loss
+from llmtune.models.bert import BertConfig
+from llmtune.objectives import build_objective, entry
+from llmtune.objectives.dpo import DPOConfig, preference_loss
 from llmtune.objectives.preference import sequence_logps
-from llmtune.objectives.reward import pairwise_loss
+from llmtune.objectives.reward import RewardConfig, pairwise_loss
 from llmtune.objectives.rollout import clipped_policy_loss, clipped_value_loss, gae, pack
 from tests.conftest import make_documents
 from tests.unit.train.test_accumulation import tiny_model
@@ -42,9 +44,9 @@ def _gpt(bpe: Tokenizer) -> torch.nn.Module:
 
 
 def _dpo(bpe: Tokenizer, model, method: str = "full", loss: str = "dpo"):
-    cfg = ObjectiveConfig(name="dpo", beta=0.5, loss=loss, prompt_template="Q: {instruction} A:")
-    task = build_task(cfg, tokenizer_info(bpe, "gpt"), bpe, DataConfig())
-    task.bind(model, RunConfig(method=MethodConfig(name=method)))
+    cfg = DPOConfig(beta=0.5, loss=loss, prompt_template="Q: {instruction} A:")
+    task = build_objective(cfg, tokenizer_info(bpe, "bpe"), bpe, FilesData())
+    task.bind(model, RunConfig(method=METHODS[method].config()))
     return task
 
 
@@ -90,7 +92,7 @@ def test_sequence_logps_sum_the_response_tokens_only(bpe):
 def test_dpo_at_init_is_log2_per_pair_and_learns_from_a_step(bpe, method):
     model = _gpt(bpe)
     if method == "lora":
-        apply_method(model, MethodConfig(name="lora", rank=2))
+        apply_method(model, LoraConfig(rank=2, dropout=0.0))
     task = _dpo(bpe, model, method)
     assert (task.reference.copy is None) == (method == "lora")
     batch = task.prepare(task.make_examples(PAIRS, 32, 0), None)
@@ -105,7 +107,7 @@ def test_lora_disabled_model_equals_the_base_and_adapters_come_back(bpe):
     model = _gpt(bpe).eval()
     ids = torch.tensor([[5, 9, 14, 3, 7]])
     base = model.heads["lm"](model(ids))
-    apply_method(model, MethodConfig(name="lora", rank=2))
+    apply_method(model, LoraConfig(rank=2, dropout=0.0))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("lora_B"):
@@ -191,8 +193,8 @@ def test_dpo_and_ppo_need_a_decoder_but_reward_models_take_both(name):
     from llmtune.config.validate import check_model_fits
     from llmtune.errors import ConfigError
 
-    bert = ModelConfig(family="bert")
-    config = RunConfig(command="finetune", model=bert, objective=ObjectiveConfig(name=name))
+    bert = BertConfig()
+    config = RunConfig(command="finetune", model=bert, objective=entry(name).config())
     with pytest.raises(ConfigError, match=f"objective={name} needs a gpt model.*bert model"):
         check_model_fits(config)
-    check_model_fits(RunConfig(command="finetune", model=bert, objective=ObjectiveConfig("reward")))
+    check_model_fits(RunConfig(command="finetune", model=bert, objective=RewardConfig()))

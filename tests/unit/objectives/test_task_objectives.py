@@ -8,11 +8,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from llmtune.config.schema import DataConfig, ObjectiveConfig
+from llmtune.config.schema import FilesData
 from llmtune.data import tokenizer_info, train_tokenizer
 from llmtune.data.labelled import IGNORE, label_ids, label_names, load_labelled, padded_batch
 from llmtune.errors import DataError
-from llmtune.objectives import build_task
+from llmtune.objectives import build_objective
+from llmtune.objectives.seq_cls import SeqClsConfig
+from llmtune.objectives.sft import SFTConfig
+from llmtune.objectives.token_cls import TokenClsConfig
 from tests.conftest import make_documents
 
 DOCS = make_documents(40)
@@ -46,7 +49,7 @@ def test_seq_cls_encodes_pairs_with_token_types_and_counts_truncation(tmp_path, 
         {"a": "the river", "b": "a city " * 30, "y": "yes"},
         {"a": "blue", "b": "red", "y": "no"},
     ]
-    data = DataConfig(
+    data = FilesData(
         source="files",
         train=_write(tmp_path / "t.jsonl", rows),
         validation=_write(tmp_path / "v.jsonl", rows),
@@ -54,8 +57,8 @@ def test_seq_cls_encodes_pairs_with_token_types_and_counts_truncation(tmp_path, 
         text_pair_column="b",
         label_column="y",
     )
-    info = tokenizer_info(wordpiece, "bert")
-    task = build_task(ObjectiveConfig(name="seq_cls"), info, wordpiece, data, ["no", "yes"])
+    info = tokenizer_info(wordpiece, "wordpiece")
+    task = build_objective(SeqClsConfig(), info, wordpiece, data, ["no", "yes"])
     split = load_labelled(data, task.columns(data), 0)["train"]
     encoded = task.encode(split, 16)
     assert encoded.n_truncated == 1 and encoded.rows["labels"] == [1, 0]
@@ -67,13 +70,13 @@ def test_seq_cls_encodes_pairs_with_token_types_and_counts_truncation(tmp_path, 
 
 
 def test_unknown_validation_label_is_one_line(tmp_path, wordpiece):
-    data = DataConfig(
+    data = FilesData(
         source="files",
         train=_write(tmp_path / "t.jsonl", [{"text": "a", "label": 0}]),
         validation=_write(tmp_path / "v.jsonl", [{"text": "b", "label": 7}]),
     )
-    info = tokenizer_info(wordpiece, "bert")
-    task = build_task(ObjectiveConfig(name="seq_cls"), info, wordpiece, data, [0])
+    info = tokenizer_info(wordpiece, "wordpiece")
+    task = build_objective(SeqClsConfig(), info, wordpiece, data, [0])
     split = load_labelled(data, task.columns(data), 0)["validation"]
     with pytest.raises(DataError) as err:
         task.encode(split, 16, "validation")
@@ -83,13 +86,13 @@ def test_unknown_validation_label_is_one_line(tmp_path, wordpiece):
 def test_token_cls_labels_the_first_sub_token_only(tmp_path, wordpiece):
     words = ["the", "gardenwindow", "river"]
     rows = [{"tokens": words, "tags": ["O", "B-x", "I-x"]}]
-    data = DataConfig(
+    data = FilesData(
         source="files",
         train=_write(tmp_path / "t.jsonl", rows * 2),
         validation=_write(tmp_path / "v.jsonl", rows),
     )
-    info = tokenizer_info(wordpiece, "bert")
-    task = build_task(ObjectiveConfig(name="token_cls"), info, wordpiece, data, ["B-x", "I-x", "O"])
+    info = tokenizer_info(wordpiece, "wordpiece")
+    task = build_objective(TokenClsConfig(), info, wordpiece, data, ["B-x", "I-x", "O"])
     encoded = task.encode(load_labelled(data, task.columns(data), 0)["validation"], 32)
     ids, labels = encoded.rows["input_ids"][0], encoded.rows["labels"][0]
     pieces = [wordpiece.id_to_token(i) for i in ids]
@@ -102,13 +105,17 @@ def test_token_cls_labels_the_first_sub_token_only(tmp_path, wordpiece):
 
 
 def test_token_cls_rows_must_have_one_tag_per_word(tmp_path, wordpiece):
-    data = DataConfig(
+    data = FilesData(
         source="files",
         train=_write(tmp_path / "t.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}] * 2),
         validation="",
     )
-    task = build_task(
-        ObjectiveConfig(name="token_cls"), tokenizer_info(wordpiece, "bert"), wordpiece, data, ["O"]
+    task = build_objective(
+        TokenClsConfig(),
+        tokenizer_info(wordpiece, "wordpiece"),
+        wordpiece,
+        data,
+        ["O"],
     )
     with pytest.raises(DataError, match="row 0 has 2 tokens but 1 tags"):
         task.label_values(load_labelled(data, task.columns(data), 0)["train"], data)
@@ -116,15 +123,13 @@ def test_token_cls_rows_must_have_one_tag_per_word(tmp_path, wordpiece):
 
 def test_sft_targets_only_the_response_and_appends_eos(tmp_path, bpe):
     rows = [{"instruction": "name a river", "response": "the north river"}]
-    data = DataConfig(
+    data = FilesData(
         source="files",
         train=_write(tmp_path / "t.jsonl", rows * 3),
         validation=_write(tmp_path / "v.jsonl", rows),
     )
-    info = tokenizer_info(bpe, "gpt")
-    task = build_task(
-        ObjectiveConfig(name="sft", prompt_template="Q: {instruction}\nA:"), info, bpe, data
-    )
+    info = tokenizer_info(bpe, "bpe")
+    task = build_objective(SFTConfig(prompt_template="Q: {instruction}\nA:"), info, bpe, data)
     encoded = task.encode(load_labelled(data, task.columns(data), 0)["validation"], 64)
     ids, labels = encoded.rows["input_ids"][0], encoded.rows["labels"][0]
     n_prompt = len(bpe.encode("Q: name a river\nA:").ids)

@@ -11,13 +11,13 @@ import torch
 from llmtune.config.schema import (
     HardwareConfig,
     ModelConfig,
-    ObjectiveConfig,
     RunConfig,
     TrainConfig,
 )
 from llmtune.data import TokenizerInfo
 from llmtune.models import build_model
-from llmtune.objectives import build_objective
+from llmtune.models.registry import model_config
+from llmtune.objectives import build_objective, entry
 from llmtune.train.hardware import resolve_runtime
 from llmtune.train.loop import Trainer, TrainSetup
 
@@ -61,8 +61,8 @@ def examples(family: str, n: int = 8, seq: int = 16) -> dict[str, torch.Tensor]:
 
 def tiny_model(family: str = "bert", **changes) -> ModelConfig:
     """A model config small enough for unit tests on CPU, without dropout (gradients compare)."""
-    config = ModelConfig(
-        family=family,
+    config = model_config(
+        family,
         vocab_size=50,
         d_model=32,
         n_layers=2,
@@ -72,6 +72,7 @@ def tiny_model(family: str = "bert", **changes) -> ModelConfig:
         n_positions=32,
         dropout=0.0,
         attn_dropout=0.0,
+        layer_norm_eps=1e-12,
     )
     return dataclasses.replace(config, **changes)
 
@@ -89,7 +90,7 @@ def cpu_trainer(config: RunConfig, objective, data, tmp_path: Path, n_labels: in
 def trainer(family: str, objective_name: str, tmp_path: Path) -> Trainer:
     config = RunConfig(
         model=tiny_model(family),
-        objective=ObjectiveConfig(name=objective_name),
+        objective=entry(objective_name).config(),
         train=TrainConfig(global_batch_size=8, micro_batch_size=8),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )

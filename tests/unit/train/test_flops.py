@@ -8,9 +8,14 @@ import time
 import pytest
 import torch
 
+from llmtune.adapters.freeze import FreezeConfig
+from llmtune.adapters.lora import LoraConfig
 from llmtune.adapters.method import apply_method
 from llmtune.config.schema import MethodConfig, ModelConfig
 from llmtune.models import build_model
+from llmtune.models.bert import BertConfig
+from llmtune.models.gpt import GPTConfig
+from llmtune.models.registry import model_config
 from llmtune.train import flops
 from llmtune.train.flops import (
     body_flops_per_position,
@@ -21,8 +26,8 @@ from llmtune.train.flops import (
 )
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 
-GPT = ModelConfig(family="gpt", vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
-BERT = ModelConfig(family="bert", vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
+GPT = GPTConfig(vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
+BERT = BertConfig(vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
 
 
 def _block_matmul_params(cfg: ModelConfig) -> int:
@@ -103,7 +108,7 @@ def test_loop_reports_consistent_throughput(tmp_path, jsonl_corpus, family, tiny
     pretrain(run, jsonl_corpus, *tiny, "train.max_steps=3", "train.eval_every=100")
     train, _ = metrics(run)
     assert [r["step"] for r in train] == [1, 2, 3]
-    cfg = ModelConfig(family=family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
+    cfg = model_config(family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
     body = body_flops_per_position(cfg, 32)
     for r in train:
         assert r["tokens_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
@@ -148,11 +153,11 @@ def test_trained_flops_count_only_the_backward_work_done():
     full = _trained_flops(MethodConfig(), seq_len)
     assert full == body_flops_per_position(BERT, seq_len)  # full training: 6N + 12 L T d
     # everything below the heads frozen: the body runs its forward only
-    head_only = _trained_flops(MethodConfig(name="freeze"), seq_len)
+    head_only = _trained_flops(FreezeConfig(), seq_len)
     assert head_only == 2 * n + attention
     # the bottom block frozen: forward there; forward, backward and weight gradients above
-    top = _trained_flops(MethodConfig(name="freeze", freeze_layers=1), seq_len)
+    top = _trained_flops(FreezeConfig(freeze_layers=1), seq_len)
     assert top == (2 * n + attention) / 2 + (6 * n + 3 * attention) / 2
     # LoRA: gradients flow through every block, but only the small adapters get weight grads
-    lora = _trained_flops(MethodConfig(name="lora"), seq_len)
+    lora = _trained_flops(LoraConfig(dropout=0.0), seq_len)
     assert lora == pytest.approx(4 * n + 3 * attention, rel=0.05)

@@ -9,8 +9,10 @@ import torch
 
 from llmtune.cli import main
 from llmtune.commands import plan
-from llmtune.config.schema import HardwareConfig, ModelConfig
+from llmtune.config.schema import HardwareConfig
 from llmtune.models import build_model
+from llmtune.models.gpt import GPTConfig
+from llmtune.models.registry import model_config
 from llmtune.objectives.clm import CausalLM
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.memory import (
@@ -33,8 +35,8 @@ def _number(text: str, label: str) -> int:
 def test_plan_counts_the_parameters_build_model_makes(capsys, model, heads):
     main(["plan", f"model={model}", "model.vocab_size=1000", "hardware=cpu"])
     out = capsys.readouterr().out
-    cfg = ModelConfig(
-        family=model.split("-")[0],
+    cfg = model_config(
+        model.split("-")[0],
         vocab_size=1000,
         d_model=128,
         n_layers=2,
@@ -81,8 +83,8 @@ def _saved_bytes(model: torch.nn.Module, step) -> int:
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("batch", [2, 4])
 def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
-    cfg = ModelConfig(
-        family=family, vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
+    cfg = model_config(
+        family, vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
         max_seq_len=64, dropout=dropout, attn_dropout=dropout,
     )  # fmt: skip
     model = build_model(cfg, ("lm",) if family == "gpt" else ("mlm",))
@@ -94,14 +96,14 @@ def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
 
 
 def test_fused_head_estimate_is_far_below_full_logits():
-    cfg = ModelConfig(family="gpt", vocab_size=50257, d_model=512, n_layers=1, n_heads=8)
+    cfg = GPTConfig(vocab_size=50257, d_model=512, n_layers=1, n_heads=8)
     shape = ActivationShape(batch=8, seq_len=256, half=False, flash=True, lm_rows_share=255 / 256)
     full = ActivationShape(**{**vars(shape), "fused_lm_loss": False})
     assert head_activation_bytes(cfg, shape) < head_activation_bytes(cfg, full) / 3
 
 
 def test_estimates_grow_with_batch_and_shrink_with_checkpointing():
-    cfg = ModelConfig(family="gpt", vocab_size=1000, d_model=128, n_layers=4, n_heads=4)
+    cfg = GPTConfig(vocab_size=1000, d_model=128, n_layers=4, n_heads=4)
     sizes = [
         activation_bytes(cfg, ActivationShape(batch=b, seq_len=128, half=False, flash=False))
         for b in (1, 2, 4, 8)
@@ -122,7 +124,7 @@ def test_available_memory_is_known_on_linux():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    cfg = GPTConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, d_ff=64)
     ids = {"input_ids": torch.randint(300, (2, 16))}
     grads = []
     for checkpointing in (False, True):
@@ -143,7 +145,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     "precision, checkpointing", [("fp32", False), ("fp32", True), ("bf16", False)]
 )
 def test_compile_trains_and_evaluates_a_tiny_model_on_cpu(precision, checkpointing):
-    cfg = ModelConfig(family="gpt", vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    cfg = GPTConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     hardware = HardwareConfig(
         compile=True, activation_checkpointing=checkpointing, precision=precision
     )

@@ -8,14 +8,15 @@ import dataclasses
 import pytest
 import torch
 
-from llmtune.adapters import apply_method
-from llmtune.config.schema import EvaluateConfig, MethodConfig, ModelConfig
-from llmtune.evaluation.generation import generate
+from llmtune.adapters import METHODS, apply_method
+from llmtune.config.schema import EvaluateConfig
 from llmtune.models import build_model
 from llmtune.models.blocks import GrowingKV
+from llmtune.models.generation import generate
+from llmtune.models.gpt import GPTConfig
 
-TINY = ModelConfig(
-    family="gpt", vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+TINY = GPTConfig(
+    vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
     max_seq_len=48, n_positions=64, layer_norm_eps=1e-5,
 )  # fmt: skip
 # very different lengths: 1 token, a few, most of the context
@@ -167,7 +168,7 @@ def test_sampling_is_reproducible_and_independent_of_the_batch(model, prompts, t
 def test_prefix_and_prompt_adapters_generate_batched(method, prompts):
     torch.manual_seed(0)
     model = _sharp(build_model(TINY, ["lm"]))
-    apply_method(model, MethodConfig(name=method, n_tokens=3))
+    apply_method(model, METHODS[method].config(n_tokens=3))
     model.adapter.requires_grad_(False)
     with torch.no_grad():  # a learned prefix/prompt, not the near-zero init
         for p in model.adapter.parameters():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtune.evaluation.metrics import classification_report, entity_report, entity_spans
+from llmtune.objectives.metrics import classification_report, entity_report, entity_spans
 
 
 def test_classification_hand_computed():

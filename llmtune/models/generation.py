@@ -1,4 +1,4 @@
-"""Text generation from a decoder checkpoint: prompts completed `evaluate.batch_size` at a time
+"""Text generation from a decoder (its `lm` head): prompts completed `evaluate.batch_size` at a time
 (left-padded, with a key/value cache), greedy or sampled (temperature, top-k, top-p), each row
 stopping on its own and leaving the batch when it does."""
 

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from llmtune.config.schema import EvaluateConfig, ModelConfig
-from llmtune.evaluation.generation import Generation, filter_logits, generate, next_token
+from llmtune.config.schema import EvaluateConfig
 from llmtune.models import build_model
+from llmtune.models.generation import Generation, filter_logits, generate, next_token
+from llmtune.models.gpt import GPTConfig
 
-TINY = ModelConfig(
-    family="gpt", vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+TINY = GPTConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
     max_seq_len=48, n_positions=64, layer_norm_eps=1e-5,
 )  # fmt: skip
 
