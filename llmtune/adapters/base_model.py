@@ -4,6 +4,7 @@ with a table of what was loaded, created and dropped."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -24,7 +25,11 @@ from llmtune.errors import CheckpointError
 from llmtune.models import family, from_hf_state_dict, heads_from_hf, model_config_from_hf
 
 HF_PREFIX = "hf:"
-_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+SINGLE_FILE, INDEX_FILE, PICKLE_FILE = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
 
 
 @dataclass
@@ -72,28 +77,67 @@ def _read_llmtune(path: str) -> Base:
     return Base(config.model, tokenizer, weights, ref, config, meta)
 
 
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(f"{path}: unreadable ({first})")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, the shards model.safetensors.index.json lists, or pytorch_model.bin."""
+    index = folder / INDEX_FILE
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from None
+        for path in (folder / name for name in names):
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing shard listed in {INDEX_FILE}")
+        return [folder / name for name in names]
+    if (folder / PICKLE_FILE).is_file():
+        return [folder / PICKLE_FILE]
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE}, {INDEX_FILE} or {PICKLE_FILE}")
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder's weights (sharded or not); a missing or
+    unreadable file is a CheckpointError naming it."""
+    out: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        try:
+            if path.suffix == ".safetensors":
+                out.update(load_file(path))
+            else:  # weights_only: a downloaded pickle must not run code
+                out.update(torch.load(path, map_location="cpu", weights_only=True))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise _unreadable(path, exc) from None
+    return out
+
+
 def _read_hf(folder: Path) -> Base:
-    """A Hugging Face BERT/GPT-2 folder: config.json, weights, tokenizer.json or vocab.txt."""
+    """A Hugging Face folder: config.json, weights (sharded or not), tokenizer files."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"init_from=hf:{folder}: no config.json; point it at a model folder")
-    config_json = json.loads(config_path.read_text())
-    model_config = model_config_from_hf(config_json)
-    weights_path = next((folder / n for n in _HF_WEIGHTS if (folder / n).is_file()), None)
-    if weights_path is None:
-        raise CheckpointError(f"init_from=hf:{folder}: no {' or '.join(_HF_WEIGHTS)}")
     try:
-        if weights_path.suffix == ".safetensors":
-            hf_sd = load_file(weights_path)
-        else:  # weights_only: a downloaded pickle must not run code
-            hf_sd = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{weights_path}: unreadable ({first})") from None
-    weights = from_hf_state_dict(hf_sd, model_config, heads_from_hf(config_json))
+        config_json = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{config_path}: not JSON ({exc})") from None
+    model_config = model_config_from_hf(config_json)
+    files = _weight_files(folder)
+    weights = from_hf_state_dict(read_hf_weights(folder), model_config, heads_from_hf(config_json))
     tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
-    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": checkpoint.sha256_file(weights_path)}
+    digest = checkpoint.sha256_file(files[0]) if len(files) == 1 else _digest(files)
+    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": digest}
     return Base(model_config, tokenizer, weights, ref)
+
+
+def _digest(files: list[Path]) -> str:
+    """One SHA-256 over several weight files (the shards' own digests, in order)."""
+    return hashlib.sha256("".join(checkpoint.sha256_file(p) for p in files).encode()).hexdigest()
 
 
 def _mismatch_table(source: str, missing: list, unexpected: list, wrong: list) -> Table:

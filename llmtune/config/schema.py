@@ -38,6 +38,16 @@ class ModelConfig:
         """The longest sequence the architecture takes (a learned position table's size)."""
         return self.max_seq_len
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per block (fewer than n_heads under grouped-query attention)."""
+        return self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_heads
+
     def check(self) -> None:
         """Raise ConfigError naming the first invalid key (families add their own checks)."""
         for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

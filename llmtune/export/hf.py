@@ -15,7 +15,7 @@ from llmtune.export.inference import SAMPLE_TEXTS
 from llmtune.export.job import ExportJob, external, require
 from llmtune.export.verify import VerificationError, verify
 from llmtune.models import hf_config_dict, to_hf_state_dict
-from llmtune.models.convert import hf_architecture
+from llmtune.models.convert import hf_class_name
 from llmtune.models.pooling import pool_hidden
 
 # The transformers Auto class that builds each head set's HF class (see convert.ARCHS).
@@ -84,7 +84,7 @@ def write(job: ExportJob) -> list[str]:
         )
     (transformers,) = require("hf", "transformers")
     model = job.loaded.model
-    arch = hf_architecture(model.config.family, tuple(model.heads))
+    arch_name = hf_class_name(model.config, tuple(model.heads))
     body = _config_json(job)
     (job.out / "config.json").write_text(json.dumps(body, indent=2) + "\n")
     # tied keys left out: safetensors refuses shared storage, and HF re-ties them on load
@@ -93,14 +93,14 @@ def write(job: ExportJob) -> list[str]:
     )
     _write_tokenizer(job, job.out)
     auto = AUTO_CLASSES[tuple(model.heads)]
-    lines = [f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)"]
+    lines = [f"wrote {job.out}: {arch_name} (load with transformers.{auto} and AutoTokenizer)"]
     if not model.heads:
         _write_sentence_encoder(job)
         lines.append(
             f"sentence embeddings: {job.inference.pooling} pooling, L2-normalised "
             "(modules.json and 1_Pooling/ for sentence-transformers)"
         )
-    return [*lines, _verify(job, transformers, auto, arch.name)]
+    return [*lines, _verify(job, transformers, auto, arch_name)]
 
 
 def _write_sentence_encoder(job: ExportJob) -> None:

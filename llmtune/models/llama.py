@@ -1,5 +1,6 @@
-"""The Llama-family decoder backbone (Llama, Qwen2, Mistral, SmolLM): RMSNorm pre-norm blocks,
-rotary positions, grouped-query attention and a SwiGLU MLP, plus its config dataclass.
+"""The Llama family (Llama, Qwen2, Mistral, SmolLM): its config, the decoder backbone (RMSNorm
+pre-norm blocks, rotary positions, grouped-query attention, SwiGLU MLP), its heads and its
+registry entry (the Hugging Face mapping lives in llama_hf.py).
 
 Module names follow gpt.py (`blocks.N.attn.qkv`, `attn.proj`, `mlp.fc`, `mlp.proj`, `ln_*`), so
 LoRA targets, freezing, prefixes, prompts and the FLOP counter treat both decoders alike.
@@ -7,65 +8,52 @@ LoRA targets, freezing, prefixes, prompts and the FLOP counter treat both decode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
+from llmtune.models import llama_hf
 from llmtune.models.blocks import KV, GrowingKV, _mask_with_past, with_past
 from llmtune.models.dropout import Dropout, scaled_dot_product_attention
+from llmtune.models.family import Family, HFMapping, Kind, tied_weight
 from llmtune.models.gpt import document_causal_mask, document_positions, padded_positions
+from llmtune.models.heads import LMHead, task_head
 from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
-    """Architecture of a Llama-family decoder. Zero means "derived": n_kv_heads = n_heads,
-    head_dim = d_model // n_heads, sliding_window = none."""
+class LlamaConfig(ModelConfig):
+    """A Llama-family decoder: RMSNorm pre-norm, rotary positions, grouped-query attention and
+    a SwiGLU MLP. Zero means "derived": n_kv_heads = n_heads, head_dim = d_model // n_heads."""
 
-    family: str = "llama"
-    vocab_size: int = 0  # 0 = take it from the tokenizer
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 0  # grouped-query attention: key/value heads, each shared by n_heads/n_kv
-    head_dim: int = 0
-    d_ff: int = 352  # SwiGLU width (gate and up projections each)
-    max_seq_len: int = 128  # training/eval sequence length
+    family: str = "llama"  # registered family name (models/registry.py): bert, gpt, llama, ...
+    n_heads: int = 4  # query heads per block
+    n_kv_heads: int = 2  # grouped-query attention: key/value heads (0 = n_heads)
+    head_dim: int = 0  # width of one head (0 = d_model // n_heads)
+    d_ff: int = 352  # SwiGLU width (the gate and up projections each)
     n_positions: int = 2048  # the context the weights were trained for (dynamic RoPE's threshold)
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
-    tie_embeddings: bool = False
-    rope_theta: float = 10000.0
-    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
-    norm_eps: float = 1e-5
+    dropout: float = 0.0  # hidden dropout (Llama-family models train without)
+    attn_dropout: float = 0.0  # dropout on attention probabilities
+    tie_embeddings: bool = False  # the output projection shares the token embedding table
+    rope_theta: float = 10000.0  # base of the rotary frequencies
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # longer contexts
+    norm_eps: float = 1e-5  # epsilon of every RMSNorm
     attention_bias: bool = False  # biases on q, k, v (Qwen2)
     attention_out_bias: bool = False  # bias on the attention output (Llama's attention_bias)
-    mlp_bias: bool = False
+    mlp_bias: bool = False  # biases on the MLP's projections
     # Mistral's sliding window: sequences up to this length attend exactly as with full
     # attention; longer ones are refused rather than computed differently. 0 = no window.
     sliding_window: int = 0
 
-    def __post_init__(self) -> None:
-        for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
-        if self.head_dim == 0 and self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.d_model {self.d_model} is not divisible by n_heads {self.n_heads}; "
-                "set model.head_dim"
-            )
-        if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"model.n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"
-            )
-        if self.head_size % 2:
-            raise ConfigError(f"model.head_dim must be even (rotary pairs), got {self.head_size}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ConfigError("model.rope_theta and model.norm_eps must be > 0")
+    @property
+    def max_positions(self) -> int:
+        # rotary positions have no table; longer runs are allowed (with rope_scaling, usually)
+        return self.n_positions
 
     @property
     def kv_heads(self) -> int:
@@ -74,6 +62,30 @@ class LlamaConfig:
     @property
     def head_size(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
+
+    def check(self) -> None:
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "n_positions"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)}: must be positive")
+        if self.head_dim == 0 and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
+                "set model.head_dim"
+            )
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must be a multiple of "
+                f"model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_size % 2:
+            raise ConfigError(f"model.head_dim={self.head_size}: must be even (rotary pairs)")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ConfigError("model.rope_theta and model.norm_eps must be positive")
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size}: must be >= 0 (0 = tokenizer's)")
+        for key in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)}: must be in [0, 1)")
 
 
 class RMSNorm(nn.Module):
@@ -193,7 +205,7 @@ class LlamaBackbone(nn.Module):
     """Token embeddings, Llama blocks, final RMSNorm; no learned positions. `forward` returns
     hidden states [B,T,D]; the LM head (tied or not) lives in heads.py."""
 
-    input_names = ("input_ids", "doc_ids")
+    input_names = ("input_ids",)  # right padding needs no mask; doc_ids only when packed
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -275,6 +287,10 @@ class LlamaBackbone(nn.Module):
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
 
+    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B,T,D] of right-padded rows: causal, so padding never reaches a real token."""
+        return self(batch["input_ids"])
+
     def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
         """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
 
@@ -283,3 +299,37 @@ class LlamaBackbone(nn.Module):
         if last_index is None:
             return hidden[:, -1]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
+def build_head(name: str, config: LlamaConfig, backbone: nn.Module, n_labels: int) -> nn.Module:
+    if name == "lm":
+        return LMHead(config, tied_weight(config, backbone))
+    # LlamaForSequenceClassification's `score` has no bias
+    return task_head(name, config, n_labels, seq_cls_bias=False)
+
+
+def from_config(c: Mapping) -> LlamaConfig:
+    return LlamaConfig(**llama_hf.llama_config_kwargs(c))
+
+
+LLAMA = Family(
+    name="llama",
+    kind=Kind.DECODER,
+    config=LlamaConfig,
+    backbone=LlamaBackbone,
+    heads=("lm", "seq_cls", "token_cls", "reward", "value"),
+    build_head=build_head,
+    native_objective="clm",
+    tokenizer="bpe",
+    lm_head="lm",
+    hf=HFMapping(
+        model_types=tuple(llama_hf.HF_MODEL_TYPES),
+        archs=llama_hf.ARCHS,
+        backbone_prefix="model.",
+        pretraining_heads=("lm",),
+        key_map=llama_hf.key_map,
+        to_config=llama_hf.hf_config_body,
+        from_config=from_config,
+        class_name=llama_hf.class_name,
+    ),
+)

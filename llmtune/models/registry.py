@@ -9,8 +9,9 @@ from llmtune.errors import ConfigError
 from llmtune.models.bert import BERT
 from llmtune.models.family import Family, Kind
 from llmtune.models.gpt import GPT
+from llmtune.models.llama import LLAMA
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, GPT)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, GPT, LLAMA)}
 
 
 def family(name: str) -> Family:

@@ -28,10 +28,10 @@ class RopeScaling:
     """
 
     type: str = "none"  # none | linear | dynamic | llama3
-    factor: float = 1.0
-    low_freq_factor: float = 1.0  # llama3 only
-    high_freq_factor: float = 4.0  # llama3 only
-    original_max_position_embeddings: int = 0  # llama3 only
+    factor: float = 1.0  # linear, dynamic, llama3: how much longer the context gets
+    low_freq_factor: float = 1.0  # llama3 only: wavelengths beyond context/low are divided
+    high_freq_factor: float = 4.0  # llama3 only: wavelengths below context/high are kept
+    original_max_position_embeddings: int = 0  # llama3 only: the pretraining context
 
     def __post_init__(self) -> None:
         if self.type not in ROPE_TYPES:

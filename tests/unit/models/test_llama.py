@@ -9,21 +9,21 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from llmtune.adapters.base_model import read_hf_weights
 from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import CheckpointError, ConfigError
-from llmtune.evaluation.generation import generate
-from llmtune.models.heads import LMHead, SeqClsHead
-from llmtune.models.llama import LlamaBackbone, LlamaConfig
-from llmtune.models.llama_hf import (
-    heads_from_hf_class,
-    hf_config_from_llama,
-    hf_model_type,
-    llama_config_from_hf,
-    llama_from_hf_state_dict,
-    llama_to_hf_state_dict,
-    read_hf_weights,
+from llmtune.models import (
+    build_model,
+    from_hf_state_dict,
+    heads_from_hf,
+    hf_config_dict,
+    model_config_from_hf,
+    to_hf_state_dict,
 )
-from llmtune.models.model import LanguageModel, init_weights
+from llmtune.models.generation import generate
+from llmtune.models.llama import LlamaConfig
+from llmtune.models.llama_hf import hf_model_type
+from llmtune.models.model import LanguageModel
 from llmtune.models.rope import RopeScaling
 
 transformers = pytest.importorskip("transformers")
@@ -45,15 +45,7 @@ VARIANTS = {
 
 
 def build(config: LlamaConfig, heads=("lm",), n_labels: int = 3) -> LanguageModel:
-    backbone = LlamaBackbone(config)
-    modules = {}
-    if "lm" in heads:
-        modules["lm"] = LMHead(config, backbone.tok_emb.weight if config.tie_embeddings else None)
-    if "seq_cls" in heads:
-        modules["seq_cls"] = SeqClsHead(config, n_labels)
-    model = LanguageModel(config, backbone, nn.ModuleDict(modules))
-    init_weights(model)
-    return model.eval()
+    return build_model(config, heads, n_labels).eval()
 
 
 def perturb(module: nn.Module) -> None:
@@ -65,7 +57,7 @@ def perturb(module: nn.Module) -> None:
 
 
 def hf_model(config: LlamaConfig, heads=("lm",), n_labels: int = 3):
-    body = hf_config_from_llama(config, heads, n_labels if "seq_cls" in heads else 0)
+    body = hf_config_dict(config, heads, n_labels if "seq_cls" in heads else 0)
     cls_name = body["architectures"][0]
     hf_config = transformers.AutoConfig.for_model(**body, pad_token_id=0)
     return getattr(transformers, cls_name)(hf_config).eval()
@@ -82,10 +74,10 @@ def test_import_from_hf_gives_hf_logits(name):
     hf = hf_model(config)
     perturb(hf)
     assert hf_model_type(config) == hf.config.model_type
-    ours_config = llama_config_from_hf(hf.config.to_dict())
+    ours_config = model_config_from_hf(hf.config.to_dict())
     assert dataclasses.replace(ours_config, max_seq_len=config.max_seq_len) == config
     model = build(config)
-    model.load_state_dict(llama_from_hf_state_dict(hf.state_dict(), config, ("lm",)))
+    model.load_state_dict(from_hf_state_dict(hf.state_dict(), config, ("lm",)))
     x = ids()
     with torch.no_grad():
         torch.testing.assert_close(model.heads["lm"](model(x)), hf(x).logits, atol=ATOL, rtol=ATOL)
@@ -97,7 +89,7 @@ def test_export_to_hf_gives_our_logits(name):
     model = build(config)
     perturb(model)
     hf = hf_model(config)
-    sd = llama_to_hf_state_dict(model.state_dict(), config, ("lm",))
+    sd = to_hf_state_dict(model, include_tied=False)
     result = hf.load_state_dict(sd, strict=False)
     # a tied lm_head is left out of the file and re-tied by transformers
     assert set(result.missing_keys) <= {"lm_head.weight"} and not result.unexpected_keys
@@ -112,9 +104,9 @@ def test_sequence_classifier_round_trips_through_hf():
     config = TINY
     hf = hf_model(config, ("seq_cls",))
     perturb(hf)
-    assert heads_from_hf_class(hf.config.to_dict()) == ("seq_cls",)
+    assert heads_from_hf(hf.config.to_dict()) == ("seq_cls",)
     model = build(config, ("seq_cls",))
-    model.load_state_dict(llama_from_hf_state_dict(hf.state_dict(), config, ("seq_cls",)))
+    model.load_state_dict(from_hf_state_dict(hf.state_dict(), config, ("seq_cls",)))
     x = ids()
     x[:, -4:] = 0  # right padding with the pad id: transformers pools the last non-pad token
     last = torch.full((2,), x.shape[1] - 5)
@@ -124,22 +116,22 @@ def test_sequence_classifier_round_trips_through_hf():
 
 
 def test_import_refuses_weights_of_another_shape():
-    hf_sd = llama_to_hf_state_dict(build(TINY).state_dict(), TINY, ("lm",))
+    hf_sd = to_hf_state_dict(build(TINY), include_tied=False)
     deeper = dataclasses.replace(TINY, n_layers=3)
     with pytest.raises(CheckpointError, match="missing.*layers.2"):
-        llama_from_hf_state_dict(hf_sd, deeper, ("lm",))
+        from_hf_state_dict(hf_sd, deeper, ("lm",))
     with pytest.raises(CheckpointError, match="unexpected.*extra"):
-        llama_from_hf_state_dict({**hf_sd, "model.extra.weight": torch.zeros(1)}, TINY, ("lm",))
+        from_hf_state_dict({**hf_sd, "model.extra.weight": torch.zeros(1)}, TINY, ("lm",))
 
 
 def test_hf_config_refusals():
-    body = hf_config_from_llama(TINY)
+    body = hf_config_dict(TINY)
     with pytest.raises(CheckpointError, match="model_type 'gpt_neox'"):
-        llama_config_from_hf({**body, "model_type": "gpt_neox"})
+        model_config_from_hf({**body, "model_type": "gpt_neox"})
     with pytest.raises(CheckpointError, match="hidden_act 'gelu'"):
-        llama_config_from_hf({**body, "hidden_act": "gelu"})
+        model_config_from_hf({**body, "hidden_act": "gelu"})
     with pytest.raises(CheckpointError, match="rope type 'yarn'"):
-        llama_config_from_hf({**body, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+        model_config_from_hf({**body, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
     with pytest.raises(CheckpointError, match="output bias without"):
         hf_model_type(dataclasses.replace(TINY, attention_out_bias=True))
 
@@ -147,12 +139,12 @@ def test_hf_config_refusals():
 def test_rope_settings_round_trip_through_config_json():
     scaling = RopeScaling("llama3", 8.0, 1.0, 4.0, 32)
     config = dataclasses.replace(TINY, rope_scaling=scaling)
-    assert llama_config_from_hf(hf_config_from_llama(config)).rope_scaling == scaling
+    assert model_config_from_hf(hf_config_dict(config)).rope_scaling == scaling
     v5 = {
-        **hf_config_from_llama(TINY),
+        **hf_config_dict(TINY),
         "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 7.0},
     }
-    parsed = llama_config_from_hf(v5)
+    parsed = model_config_from_hf(v5)
     assert (parsed.rope_theta, parsed.rope_scaling) == (7.0, RopeScaling("linear", 2.0))
 
 
@@ -225,14 +217,14 @@ def test_config_checks_name_the_key(change, key):
             RopeScaling(type="ntk")
         return
     with pytest.raises(ConfigError, match=key):
-        dataclasses.replace(TINY, **change)
+        dataclasses.replace(TINY, **change).check()
 
 
 def _write_folder(folder, config, model, shards: int) -> None:
     """An HF folder: config.json plus the weights in `shards` safetensors files (+ index)."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(hf_config_from_llama(config)))
-    sd = llama_to_hf_state_dict(model.state_dict(), config, ("lm",))
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(config)))
+    sd = to_hf_state_dict(model, include_tied=False)
     if shards == 1:
         save_file(sd, folder / "model.safetensors")
         return
@@ -253,7 +245,7 @@ def test_hf_folders_single_and_sharded(tmp_path, shards):
     _write_folder(tmp_path / "m", TINY, model, shards)
     weights = read_hf_weights(tmp_path / "m")
     back = build(TINY)
-    back.load_state_dict(llama_from_hf_state_dict(weights, TINY, ("lm",)))
+    back.load_state_dict(from_hf_state_dict(weights, TINY, ("lm",)))
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     x = ids()
     with torch.no_grad():
@@ -272,7 +264,7 @@ def test_hf_folder_problems_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="not a safetensors index"):
         read_hf_weights(tmp_path / "m")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no model.safetensors or model.safetensors.index"):
+    with pytest.raises(CheckpointError, match="no model.safetensors, model.safetensors.index"):
         read_hf_weights(tmp_path / "empty")
     (tmp_path / "empty" / "model.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmtune.errors import CheckpointError
+from llmtune.models import from_hf_state_dict
 from llmtune.models.llama import LlamaConfig
 from llmtune.models.llama_gguf import (
     dequantize,
@@ -16,7 +17,6 @@ from llmtune.models.llama_gguf import (
     llama_config_from_gguf,
     open_gguf,
 )
-from llmtune.models.llama_hf import llama_from_hf_state_dict
 from llmtune.models.rope import RopeScaling, inverse_frequencies
 from tests.unit.models.test_llama import build, hf_model, ids, perturb
 
@@ -124,7 +124,7 @@ def read_ours(path: Path):
     reader = open_gguf(path)
     config = llama_config_from_gguf(reader)
     model = build(config)
-    sd = llama_from_hf_state_dict(hf_state_dict_from_gguf(reader, config), config, ("lm",))
+    sd = from_hf_state_dict(hf_state_dict_from_gguf(reader, config), config, ("lm",))
     model.load_state_dict(sd)
     return model
 
@@ -138,7 +138,7 @@ def test_weights_and_logits_equal_transformers_reading_the_same_file(tmp_path, q
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf")
     assert ours.config == dataclasses.replace(CONFIG, max_seq_len=CONFIG.n_positions)
     theirs_sd = theirs.state_dict()
-    for key, t in llama_from_hf_state_dict(theirs_sd, CONFIG, ("lm",)).items():
+    for key, t in from_hf_state_dict(theirs_sd, CONFIG, ("lm",)).items():
         assert torch.equal(ours.state_dict()[key], t), key
     x = ids()
     with torch.no_grad():

@@ -10,9 +10,9 @@ from llmtune.data.gguf_tokenizer import gguf_tokenizer_metadata, tokenizer_from_
 from llmtune.data.pretrained_tokenizer import PretrainedTokenizer
 from llmtune.data.tokenizer import train_tokenizer
 from llmtune.errors import CheckpointError
+from llmtune.models import to_hf_state_dict
 from llmtune.models.llama_gguf import gguf_metadata, open_gguf
 from llmtune.models.llama_gguf_write import write_llama_gguf
-from llmtune.models.llama_hf import llama_to_hf_state_dict
 from llmtune.models.rope import RopeScaling
 from tests.unit.data.test_gguf_tokenizer import CORPUS, TEXTS, bpe, write  # noqa: F401
 from tests.unit.models.test_llama import TINY, build, perturb
@@ -35,7 +35,7 @@ def _export(tmp_path, config, tokenizer, dtype="f32"):
     perturb(model)
     path = tmp_path / "out" / "model.gguf"
     path.parent.mkdir(exist_ok=True)
-    sd = llama_to_hf_state_dict(model.state_dict(), config, ("lm",))
+    sd = to_hf_state_dict(model, include_tied=False)
     write_llama_gguf(path, sd, config, gguf_tokenizer_metadata(tokenizer), dtype)
     return model, path
 
@@ -102,7 +102,7 @@ def test_what_llama_cpp_would_compute_differently_is_refused(tmp_path, tokenizer
     with pytest.raises(CheckpointError, match="no sliding window"):
         _export(tmp_path, window, tokenizer)
     config = dataclasses.replace(TINY, vocab_size=vocab)
-    sd = llama_to_hf_state_dict(build(config).state_dict(), config, ("lm",))
+    sd = to_hf_state_dict(build(config), include_tied=False)
     sd["model.norm.weight"] = sd["model.norm.weight"]  # 1-D: stays F32, no range limit
     sd["lm_head.weight"] = sd["lm_head.weight"] * 1e6
     with pytest.raises(CheckpointError, match="lm_head.weight exceeds the F16 range"):

@@ -12,22 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from llmtune.config.schema import EvaluateConfig
 from llmtune.data.chat import render_chat
 from llmtune.data.gguf_tokenizer import tokenizer_from_gguf
-from llmtune.evaluation.generation import generate
-from llmtune.models.heads import LMHead
-from llmtune.models.llama import LlamaBackbone
+from llmtune.models import build_model, from_hf_state_dict
+from llmtune.models.generation import generate
 from llmtune.models.llama_gguf import (
     gguf_metadata,
     hf_state_dict_from_gguf,
     llama_config_from_gguf,
     open_gguf,
 )
-from llmtune.models.llama_hf import llama_from_hf_state_dict
-from llmtune.models.model import LanguageModel
 from tests.conftest import real_data
 
 pytestmark = pytest.mark.slow
@@ -53,11 +49,8 @@ def gguf_file() -> Path:
 def ours(gguf_file):
     reader = open_gguf(gguf_file)
     config = llama_config_from_gguf(reader)
-    backbone = LlamaBackbone(config)
-    model = LanguageModel(
-        config, backbone, nn.ModuleDict({"lm": LMHead(config, backbone.tok_emb.weight)})
-    )
-    weights = llama_from_hf_state_dict(hf_state_dict_from_gguf(reader, config), config, ("lm",))
+    model = build_model(config, ("lm",))
+    weights = from_hf_state_dict(hf_state_dict_from_gguf(reader, config), config, ("lm",))
     model.load_state_dict(weights, strict=True)
     return model.eval(), tokenizer_from_gguf(gguf_metadata(reader))
 

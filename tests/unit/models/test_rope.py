@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from llmtune.models.llama_hf import hf_config_from_llama, llama_from_hf_state_dict
+from llmtune.models import from_hf_state_dict, hf_config_dict
 from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
 from tests.unit.models.test_llama import TINY, build, hf_model, ids, perturb
 
@@ -25,7 +25,7 @@ def _hf_config(scaling: RopeScaling):
     config = dataclasses.replace(
         TINY, head_dim=HEAD_DIM, rope_theta=THETA, n_positions=N_POSITIONS, rope_scaling=scaling
     )
-    body = hf_config_from_llama(config)
+    body = hf_config_dict(config)
     body.pop("architectures")
     return transformers.AutoConfig.for_model(**body)
 
@@ -77,7 +77,7 @@ def test_scaled_model_logits_equal_transformers(name):
     hf = hf_model(config)
     perturb(hf)
     model = build(config)
-    model.load_state_dict(llama_from_hf_state_dict(hf.state_dict(), config, ("lm",)))
+    model.load_state_dict(from_hf_state_dict(hf.state_dict(), config, ("lm",)))
     x = ids(30)
     with torch.no_grad():
         torch.testing.assert_close(model.heads["lm"](model(x)), hf(x).logits, atol=1e-5, rtol=1e-5)
