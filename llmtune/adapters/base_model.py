@@ -1,6 +1,6 @@
-"""Where fine-tuning starts: the weights of an llmtune checkpoint or a Hugging Face folder
-(`hf:<dir>`, through the export key map), loaded strictly into a new model's backbone,
-with a table of what was loaded, created and dropped."""
+"""Where fine-tuning starts: the weights of an llmtune checkpoint, a Hugging Face folder
+(`hf:<dir>`, through the family's key map) or a llama.cpp file (`gguf:<file>`), loaded strictly
+into a new model's backbone, with a table of what was loaded, created and dropped."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from tokenizers import Tokenizer
 
 from llmtune import checkpoint
 from llmtune.config.load import load_yaml
-from llmtune.config.schema import ModelConfig, RunConfig
+from llmtune.config.schema import ModelConfig, RunConfig, TokenizerConfig
+from llmtune.data.gguf_tokenizer import tokenizer_from_gguf
+from llmtune.data.pretrained_tokenizer import TOKENIZER_FILE, PretrainedTokenizer, read_hf_tokenizer
 from llmtune.data.tokenizer import load_tokenizer_file
 from llmtune.errors import CheckpointError
 from llmtune.models import family, from_hf_state_dict, heads_from_hf, model_config_from_hf
+from llmtune.models.llama_gguf import (
+    gguf_metadata,
+    hf_state_dict_from_gguf,
+    llama_config_from_gguf,
+    open_gguf,
+)
 
-HF_PREFIX = "hf:"
+HF_PREFIX, GGUF_PREFIX = "hf:", "gguf:"
 SINGLE_FILE, INDEX_FILE, PICKLE_FILE = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -41,6 +49,9 @@ class Base:
     weights: dict[str, torch.Tensor]
     ref: dict  # {"path", "sha256"}: how an adapter checkpoint names this base
     run_config: RunConfig | None = None  # llmtune bases only
+    # how a run from a Hugging Face folder or GGUF file records its tokenizer (chat template,
+    # bos/eos names); an llmtune base's is its run config's
+    tokenizer_config: TokenizerConfig | None = None
     meta: dict = field(default_factory=dict)  # the base checkpoint's meta.json ({} for hf)
 
 
@@ -51,6 +62,8 @@ def read_base(init_from: str, expected_sha256: str = "") -> Base:
     """
     if init_from.startswith(HF_PREFIX):
         base = _read_hf(Path(init_from[len(HF_PREFIX) :]).expanduser())
+    elif init_from.startswith(GGUF_PREFIX):
+        base = _read_gguf(Path(init_from[len(GGUF_PREFIX) :]).expanduser())
     else:
         base = _read_llmtune(init_from)
     if expected_sha256 and base.ref["sha256"] != expected_sha256:
@@ -129,10 +142,43 @@ def _read_hf(folder: Path) -> Base:
     model_config = model_config_from_hf(config_json)
     files = _weight_files(folder)
     weights = from_hf_state_dict(read_hf_weights(folder), model_config, heads_from_hf(config_json))
-    tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
     digest = checkpoint.sha256_file(files[0]) if len(files) == 1 else _digest(files)
     ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": digest}
-    return Base(model_config, tokenizer, weights, ref)
+    if not (folder / TOKENIZER_FILE).is_file():  # a BERT folder may hold only vocab.txt
+        tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
+        return Base(model_config, tokenizer, weights, ref, tokenizer_config=_file(folder))
+    pretrained = read_hf_tokenizer(folder)
+    tok_config = _file(folder, pretrained)
+    return Base(model_config, pretrained.tokenizer, weights, ref, tokenizer_config=tok_config)
+
+
+def _read_gguf(path: Path) -> Base:
+    """A llama.cpp GGUF file: architecture, dequantized weights and tokenizer."""
+    if not path.is_file():
+        raise CheckpointError(f"init_from=gguf:{path}: no such file; point it at a .gguf file")
+    reader = open_gguf(path)
+    model_config = llama_config_from_gguf(reader)
+    hf_sd = hf_state_dict_from_gguf(reader, model_config)
+    weights = from_hf_state_dict(hf_sd, model_config, ("lm",))
+    pretrained = tokenizer_from_gguf(gguf_metadata(reader))
+    ref = {"path": f"{GGUF_PREFIX}{path.resolve()}", "sha256": checkpoint.sha256_file(path)}
+    tok_config = _file(path, pretrained)
+    return Base(model_config, pretrained.tokenizer, weights, ref, tokenizer_config=tok_config)
+
+
+def _file(path: Path, pretrained: PretrainedTokenizer | None = None) -> TokenizerConfig:
+    """tokenizer=file from `path`, with a pretrained tokenizer's chat template and names."""
+    if pretrained is None:
+        return TokenizerConfig(kind="file", path=str(path.resolve()))
+    if "${" in pretrained.chat_template:  # config.yaml would read it as an interpolation
+        raise CheckpointError(f"{path}: its chat template holds '${{', which llmtune cannot keep")
+    return TokenizerConfig(
+        kind="file",
+        path=str(path.resolve()),
+        chat_template=pretrained.chat_template,
+        bos_token=pretrained.bos_token or "",
+        eos_token=pretrained.eos_token or "",
+    )
 
 
 def _digest(files: list[Path]) -> str:

@@ -39,15 +39,16 @@ class PrefixConfig(MethodConfig):
 
 
 class PrefixKV(nn.Module):
-    """Per-layer prefix keys and values: `kv` [L, 2, H, P, D/H]."""
+    """Per-layer prefix keys and values: `kv` [L, 2, Hkv, P, head size] (the key/value heads:
+    under grouped-query attention fewer than the query heads)."""
 
-    def __init__(self, n_layers: int, n_heads: int, d_model: int, n_tokens: int) -> None:
+    def __init__(self, n_layers: int, n_heads: int, head_size: int, n_tokens: int) -> None:
         super().__init__()
-        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, d_model // n_heads))
+        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, head_size))
         nn.init.normal_(self.kv, std=INIT_STD)
 
     def forward(self, batch_size: int) -> list[KV]:
-        """One (k, v) per layer, each [B, H, P, D/H] (expanded, not copied)."""
+        """One (k, v) per layer, each [B, Hkv, P, head size] (expanded, not copied)."""
         shape = (batch_size, *self.kv.shape[2:])
         return [(layer[0].expand(shape), layer[1].expand(shape)) for layer in self.kv]
 
@@ -60,7 +61,7 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     """Add `model.adapter` (a PrefixKV) and the hooks that hand it to the attention layers."""
     cfg = model.config
-    prefix = PrefixKV(cfg.n_layers, cfg.n_heads, cfg.d_model, n_tokens)
+    prefix = PrefixKV(cfg.n_layers, cfg.kv_heads, cfg.head_size, n_tokens)
     prefix.to(next(model.parameters()).device)
     model.add_module("adapter", prefix)
     if model.kind == Kind.DECODER:  # its forward takes a KV cache: the prefix is one

@@ -95,6 +95,10 @@ class TokenizerConfig:
     lowercase: bool = True  # wordpiece only; byte-level BPE is always case-preserving
     path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
     train_docs: int = 0  # train on at most this many documents (0 = all)
+    # a pretrained chat model's (filled from init_from's tokenizer_config.json or GGUF):
+    chat_template: str = ""  # Jinja chat template; sft lays rows out with it, evaluate prompts too
+    bos_token: str = ""  # the begin-of-text token the chat template reads
+    eos_token: str = ""  # the chat template's end-of-turn token: generation stops there
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class FilesData(DataConfig):
     tags_column: str = "tags"  # token_cls: a list of tags, one per word
     instruction_column: str = "instruction"  # sft, ppo: the instruction
     response_column: str = "response"  # sft: the response to learn
+    # sft: a column of conversations (lists of {role, content}) laid out by the model's chat
+    # template, trained on the assistant turns; empty = instruction/response columns
+    messages_column: str = ""
     prompt_column: str = "prompt"  # reward / dpo pairs: the prompt
     chosen_column: str = "chosen"  # reward / dpo pairs: the preferred response
     rejected_column: str = "rejected"  # reward / dpo pairs: the other response

@@ -194,7 +194,7 @@ def _check_finetune(config: RunConfig) -> None:
     m, t = config.method, config.train
     _require(
         bool(config.init_from),
-        "init_from is required; set init_from=<checkpoint step folder or run dir> or hf:<folder>",
+        "init_from is required; set init_from=<step folder or run dir>, hf:<folder> or gguf:<file>",
     )
     m.check()
     _require(t.patience >= 0, f"train.patience={t.patience}: must be >= 0 (0 = off)")

@@ -15,7 +15,10 @@ from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
 
+from llmtune.config.schema import TokenizerConfig
+from llmtune.data.labelled import IGNORE
 from llmtune.errors import DataError
 
 
@@ -90,3 +93,53 @@ def assistant_spans(
 def in_spans(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
     """Per token (its character offsets): whether it starts inside one of `spans`."""
     return [any(lo <= start < hi for lo, hi in spans) for start, _ in offsets]
+
+
+def as_messages(value: Any, row: int) -> list[dict[str, Any]]:
+    """A `messages` cell: a list of {role, content} objects (or its JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, list) or not value:
+        raise DataError(f"row {row}: messages must be a non-empty list of {{role, content}}")
+    return [dict(m) if isinstance(m, Mapping) else m for m in value]
+
+
+def encode_chat(
+    tok: Tokenizer,
+    template: str,
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    special_tokens: Mapping[str, str | None],
+    max_len: int,
+) -> tuple[list[list[int]], list[list[int]], dict[int, int]]:
+    """(ids, targets, overlong) of each conversation laid out by the chat template: the ids are
+    what transformers' apply_chat_template gives (the rendered text tokenized without added
+    specials); targets hold the assistant turns' tokens and -100 elsewhere; rows longer than
+    max_len are cut (their full lengths in `overlong`, by position)."""
+    texts, spans = [], []
+    for conversation in conversations:
+        text, turns = assistant_spans(template, conversation, special_tokens)
+        texts.append(text)
+        spans.append(turns)
+    ids, targets, overlong = [], [], {}
+    for i, (e, turns) in enumerate(zip(tok.encode_batch(texts, add_special_tokens=False), spans)):
+        inside = in_spans(e.offsets, turns)
+        row = [t if keep else IGNORE for t, keep in zip(e.ids, inside)]
+        if len(e.ids) > max_len:
+            overlong[i] = len(e.ids)
+        ids.append(e.ids[:max_len])
+        targets.append(row[:max_len])
+    return ids, targets, overlong
+
+
+def specials(chat: TokenizerConfig) -> dict[str, str | None]:
+    """The special-token names a chat template reads, from the run's tokenizer settings."""
+    return {"bos_token": chat.bos_token or None, "eos_token": chat.eos_token or None}
+
+
+def chat_prompt(chat: TokenizerConfig, text: str) -> str:
+    """`text` as a user turn followed by the opening of the assistant's answer."""
+    messages = [{"role": "user", "content": text}]
+    return render_chat(chat.chat_template, messages, True, specials(chat))

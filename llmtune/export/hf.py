@@ -40,6 +40,11 @@ def _config_json(job: ExportJob) -> dict:
         body["label2id"] = {name: i for i, name in enumerate(labels)}
     if info.eos_id is not None:  # a byte-level BPE's one special token begins and ends text
         body |= {"bos_token_id": info.eos_id, "eos_token_id": info.eos_id}
+    chat, token_id = job.loaded.config.tokenizer, job.loaded.tokenizer.token_to_id
+    for role in ("bos", "eos"):  # a chat model's own: generation stops at its end of turn
+        name = getattr(chat, f"{role}_token")
+        if name and token_id(name) is not None:
+            body[f"{role}_token_id"] = token_id(name)
     # GPT-2 has no pad token: llmtune pads with EOS, which HF's classifier must know
     body["pad_token_id"] = info.pad_id
     return body
@@ -52,7 +57,11 @@ def _special_tokens(job: ExportJob) -> dict[str, str]:
     unk = info.unk_id if info.unk_id is not None else info.eos_id
     ids = {"bos": info.eos_id, "eos": info.eos_id, "unk": unk, "pad": info.pad_id}
     ids |= {"cls": info.cls_id, "sep": info.sep_id, "mask": info.mask_id}
-    return {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
+    out = {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
+    chat = job.loaded.config.tokenizer
+    return out | {
+        k: v for k, v in (("bos_token", chat.bos_token), ("eos_token", chat.eos_token)) if v
+    }
 
 
 def _write_tokenizer(job: ExportJob, out: Path) -> None:
@@ -65,6 +74,8 @@ def _write_tokenizer(job: ExportJob, out: Path) -> None:
         "padding_side": "right",
         **specials,
     }
+    if job.loaded.config.tokenizer.chat_template:  # transformers' apply_chat_template reads it
+        config["chat_template"] = job.loaded.config.tokenizer.chat_template
     names = job.loaded.model.input_names
     if "token_type_ids" in names:  # else the generic class returns no segment ids
         config["model_input_names"] = list(names)
