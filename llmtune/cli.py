@@ -141,12 +141,14 @@ def _run(args: list[str]) -> None:
 
         fail(f"unknown command '{command}'{suggestion(command, COMMANDS)}")
     from llmtune.config.overrides import check_overrides
+    from llmtune.train.run_folder import check_run_dirs
 
     try:
         checked = iter(check_overrides(command, _without_flags(overrides)))
         if any(a in ("-h", "--help") for a in overrides):
             _command_help(command, [a for a in _without_flags(overrides)])
             raise SystemExit(0)
+        check_run_dirs(_without_flags(overrides))
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     flags = set(_flag_positions(overrides))
@@ -158,10 +160,15 @@ def _run(args: list[str]) -> None:
             compose(command, [arg for i, arg in enumerate(overrides) if i not in flags])
         except UserError as exc:
             fail(str(exc), exc.exit_code)
+    from llmtune.config.launch_errors import one_line_launch_errors
+
     saved_argv = sys.argv
     sys.argv = [f"llmtune {command}", *overrides]
     try:
-        _hydra_task(command)()
+        with one_line_launch_errors(multirun=bool({"-m", "--multirun"} & set(overrides))):
+            _hydra_task(command)()
+    except UserError as exc:  # a sweep's job was refused or failed (SLURM, submitit)
+        fail(str(exc), exc.exit_code)
     finally:
         sys.argv = saved_argv
 

@@ -2,7 +2,9 @@
 
 LLMTUNE_FAULT="<point>[@<n>]:<action>" acts the n-th time (default 1st) the named point is
 reached: `kill` sends SIGKILL to this process, `disk_full` raises OSError(ENOSPC),
-`error` raises RuntimeError. Points are named where `fault_point` is called;
+`error` raises RuntimeError, `stall` waits there until a preemption signal arrives (at most
+10 minutes), so that a scheduler's signal lands at a known step. Points are named where
+`fault_point` is called;
 LLMTUNE_FAULT_RANK limits the fault to one rank of a multi-process job.
 """
 
@@ -11,6 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+
+from llmtune.train.preemption import requested as preemption_requested
 
 _hits: dict[str, int] = {}
 
@@ -39,6 +44,11 @@ def fault_point(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stall":
+        deadline = time.monotonic() + 600
+        while not preemption_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
     if action == "disk_full":
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
     raise RuntimeError(f"injected fault at {name}")

@@ -1,5 +1,5 @@
 """Fine-tuning methods (full, freeze, lora, prefix, prompt) applied to a built model from
-the outside. Loading checkpoints into models lives in adapters/loading.py and base_model.py."""
+the outside (checkpoints of any method load through llmtune/loading.py)."""
 
 from llmtune.adapters.lora import LoRALinear, adapters_disabled, merge_lora
 from llmtune.adapters.method import ADAPTER_METHODS, METHODS, apply_method, parameter_summary

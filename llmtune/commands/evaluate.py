@@ -22,7 +22,6 @@ from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
 from llmtune.evaluation.language_model import evaluate_language_model
-from llmtune.evaluation.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.evaluation.preference import evaluate_preferences
 from llmtune.evaluation.report import (
     GENERATIONS,
@@ -35,6 +34,7 @@ from llmtune.evaluation.report import (
 )
 from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
 from llmtune.evaluation.zero_shot import LabelWords, classify, few_shot_block, fill
+from llmtune.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.models import Kind
 from llmtune.models.generation import generate
 from llmtune.models.registry import names_of_kind
@@ -82,6 +82,12 @@ def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -
     scoring = found.scoring if found is not None else Scoring.LANGUAGE_MODEL
     if scoring == Scoring.EMBEDDINGS or config.evaluate.embeddings:
         return evaluate_embeddings(loaded, config)
+    if not loaded.model.heads:  # e.g. a Hugging Face BertModel folder: a backbone alone
+        raise ConfigError(
+            f"ckpt={config.ckpt}: a backbone with no head (no language model or classifier to "
+            "score data.test with); evaluate its embeddings with evaluate.embeddings=true and "
+            "a labelled data.test"
+        )
     if scoring == Scoring.PAIRWISE:  # reward models and dpo: pairwise metrics
         return evaluate_preferences(loaded, config.data, config.evaluate, config.seed)
     if scoring in TASK_SCORING:

@@ -13,16 +13,27 @@ import torch
 from llmtune.adapters import merge_lora
 from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
+from llmtune.disk import share_like_new_files
 from llmtune.errors import ConfigError, UserError
-from llmtune.evaluation.loading import load_checkpoint
 from llmtune.export import EXTRAS, WRITERS, ExportJob, require
 from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
+from llmtune.loading import folders_of, load_checkpoint
 from llmtune.objectives.contrastive import embedding_pooling
 
 
 def _check_out(config: RunConfig) -> Path:
     """The output folder; refused before anything loads if it would overwrite work."""
     out = Path(config.out).expanduser()
+    real = Path(os.path.realpath(out))
+    for folder in folders_of(config.ckpt):
+        source = Path(os.path.realpath(folder))
+        how = "is" if real == source else "lies inside" if source in real.parents else ""
+        how = how or ("contains" if real in source.parents else "")
+        if how:
+            raise ConfigError(
+                f"out={out}: {how} {folder}, which this export reads (ckpt={config.ckpt}); "
+                "choose an out folder outside it"
+            )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out}: is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not config.export.overwrite:
@@ -48,6 +59,7 @@ def _build_job(config: RunConfig, staging: Path) -> ExportJob:
 def _publish(staging: Path, out: Path) -> None:
     """Move the verified folder into place; an old `out` goes only after that succeeded."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    share_like_new_files(staging)  # safetensors writes 0600; the user's group may read it
     if out.exists():
         os.replace(out, old)
     os.replace(staging, out)

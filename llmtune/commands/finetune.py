@@ -13,14 +13,13 @@ import datasets
 import torch
 
 from llmtune.adapters import METHODS, apply_method, parameter_summary
-from llmtune.adapters.base_model import Base, load_base_weights, load_table, read_base
-from llmtune.adapters.loading import load_model
 from llmtune.config.schema import RunConfig
 from llmtune.config.validate import check_model_fits, resolve_auto
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
 from llmtune.data import cache_root, tokenizer_info
 from llmtune.errors import ConfigError
+from llmtune.loading import Base, load_base_weights, load_checkpoint, load_table, read_base
 from llmtune.models import build_model, family
 from llmtune.objectives import Context, entry
 from llmtune.train.hardware import resolve_runtime
@@ -90,7 +89,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     config, settings = merged_config(config, base)
     fam = family(config.model.family)
     info = tokenizer_info(base.tokenizer, fam.tokenizer)
-    ctx = Context(config, base.tokenizer, info, fam.kind, console, load_model=load_model)
+    ctx = Context(config, base.tokenizer, info, fam.kind, console, load_checkpoint=load_checkpoint)
     with stage("data", "reading and tokenizing the task's rows"):
         built = entry(config.objective.name).build(ctx)
         objective, examples, labels = built.objective, built.examples, built.labels

@@ -7,7 +7,7 @@ import functools
 import importlib.resources
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from llmtune.errors import ConfigError
 
@@ -34,6 +34,17 @@ def config_groups(dirs: tuple[Path, ...] = ()) -> list[str]:
         if p.is_dir() and not p.name.startswith(("_", ".")) and p.name != "hydra"
     }
     return sorted(found)
+
+
+def experiment_command(name: str, dirs: tuple[Path, ...] = ()) -> str:
+    """The command an experiment declares (its `command:` key), or "" when it declares none
+    (a user's experiment may not)."""
+    for folder in (CONFIG_DIR, *dirs):
+        path = folder / "experiment" / f"{name}.yaml"
+        if path.is_file():
+            body = OmegaConf.load(path)
+            return str(body.get("command", "")) if isinstance(body, DictConfig) else ""
+    return ""
 
 
 @functools.cache

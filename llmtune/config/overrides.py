@@ -20,6 +20,7 @@ from hydra.errors import HydraException
 from llmtune.config import choices, layout
 from llmtune.config.build import first_class, section_fields, suggestion
 from llmtune.config.schema import COMMAND_CLASSES, RunConfig
+from llmtune.config.secrets import refuse_credentials
 from llmtune.errors import ConfigError
 
 
@@ -74,6 +75,12 @@ def _check_group(command: str, text: str, override: Override, dirs: tuple[Path, 
                 f"{group}={value}: no such option{suggestion(value, options)} "
                 f"(options: {', '.join(options)})"
             )
+        made_for = layout.experiment_command(value, dirs) if group == "experiment" else ""
+        if made_for and made_for != command:
+            raise ConfigError(
+                f"experiment={value}: configures llmtune {made_for}, not llmtune {command}; "
+                f"run `llmtune {made_for} experiment={value}`"
+            )
 
 
 def _fields(command: str, path: str, cls: Any) -> dict[str, Any]:
@@ -127,6 +134,7 @@ def check_overrides(command: str, overrides: list[str]) -> list[str]:
     every field of its section (the dataclass supplies defaults, equal to the shipped
     YAML's), so Hydra's own "not in struct" check would wrongly refuse it.
     """
+    refuse_credentials(overrides)  # first: nothing after this may echo or record them
     parsed = _parse(overrides)
     dirs = search_dirs(parsed)
     groups = set(layout.config_groups(dirs))

@@ -234,6 +234,7 @@ class CheckpointConfig:
     resume: str = "auto"  # auto | never | <path to a step folder>
     keep_last: int = 3  # older step folders kept (latest and best are never deleted)
     fallback: bool = False  # auto resume: use the newest intact checkpoint if `latest` is damaged
+    overwrite: bool = False  # resume=never into a folder holding checkpoints: move them aside
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.sources import _describe, carve_validation, read_files
+from llmtune.data.sources import _describe, _resolve_files, carve_validation, read_files
 from llmtune.errors import DataError
 
 IGNORE = -100  # target of positions without a label (cross-entropy's ignore_index)
@@ -68,7 +68,15 @@ def load_table(cfg: DataConfig, key: str, columns: Sequence[str]) -> datasets.Da
             )
     ds = ds.select_columns(list(columns))
     ds = ds.add_column(ROW_COLUMN, list(range(1, len(ds) + 1)))
+    n_rows = len(ds)
     ds = ds.filter(lambda row: all(row[c] is not None for c in columns), desc=f"checking {key}")
+    if len(ds) < n_rows:  # said, not silent: a null label is often a bug upstream
+        kept = set(ds[ROW_COLUMN])
+        first = next(r for r in range(1, n_rows + 1) if r not in kept)
+        print(
+            f"warning: data.{key}: skipped {n_rows - len(ds)} of {n_rows} rows with no value "
+            f"(null) in {' or '.join(columns)}; the first is row {first} of {_describe(files)}"
+        )
     if cfg.max_docs and len(ds) > cfg.max_docs:
         ds = ds.select(range(cfg.max_docs))
     if len(ds) == 0:
@@ -90,6 +98,39 @@ def _setting_for(cfg: DataConfig, column: str) -> str:
     return "the data.*_column keys"
 
 
+def row_of(cfg: DataConfig, key: str, split: datasets.Dataset, position: int) -> str:
+    """'row 7 of 'x.jsonl'': the row (in a JSONL file, the line) the file(s) gave the example
+    at `position` of a split, also for a validation split carved out of train."""
+    source = key if getattr(cfg, key, "") else "train"
+    row = split[position][ROW_COLUMN] if ROW_COLUMN in split.column_names else position + 1
+    return f"row {row} of {_describe(_resolve_files(getattr(cfg, source), source))}"
+
+
+def scalar_labels(split: datasets.Dataset, cfg: DataConfig, key: str, column: str) -> list:
+    """The values of a label column; a list or mapping in it is a one-line error naming the row
+    (one example has one label)."""
+    values = split[column]
+    for i, value in enumerate(values):
+        if isinstance(value, list | dict):
+            raise DataError(
+                f"data.{key}: {row_of(cfg, key, split, i)} has a {type(value).__name__} in "
+                f"'{column}'; each row needs one label (a string or a number)"
+            )
+    return values
+
+
+def class_names(values: Iterable, column: str) -> list:
+    """The classes of a training split (label_names); fewer than two is an error."""
+    names = label_names(values)
+    if len(names) < 2:
+        shown = repr(names[0]) if names else "none"
+        raise DataError(
+            f"data.train: every row of '{column}' has the same label ({shown}); a classifier "
+            "needs examples of at least two classes"
+        )
+    return names
+
+
 def label_names(values: Iterable) -> list:
     """Sorted distinct labels (numbers numerically, strings alphabetically); index = label id."""
     distinct = set(values)
@@ -101,12 +142,16 @@ def label_names(values: Iterable) -> list:
 def label_ids(values: Iterable, names: Sequence, key: str) -> list[int]:
     """Map labels to ids; labels the training split never had are a one-line DataError."""
     index = {name: i for i, name in enumerate(names)}
+    # "1" in a test file and 1 in the training file are one label, as CSV and JSONL differ
+    as_text = {str(name): i for i, name in enumerate(names)}
     as_str = isinstance(names[0], str) if names else False
     ids, unknown = [], []
     for value in values:
         value = str(value) if as_str else value
         if value in index:
             ids.append(index[value])
+        elif isinstance(value, str | int | float) and str(value) in as_text:
+            ids.append(as_text[str(value)])
         else:
             unknown.append(value)
     if unknown:

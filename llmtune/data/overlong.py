@@ -8,18 +8,10 @@ from collections.abc import Callable
 import datasets
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.labelled import ROW_COLUMN, Encoded
-from llmtune.data.sources import _describe, _resolve_files
+from llmtune.data.labelled import Encoded, row_of
 from llmtune.errors import DataError
 
 FIX = "raise model.max_seq_len or set data.overlong=truncate|drop"
-
-
-def _where(cfg: DataConfig, key: str, split: datasets.Dataset, position: int) -> str:
-    """'row 7 of 'x.jsonl'': the row the file(s) gave, also for validation carved from train."""
-    source = key if getattr(cfg, key, "") else "train"
-    row = split[position][ROW_COLUMN] if ROW_COLUMN in split.column_names else position + 1
-    return f"row {row} of {_describe(_resolve_files(getattr(cfg, source), source))}"
 
 
 def fit_to_length(
@@ -37,7 +29,7 @@ def fit_to_length(
     if cfg.overlong == "error":
         position = min(over)
         raise DataError(
-            f"data.{key}: {_where(cfg, key, split, position)} has {over[position]} tokens, more "
+            f"data.{key}: {row_of(cfg, key, split, position)} has {over[position]} tokens, more "
             f"than model.max_seq_len={seq_len} ({len(over)} such rows); {FIX}"
         )
     if cfg.overlong == "drop":

@@ -141,8 +141,13 @@ def get_tokenizer(
     key = hashlib.sha256(json.dumps(key_fields).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
     if path.is_file():
-        note(f"reused the cached {kind} tokenizer {path}")
-        return Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception:  # the Rust parser raises a bare Exception; the file is rebuilt below
+            print(f"warning: the cached tokenizer {path} is corrupt; training it again")
+        else:
+            note(f"reused the cached {kind} tokenizer {path}")
+            return tok
     n_docs = len(train_texts) if cfg.train_docs <= 0 else min(cfg.train_docs, len(train_texts))
     tok = train_tokenizer(
         _iter_texts(train_texts, n_docs), kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase
@@ -259,22 +264,35 @@ def tokenize_corpus(
     key = f"{split._fingerprint}-{tokenizer_hash(tok)}"
     out_dir = Path(cache_dir) / "tokenized"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cached = (out_dir / f"{key}.arrow").is_file() or any(out_dir.glob(f"{key}_*.arrow"))
-    note("tokens reused from the cache" if cached else f"{len(split):,} documents tokenized")
-    return split.map(
-        _encode_batch,
-        batched=True,
-        batch_size=1000,
-        fn_kwargs={"tok": tok},
-        remove_columns=split.column_names,
+    cached = out_dir / f"{key}.arrow"
+    reused = cached.is_file() or any(out_dir.glob(f"{key}_*.arrow"))
+    settings = {
+        "batched": True,
+        "batch_size": 1000,
+        "fn_kwargs": {"tok": tok},
+        "remove_columns": split.column_names,
         # int32 halves the cache size; vocabularies are far below 2**31.
-        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}),
-        cache_file_name=str(out_dir / f"{key}.arrow"),
-        load_from_cache_file=True,  # even if the user disabled datasets' global caching
-        new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
-        num_proc=num_proc if num_proc > 1 else None,
-        desc="tokenizing",
-    )
+        "features": datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}),
+        "cache_file_name": str(cached),
+        "load_from_cache_file": True,  # even if the user disabled datasets' global caching
+        "new_fingerprint": hashlib.sha256(key.encode()).hexdigest()[:16],
+        "num_proc": num_proc if num_proc > 1 else None,
+        "desc": "tokenizing",
+    }
+    if cached.is_file():
+        try:  # a cache file that cannot be read, or holds another row count, is rebuilt
+            ids = split.map(_encode_batch, **settings)
+            if len(ids) == len(split):
+                note("tokens reused from the cache")
+                return ids
+        except Exception:  # pyarrow and datasets raise many types for a damaged file
+            pass
+        print(f"warning: the cached tokenized split {cached} is corrupt; tokenizing again")
+        for stale in out_dir.glob(f"{key}*.arrow"):
+            stale.unlink()
+        reused = False
+    note("tokens reused from the cache" if reused else f"{len(split):,} documents tokenized")
+    return split.map(_encode_batch, **settings)
 
 
 def _encode_batch(batch: dict, tok: Tokenizer) -> dict:

@@ -12,7 +12,7 @@ from torch import Tensor
 from llmtune.config.schema import RunConfig
 from llmtune.data.labelled import encode_texts, label_ids, label_names, load_table, padded_batch
 from llmtune.errors import ConfigError
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models import Kind
 from llmtune.models.pooling import embed_rows
 from llmtune.models.registry import names_of_kind

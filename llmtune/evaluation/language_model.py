@@ -15,7 +15,7 @@ from llmtune.data.sources import cache_root
 from llmtune.errors import DataError
 from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.likelihood import perplexity
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models import Kind
 from llmtune.objectives import Context, entry
 

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from llmtune.adapters.loading import load_model
 from llmtune.config.schema import DataConfig, EvaluateConfig
 from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import load_table
 from llmtune.data.preference import as_pairs, preference_columns
 from llmtune.errors import CheckpointError
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.objectives import Context, entry
 from llmtune.objectives.preference import Reference
 
@@ -25,7 +24,7 @@ def _reference(loaded: LoadedCheckpoint) -> Reference:
     if config.method.name == "lora":
         return Reference(None)
     try:
-        model = load_model(config.init_from)[0]
+        model = load_checkpoint(config.init_from).model
     except CheckpointError as exc:
         raise CheckpointError(
             f"{loaded.step_dir}: DPO metrics compare with the reference init_from="

@@ -17,7 +17,7 @@ from llmtune.data import iter_eval_batches
 from llmtune.data.labelled import Encoded, as_words, load_table, padded_batch
 from llmtune.data.overlong import fit_to_length
 from llmtune.evaluation.data import column_names
-from llmtune.evaluation.loading import LoadedCheckpoint
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models.generation import generate
 from llmtune.objectives import Context, Scoring, entry
 from llmtune.objectives.metrics import classification_report, entity_report

@@ -17,13 +17,13 @@ from torch import nn
 
 from llmtune.errors import DataError, UserError
 from llmtune.evaluation.language_model import evaluate_language_model
-from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.evaluation.tasks import TASK_SCORING, evaluate_task
 from llmtune.export.inference import InferenceModel
 from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import write_manifest, write_readme
 from llmtune.export.torchscript import ARTIFACT, trace, usage, verify_file
 from llmtune.export.verify import VerificationError, max_abs_diff, reference_logits
+from llmtune.loading import LoadedCheckpoint
 from llmtune.models import LanguageModel
 from llmtune.objectives import OBJECTIVES
 

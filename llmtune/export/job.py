@@ -15,8 +15,8 @@ import torch
 
 from llmtune.config.schema import RunConfig
 from llmtune.errors import ConfigError, UserError
-from llmtune.evaluation.loading import LoadedCheckpoint
 from llmtune.export.inference import InferenceModel
+from llmtune.loading import LoadedCheckpoint
 
 EXTRA_HINT = "pip install 'llmtune[export]'"
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, load_labelled, padded_batch
+from llmtune.data.labelled import Encoded, class_names, load_labelled, padded_batch
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase
@@ -85,12 +85,15 @@ def build_classification(
     make: Callable[[Context, list], ClassificationTask],
     columns: list[str],
     label_values: Callable[[datasets.Dataset, DataConfig], list],
+    target: str,
 ) -> Built:
-    """A classifier's examples: labelled splits, the label vocabulary of the training split,
-    and with objective.class_weights=balanced the weights of its label frequencies."""
+    """A classifier's examples: labelled splits, the classes of the training split (its
+    `target` column: fewer than two is an error), and with objective.class_weights=balanced
+    the weights of its label frequencies."""
     config = ctx.config
     raw = load_labelled(config.data, columns, config.seed)
-    built = build_rows(ctx, make, raw, label_values(raw["train"], config.data))
+    labels = class_names(label_values(raw["train"], config.data), target)
+    built = build_rows(ctx, make, raw, labels)
     if config.objective.class_weights == "balanced":
         # per-example labels are [N], per-token labels [N, T]: count them all alike
         labels = built.examples["train"]["labels"].flatten()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from tokenizers import Tokenizer
@@ -16,7 +16,6 @@ from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.console import console as shared_console
 from llmtune.data import TokenizerInfo
 from llmtune.data.examples import encoded_splits, text_examples
-from llmtune.data.labelled import label_names
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, Objective, RowTask, TextObjective
 
@@ -34,6 +33,17 @@ class Scoring(StrEnum):
     EMBEDDINGS = "embeddings"  # kNN / linear probe of pooled embeddings
 
 
+class Loaded(Protocol):
+    """What an objective reads of a loaded checkpoint (llmtune.loading.LoadedCheckpoint)."""
+
+    model: Any  # a LanguageModel in eval mode
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+
+
+LoadCheckpoint = Callable[[str], Loaded]
+
+
 @dataclass(frozen=True)
 class Context:
     """What an objective is made in: the run's settings (`config.objective` is its own,
@@ -44,8 +54,8 @@ class Context:
     info: TokenizerInfo
     kind: Kind
     console: Console = field(default_factory=shared_console)  # where data notes go
-    # a checkpoint loader, path -> (model, run config, tokenizer, meta): ppo's reward model
-    load_model: Callable[[str], tuple[Any, RunConfig, Tokenizer, dict]] | None = None
+    # the checkpoint loader (llmtune/loading.py, above this layer): ppo's reward model
+    load_checkpoint: LoadCheckpoint | None = None
     # the run's text when the command has read it already (pretrain trains its tokenizer on it)
     corpus: dict | None = None
 
@@ -116,11 +126,10 @@ def build_rows(
     ctx: Context,
     make: Callable[[Context, list], RowTask],
     raw: dict[str, Any],
-    label_values: list,
+    labels: list,
 ) -> Built:
     """An objective on labelled rows: `raw` splits (train, validation) encoded by the task
-    `make` builds from the labels in `label_values` (empty: no label vocabulary)."""
-    labels = label_names(label_values) if label_values else []
+    `make` builds with the class names `labels` (empty: no label vocabulary)."""
     task = make(ctx, labels)
     encoded = encoded_splits(raw, task.encode, ctx.config, ctx.console)
     return Built(task, {split: task.batch(e) for split, e in encoded.items()}, labels)

@@ -10,7 +10,6 @@ before an update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +22,14 @@ from llmtune.errors import CheckpointError, ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives import rollout
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_rows
+from llmtune.objectives.entry import (
+    Built,
+    Context,
+    LoadCheckpoint,
+    ObjectiveEntry,
+    Scoring,
+    build_rows,
+)
 from llmtune.objectives.preference import Reference
 from llmtune.objectives.reward import scores
 from llmtune.objectives.sft import PromptedConfig, check_template, checked_template, fill_template
@@ -46,12 +52,12 @@ class PPOConfig(PromptedConfig):
     sample_temperature: float = 1.0  # rollout sampling (1 = the policy's own distribution)
 
 
-LoadModel = Callable[[str], tuple[torch.nn.Module, RunConfig, Tokenizer, dict]]
-
-
-def load_reward_model(path: str, tokenizer: Tokenizer, load_model: LoadModel) -> torch.nn.Module:
+def load_reward_model(
+    path: str, tokenizer: Tokenizer, load_checkpoint: LoadCheckpoint
+) -> torch.nn.Module:
     """A frozen reward checkpoint whose tokenizer equals the policy's (it scores the same ids)."""
-    model, _, reward_tokenizer, meta = load_model(path)
+    loaded = load_checkpoint(path)
+    model, reward_tokenizer, meta = loaded.model, loaded.tokenizer, loaded.meta
     if meta.get("objective") != "reward" or "reward" not in model.heads:
         raise CheckpointError(
             f"objective.reward_model={path}: not a reward model (objective="
@@ -78,12 +84,12 @@ class ProximalPolicy(ObjectiveBase):
         checked_template(cfg.prompt_template)
         self.info, self.tokenizer, self.data = ctx.info, ctx.tokenizer, ctx.config.data
         self.cfg = cfg
-        if ctx.load_model is None:
+        if ctx.load_checkpoint is None:
             raise ConfigError(
                 "objective=ppo scores rollouts with objective.reward_model; "
                 "it trains in `llmtune finetune` only"
             )
-        self.reward_model = load_reward_model(cfg.reward_model, ctx.tokenizer, ctx.load_model)
+        self.reward_model = load_reward_model(cfg.reward_model, ctx.tokenizer, ctx.load_checkpoint)
         self.sampling = EvaluateConfig(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, stop_at_eos=True
         )

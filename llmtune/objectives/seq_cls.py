@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.labelled import Encoded, encode_texts, label_ids
+from llmtune.data.labelled import Encoded, encode_texts, label_ids, scalar_labels
 from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cross_entropy
 from llmtune.objectives.classification import (
     ClassificationConfig,
@@ -45,7 +45,7 @@ class SequenceClassification(ClassificationTask):
     @staticmethod
     def label_values(split: datasets.Dataset, d: DataConfig) -> list:
         """Every label of a split (for the label vocabulary)."""
-        return list(split[d.label_column])
+        return list(scalar_labels(split, d, "train", d.label_column))
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         d = self.data
@@ -54,7 +54,8 @@ class SequenceClassification(ClassificationTask):
             self.tokenizer, [str(t) for t in split[d.text_column]], pairs, seq_len
         )
         if d.label_column in split.column_names:
-            encoded.rows["labels"] = label_ids(split[d.label_column], self.labels, key)
+            values = scalar_labels(split, d, key, d.label_column)
+            encoded.rows["labels"] = label_ids(values, self.labels, key)
         return encoded
 
     def count(self, batch: Batch) -> dict[str, Tensor]:
@@ -80,7 +81,10 @@ def make(ctx: Context, labels: list) -> SequenceClassification:
 
 def build(ctx: Context) -> Built:
     columns = SequenceClassification.columns(ctx.config.data)
-    return build_classification(ctx, make, columns, SequenceClassification.label_values)
+    d = ctx.config.data
+    return build_classification(
+        ctx, make, columns, SequenceClassification.label_values, d.label_column
+    )
 
 
 ENTRY = ObjectiveEntry(

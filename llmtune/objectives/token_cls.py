@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids
+from llmtune.data.labelled import Encoded, as_words, encode_tagged, label_ids, row_of
 from llmtune.errors import DataError
 from llmtune.objectives.base import Batch, TermResult, hidden_states, sum_cross_entropy
 from llmtune.objectives.classification import (
@@ -42,8 +42,13 @@ def words_and_tags(split: datasets.Dataset, d: DataConfig, key: str) -> tuple[li
     for i, (w, t) in enumerate(zip(words, tags)):
         if len(w) != len(t):
             raise DataError(
-                f"data.{key}: row {i} has {len(w)} tokens but {len(t)} tags; "
+                f"data.{key}: {row_of(d, key, split, i)} has {len(w)} tokens but {len(t)} tags; "
                 "data.tokens_column and data.tags_column need one tag per word"
+            )
+        if any(isinstance(tag, list | dict) for tag in t):
+            raise DataError(
+                f"data.{key}: {row_of(d, key, split, i)} has a nested tag in "
+                f"'{d.tags_column}'; each word needs one tag (a string or a number)"
             )
     return words, tags
 
@@ -114,7 +119,8 @@ def make(ctx: Context, labels: list) -> TokenClassification:
 
 def build(ctx: Context) -> Built:
     columns = TokenClassification.columns(ctx.config.data)
-    return build_classification(ctx, make, columns, TokenClassification.label_values)
+    d = ctx.config.data
+    return build_classification(ctx, make, columns, TokenClassification.label_values, d.tags_column)
 
 
 ENTRY = ObjectiveEntry(

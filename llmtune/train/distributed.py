@@ -90,12 +90,24 @@ def _rendezvous_env(env: dict[str, str]) -> None:
     env.setdefault("MASTER_PORT", str(20000 + digits % 20000))
 
 
+def _task_cpus(env: Mapping[str, str]) -> int:
+    """The CPUs SLURM gave each task of this srun step (--cpus-per-task); 0 elsewhere.
+
+    Where no task plugin binds tasks to their CPUs, every task sees all the node's cores: jobs
+    sharing a node would each start a thread per core and slow each other down many times.
+    """
+    if "RANK" in env or "SUBMITIT_LOCAL_NTASKS" in env or not _in_srun_step(env):
+        return 0
+    return int(env.get("SLURM_CPUS_PER_TASK", "0") or 0)
+
+
 def with_world(config: RunConfig, info: DistInfo) -> RunConfig:
     """The config as this worker runs it: its world size, and its share of the CPU cores."""
     hw = config.hardware
-    threads = hw.threads
+    cores = len(os.sched_getaffinity(0))
+    threads = hw.threads or min(_task_cpus(os.environ), cores)
     if not threads and info.local_world_size > 1:  # N workers on one node share its cores
-        threads = max(1, len(os.sched_getaffinity(0)) // info.local_world_size)
+        threads = max(1, cores // info.local_world_size)
     hw = dataclasses.replace(hw, world_size=info.world_size, threads=threads, nproc=1)
     config = dataclasses.replace(config, hardware=hw)
     validate(config)  # global batch divisibility depends on the world size

@@ -174,7 +174,13 @@ def device_peak_flops(
     path = cache_dir / "cpu_peak_flops.json"
     try:
         known = json.loads(path.read_text())
+    except FileNotFoundError:
+        known = {}
     except (OSError, ValueError):
+        known = None
+    numbers = isinstance(known, dict) and all(type(v) in (int, float) for v in known.values())
+    if not numbers:
+        print(f"warning: the cached CPU peak {path} is corrupt; measuring it again")
         known = {}
     if known.get(key, 0.0) <= achieved:
         dtype = _cpu_dtype(precision)

@@ -4,22 +4,27 @@ elastic launcher (what torchrun runs), all on one resolved config and one run di
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from llmtune.config.load import to_yaml
 from llmtune.config.schema import RunConfig
+from llmtune.data import cache_root
+from llmtune.disk import DiskFull, disk_error
 from llmtune.errors import UserError
-from llmtune.train import distributed, preemption
+from llmtune.train import distributed, preemption, run_folder
 
 Run = Callable[[RunConfig, Path], Any]
 WORKER_COMMAND = "_worker"  # `python -m llmtune _worker <command> <config.yaml> <run dir>`
+# Commands whose run folder holds checkpoints: one run at a time may use it (run_folder.locked)
+LOCKED_COMMANDS = ("pretrain", "finetune")
 
 
 class WorkerFailed(UserError):
@@ -34,12 +39,19 @@ def run_command(run: Run, command: str, config: RunConfig, run_dir: Path) -> Non
     """Start local workers when hardware.nproc > 1 asks for them, else be one worker."""
     info = distributed.env_info()
     if config.hardware.nproc > 1 and info.world_size == 1:
-        spawn(command, config, run_dir)
+        n = config.hardware.nproc
+        # what every worker would refuse (batch sizes per world size), said once, before any starts
+        distributed.with_world(config, distributed.DistInfo(world_size=n, local_world_size=n))
+        held = run_folder.held_for_workers(run_dir) if command in LOCKED_COMMANDS else None
+        with held or contextlib.nullcontext(), disk_full_said_once(config, run_dir):
+            spawn(command, config, run_dir)
     else:
-        run_worker(run, config, run_dir, info)
+        run_worker(run, command, config, run_dir, info)
 
 
-def run_worker(run: Run, config: RunConfig, run_dir: Path, info: distributed.DistInfo) -> None:
+def run_worker(
+    run: Run, command: str, config: RunConfig, run_dir: Path, info: distributed.DistInfo
+) -> None:
     """Join the job's process group (if any), run the command, leave the group."""
     config = distributed.with_world(config, info)
     distributed.init(config, info)
@@ -48,11 +60,51 @@ def run_worker(run: Run, config: RunConfig, run_dir: Path, info: distributed.Dis
         run_dir = distributed.share_run_dir(run_dir)
         # Only rank 0 talks: the others' prints would repeat it N times.
         quiet = open(os.devnull, "w") if not info.is_main else None  # noqa: SIM115
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        with (
+            _locked_by_rank_0(command, run_dir, info),
+            disk_full_said_once(config, run_dir),
+            contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext(),
+        ):
             run(config, run_dir)
         completed = True
     finally:
         distributed.shutdown(completed)
+
+
+@contextlib.contextmanager
+def _locked_by_rank_0(command: str, run_dir: Path, info: distributed.DistInfo) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock; every rank stops if it could not take it."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if info.is_main and command in LOCKED_COMMANDS:
+            try:
+                stack.enter_context(run_folder.locked(run_dir))
+            except UserError as exc:
+                error = exc
+        (failed,) = distributed.any_rank(error is not None)
+        if failed:
+            raise error or run_folder.RunFolderError(f"{run_dir}: rank 0 could not lock it")
+        yield
+
+
+@contextlib.contextmanager
+def disk_full_said_once(config: RunConfig, run_dir: Path) -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT) anywhere in the run, also inside a library's own error,
+    ends in one line; what was saved before is intact (saves are atomic)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        cause = disk_error(exc)
+        if cause is None:
+            raise
+        where = cause.filename or f"the run folder {run_dir} or the cache {cache_root(config.data)}"
+        raise DiskFull(
+            f"{cause.strerror or os.strerror(cause.errno)} ({errno.errorcode[cause.errno]}) while "
+            f"writing {where}; checkpoints saved before are intact: free disk space and run "
+            "the same command again"
+        ) from None
 
 
 def spawn(command: str, config: RunConfig, run_dir: Path) -> None:
@@ -123,4 +175,4 @@ def worker_main(run: Run, command: str, config_path: str, run_dir: str) -> None:
     config = load_yaml(Path(config_path))
     if config.command != command:
         raise UserError(f"{config_path} is a {config.command} config, not {command}")
-    run_worker(run, config, Path(run_dir), distributed.env_info())
+    run_worker(run, command, config, Path(run_dir), distributed.env_info())

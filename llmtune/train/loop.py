@@ -26,7 +26,7 @@ from llmtune.train.flops import device_peak_flops, trained_body_flops, vocab_hea
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.report import Reporter
-from llmtune.train.resume import check_resumable
+from llmtune.train.resume import check_resumable, resume_dir
 
 Batch = dict[str, Tensor]
 
@@ -298,47 +298,25 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Continue from a checkpoint when checkpoint.resume asks for one; True if resumed."""
-        mode = self.s.config.checkpoint.resume
-        if mode == "never":
+        step_dir = resume_dir(self.ckpt_root, self.s.config.checkpoint)
+        if step_dir is None:
             return False
-        if mode == "auto":
-            step_dir = self._auto_resume_dir()
-            if step_dir is None:
-                return False
-        else:
-            step_dir = checkpoint.resolve(mode)
-            checkpoint.verify(step_dir)
         check_resumable(step_dir, self.s.config, self.s.tokenizer_json)
         weights = checkpoint.load_weights(step_dir)
         self.parallel.load_weights(weights, step_dir, self.s.trainable_only)
         state = checkpoint.load_train_state(step_dir)
-        self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
-        self.batches.load_state_dict(self.parallel.data_position(state["data"]))
-        self.progress = Progress(**state["progress"])
-        streams.restore_rank_rng(state["rng"], self.s.config.seed, self.progress.step)
+        try:
+            self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
+            self.batches.load_state_dict(self.parallel.data_position(state["data"]))
+            self.progress = Progress(**state["progress"])
+            streams.restore_rank_rng(state["rng"], self.s.config.seed, self.progress.step)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{step_dir / checkpoint.TRAIN_STATE}: does not fit this run "
+                f"({type(exc).__name__}: {str(exc).strip()[:120]}); it is corrupt"
+            ) from None
         print(f"resumed from {step_dir} (step {self.progress.step})")
         return True
-
-    def _auto_resume_dir(self) -> Path | None:
-        """The checkpoint `latest` names, verified; partial folders of a killed save set aside."""
-        if not self.ckpt_root.is_dir():
-            return None
-        for aside in distributed.main_only(checkpoint.move_aside_partial, self.ckpt_root):
-            print(f"moved an incomplete checkpoint left by an interrupted save to {aside}")
-        step_dir = checkpoint.read_pointer(self.ckpt_root, "latest")
-        if step_dir is None:
-            return None
-        try:
-            checkpoint.verify(step_dir)
-            return step_dir
-        except CheckpointError as exc:
-            intact = checkpoint.complete_steps(self.ckpt_root)
-            if not self.s.config.checkpoint.fallback or not intact:
-                raise CheckpointError(
-                    f"{exc}; or set checkpoint.fallback=true to resume from the newest intact one"
-                ) from None
-            print(f"warning: {exc}; falling back to {intact[0]}")
-            return intact[0]
 
     def _summary(self, val: dict[str, float], seconds: float) -> dict:
         summary = {

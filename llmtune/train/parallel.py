@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from llmtune import checkpoint
+from llmtune import checkpoint, loading
 from llmtune.config.schema import RunConfig
 from llmtune.errors import CheckpointError
 from llmtune.faults import fault_point
@@ -139,7 +139,7 @@ class Parallel:
     def load_weights(self, weights: dict[str, Tensor], source: Path, trainable_only: bool) -> None:
         if self.strategy != "fsdp":
             adapter = (True,) if trainable_only else ()  # adapter runs: trained weights only
-            checkpoint.load_into(self.model, weights, source, *adapter)
+            loading.load_into(self.model, weights, source, *adapter)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

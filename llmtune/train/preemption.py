@@ -59,17 +59,24 @@ def requested() -> bool:
 def stop(step: int, checkpoint_dir: str) -> None:
     """After the checkpoint is saved: hand the signal to a scheduler's own handler, then exit.
 
-    submitit's SIGUSR2 handler requeues the job and exits; otherwise `Preempted` ends the run
-    with EXIT_CODE.
+    submitit's SIGUSR2 handler requeues the job and exits; otherwise, or when it declines to
+    requeue (too many timeouts), `Preempted` ends the run with EXIT_CODE.
     """
     names = sorted({signal.Signals(s).name for s in _received}) or ["a signal on another rank"]
+    saved = f"stopped by {', '.join(names)} at step {step} after saving {checkpoint_dir}"
+    declined = ""
     for sig in dict.fromkeys(_received):
         previous = _previous.get(sig)
-        if callable(previous):
+        if not callable(previous):
+            continue
+        # the job's log says what was saved before a scheduler's handler exits the process
+        print(f"llmtune: {saved}; passing {signal.Signals(sig).name} on to the previous handler")
+        try:
             previous(sig, None)
+        except Exception as exc:  # it will not requeue the job: say why, then exit as usual
+            declined = f" ({exc})"
     raise Preempted(
-        f"stopped by {', '.join(names)} at step {step} after saving {checkpoint_dir}; "
-        f"run the same command again to resume (exit code {EXIT_CODE})"
+        f"{saved}{declined}; run the same command again to resume (exit code {EXIT_CODE})"
     )
 
 

@@ -77,3 +77,16 @@ def metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) from metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def fails(capsys, *argv: str, code: int = 2) -> str:
+    """Run `llmtune argv` in-process; assert exit `code` and ONE line on stderr; return it."""
+    import pytest
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == code, err
+    assert err.startswith("llmtune: error: ") and len(err.splitlines()) == 1, err
+    return err

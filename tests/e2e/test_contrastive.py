@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters.loading import load_model
 from llmtune.cli import main
+from llmtune.loading import load_checkpoint
 from llmtune.models.pooling import sentence_embedding
 from tests.e2e.helpers import metrics
 from tests.e2e.test_finetune import _write, bert_base, corpus, finetune, sentiment  # noqa: F401
@@ -40,7 +40,8 @@ def test_label_contrastive_run_and_embedding_evaluation(tmp_path, bert_base, sen
     )
     _, evals = metrics(run)
     assert {"val_contrastive_loss", "val_contrastive_accuracy"} <= set(evals[-1])
-    model, config, _, meta = load_model(run)
+    loaded = load_checkpoint(run)
+    model, config, meta = loaded.model, loaded.config, loaded.meta
     assert meta["objective"] == "contrastive" and meta["heads"] == [] and not model.heads
     assert (run / "checkpoints" / "best").exists()
     assert config.objective.pooling == "cls"  # where an exporter finds the pooling
@@ -79,7 +80,7 @@ def _check_sentence_encoder_export(tmp_path: Path, run: Path) -> None:
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     hidden = transformers.AutoModel.from_pretrained(tmp_path / "hf")(**batch).last_hidden_state
     theirs = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
-    model, _, _, _ = load_model(run)
+    model = load_checkpoint(run).model
     ours = sentence_embedding(
         model.eval(), batch["input_ids"], batch["attention_mask"], "cls", batch["token_type_ids"]
     )
@@ -159,7 +160,8 @@ def test_multitask_mlm_and_seq_cls_one_checkpoint(tmp_path, bert_base, corpus, s
     )
     _, evals = metrics(run)
     assert {"val_mlm_loss", "val_seq_cls_accuracy", "val_seq_cls_f1_macro"} <= set(evals[-1])
-    model, config, _, meta = load_model(run)
+    loaded = load_checkpoint(run)
+    model, config, meta = loaded.model, loaded.config, loaded.meta
     assert meta["objective"] == "multitask" and meta["heads"] == ["mlm", "seq_cls"]
     assert meta["labels"] == ["neg", "pos"] and config.tasks["mlm"].weight == 0.5
     assert set(model.heads) == {"mlm", "seq_cls"}

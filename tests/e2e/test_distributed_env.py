@@ -6,7 +6,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from llmtune.train import preemption
-from llmtune.train.distributed import DistInfo, _rendezvous_env, env_info, first_host
+from llmtune.train.distributed import (
+    DistInfo,
+    _rendezvous_env,
+    _task_cpus,
+    env_info,
+    first_host,
+)
 from llmtune.train.launch import _worker_error
 from llmtune.train.parallel import rescale_data_position
 
@@ -27,6 +33,15 @@ def test_ranks_come_from_torchrun_slurm_or_submitit():
     assert env_info({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}) == DistInfo()
     local = {"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1"}
     assert env_info(local) == DistInfo(1, 1, 2, 2)
+
+
+def test_threads_follow_the_cpus_slurm_gave_each_task():
+    task = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}
+    assert _task_cpus({**task, "SLURM_CPUS_PER_TASK": "3"}) == 3
+    assert _task_cpus(task) == 0  # no --cpus-per-task: the node's cores, as before
+    # the batch script, and workers that torchrun starts inside a task, divide them themselves
+    assert _task_cpus({"SLURM_CPUS_PER_TASK": "3", "SLURM_STEP_ID": "batch"}) == 0
+    assert _task_cpus({**task, "SLURM_CPUS_PER_TASK": "3", "RANK": "0"}) == 0
 
 
 def test_rendezvous_host_is_the_first_node_and_the_port_follows_the_job():

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel, sample_inputs
+from llmtune.loading import load_checkpoint
 from llmtune.models import family
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
 from tests.e2e.test_finetune import WORDS, finetune, sentiment_rows
@@ -122,7 +122,8 @@ def _verified_diff(text: str) -> float:
 @torch.no_grad()
 def _llmtune_logits(ckpt: Path) -> tuple[dict, tuple]:
     """Sample inputs and logits of the checkpoint as llmtune loads it (LoRA unmerged)."""
-    model, config, tokenizer, _ = load_model(ckpt)
+    loaded = load_checkpoint(ckpt)
+    model, config, tokenizer = loaded.model, loaded.config, loaded.tokenizer
     info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
     inputs = sample_inputs(tokenizer, info, model, config.model.max_seq_len)
     return inputs, InferenceModel(model).eval()(*inputs.values())
@@ -163,7 +164,8 @@ def test_every_format_on_every_head(zoo, data, tmp_path, capsys, name, fmt):
 def _check_hf_folder(ckpt: Path, out: Path) -> None:
     """transformers loads the folder with the Auto class the heads call for, and agrees."""
     transformers = pytest.importorskip("transformers")
-    model, config, _, meta = load_model(ckpt)
+    loaded = load_checkpoint(ckpt)
+    config, meta = loaded.config, loaded.meta
     heads = tuple(meta["heads"])
     auto = {
         ("lm",): transformers.AutoModelForCausalLM,
@@ -262,9 +264,9 @@ def test_hf_round_trip_continues_from_identical_weights(zoo, data, tmp_path, cap
     a, _ = metrics(tmp_path / "from_llmtune")
     b, _ = metrics(tmp_path / "from_hf")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    original, _, _, _ = load_model(ckpt)
-    via_hf, _, _, _ = load_model(tmp_path / "from_hf")
-    trained, _, _, _ = load_model(tmp_path / "from_llmtune")
+    original = load_checkpoint(ckpt).model
+    via_hf = load_checkpoint(tmp_path / "from_hf").model
+    trained = load_checkpoint(tmp_path / "from_llmtune").model
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(via_hf.state_dict()[key], value, atol=0, rtol=0)
     assert any(

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.data import tokenizer_info
 from llmtune.export.inference import InferenceModel
+from llmtune.loading import load_checkpoint
 from llmtune.models import family
 from tests.conftest import real_data
 from tests.e2e.test_finetune import finetune
@@ -48,7 +48,8 @@ def test_minilm_fine_tuned_on_rt_sentiment_reloads_in_transformers(tmp_path, cap
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert hf.config.num_labels == 2 and tokenizer.mask_token == "[MASK]"
     batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-    model, config, ours_tokenizer, _ = load_model(run)
+    loaded = load_checkpoint(run)
+    model, config, ours_tokenizer = loaded.model, loaded.config, loaded.tokenizer
     info = tokenizer_info(ours_tokenizer, family(config.model.family).tokenizer)
     assert batch["input_ids"][0].tolist()[:3] == ours_tokenizer.encode(texts[0]).ids[:3]
     assert int(batch["input_ids"][0, 0]) == info.cls_id

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmtune.adapters.loading import load_model
 from llmtune.cli import main
+from llmtune.loading import load_checkpoint
 from tests.e2e.helpers import FAST, TINY_BERT, TINY_GPT, metrics, pretrain
 
 WORDS = [
@@ -114,7 +114,8 @@ def test_seq_cls_full_finetune_learns_and_picks_best(tmp_path, bert_base, sentim
     meta = json.loads((run / "checkpoints" / best / "meta.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and meta["method"] == "full"
     assert meta["heads"] == ["seq_cls"] and "base" not in meta
-    model, config, tokenizer, _ = load_model(run)
+    loaded = load_checkpoint(run)
+    model, config = loaded.model, loaded.config
     assert config.command == "finetune" and model.heads["seq_cls"].proj.out_features == 2
     # resume=auto finds the finished run and does nothing
     finetune(run, bert_base, *args)
@@ -141,7 +142,7 @@ def test_lora_checkpoint_holds_only_adapter_weights_and_checks_its_base(
     meta = json.loads((step / "meta.json").read_text())
     base_dir = Path(meta["base"]["path"])
     assert meta["method"] == "lora" and base_dir.parent.parent == bert_base.resolve()
-    model, *_ = load_model(step)
+    model = load_checkpoint(step).model
     assert model.backbone.blocks[0].attn.qkv.lora_B.abs().sum() > 0
     # a base whose weights changed is refused
     weights = load_file(base_dir / "model.safetensors")
@@ -160,7 +161,7 @@ def test_lora_checkpoint_holds_only_adapter_weights_and_checks_its_base(
     from llmtune.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="base weights changed"):
-        load_model(step)
+        load_checkpoint(step)
 
 
 @pytest.mark.parametrize("method", ["freeze", "prefix", "prompt"])
@@ -176,7 +177,7 @@ def test_other_methods_run_and_reload(tmp_path, bert_base, sentiment, method):
         "train.max_steps=20",
         "optim.lr=1e-2",
     )
-    model, _, _, meta = load_model(run)
+    meta = load_checkpoint(run).meta
     assert meta["method"] == method and ("base" in meta) == (method != "freeze")
 
 
@@ -265,7 +266,8 @@ def test_init_from_hugging_face_folder(tmp_path, bert_base, sentiment, capsys):
         "method=lora",
     )
     assert "loaded" in capsys.readouterr().out
-    _, config, _, meta = load_model(run)
+    loaded = load_checkpoint(run)
+    config, meta = loaded.config, loaded.meta
     assert meta["base"]["path"] == f"hf:{folder.resolve()}"
     assert config.model.d_model == 32 and config.model.max_seq_len == 32
     # a config.json that does not describe the weights: a table and exit code 2
@@ -315,4 +317,4 @@ def test_architecture_keys_must_match_the_checkpoint(tmp_path, bert_base, sentim
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "model.dropout=0.25" in out and "checkpoint: " in out
-    assert load_model(run)[1].model.dropout == 0.25
+    assert load_checkpoint(run).config.model.dropout == 0.25

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llmtune.adapters.loading import load_model
 from llmtune.cli import main
 from llmtune.data.gguf_tokenizer import gguf_tokenizer_metadata
 from llmtune.data.pretrained_tokenizer import PretrainedTokenizer
 from llmtune.data.tokenizer import train_tokenizer
+from llmtune.loading import load_checkpoint, read_base
 from llmtune.models import build_model, hf_config_dict, to_hf_state_dict
 from llmtune.models.llama import LlamaConfig
 from llmtune.models.llama_gguf_write import write_llama_gguf
@@ -115,17 +115,17 @@ def test_pretrain_llama_tiny_lowers_the_loss(tmp_path, jsonl_corpus):
     pretrain(run, jsonl_corpus, *TINY_LLAMA, "train.max_steps=12", "train.eval_every=12")
     train, evals = metrics(run)
     assert train[-1]["loss"] < train[0]["loss"] - 0.5 and evals
-    model, config, _, meta = load_model(run)
-    assert config.model.family == "llama" and model.config.kv_heads == 2
-    assert meta["objective"] == "clm"
+    loaded = load_checkpoint(run)
+    assert loaded.family == "llama" and loaded.model.config.kv_heads == 2
+    assert loaded.meta["objective"] == "clm"
 
 
 def test_sft_on_messages_learns_assistant_turns_and_keeps_the_template(chat_run, chat_model):
     train, evals = metrics(chat_run)
     assert evals[-1]["val_loss"] < 0.5 * train[0]["loss"], (train[0], evals)
-    _, config, _, _ = load_model(chat_run)
-    assert config.tokenizer.chat_template == CHATML
-    assert (config.tokenizer.bos_token, config.tokenizer.eos_token) == (
+    tokenizer = load_checkpoint(chat_run).config.tokenizer
+    assert tokenizer.chat_template == CHATML
+    assert (tokenizer.bos_token, tokenizer.eos_token) == (
         "<|im_start|>",
         "<|im_end|>",
     )
@@ -157,7 +157,6 @@ def test_chat_ids_equal_transformers_apply_chat_template(chat_model):
     """sft's token ids are transformers' apply_chat_template's; only assistant turns (their
     closing markup included) are targets."""
     transformers = pytest.importorskip("transformers")
-    from llmtune.adapters.base_model import read_base
     from llmtune.config.schema import FilesData
     from llmtune.data import tokenizer_info
     from llmtune.objectives.sft import DEFAULT_TEMPLATE, InstructionTuning
@@ -208,10 +207,11 @@ def test_every_method_fine_tunes_the_gguf_model(tmp_path, chat_model, chats, met
     )
     train, evals = metrics(run)
     assert train[-1]["loss"] < train[0]["loss"] and evals, train
-    model, config, _, meta = load_model(run)  # adapters reload onto the GGUF base
-    assert meta["method"] == method and config.tokenizer.chat_template == CHATML
+    loaded = load_checkpoint(run)  # adapters reload onto the GGUF base
+    assert loaded.meta["method"] == method
+    assert loaded.config.tokenizer.chat_template == CHATML
     if method in ("lora", "prefix", "prompt"):
-        assert meta["base"]["path"].startswith("gguf:")
+        assert loaded.meta["base"]["path"].startswith("gguf:")
 
 
 def _pairs(n: int, seed: int) -> list[dict]:
@@ -259,8 +259,8 @@ def test_decoder_objectives_train_on_llama(tmp_path, chat_model, objective):
     )
     train_rows, evals = metrics(run)
     assert evals and all(r["loss"] == r["loss"] for r in train_rows)  # finite, not NaN
-    _, config, _, meta = load_model(run)
-    assert meta["objective"] == objective and config.model.family == "llama"
+    loaded = load_checkpoint(run)
+    assert loaded.meta["objective"] == objective and loaded.family == "llama"
 
 
 def test_pretraining_keys_of_another_family_are_refused(tmp_path, jsonl_corpus, capsys):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmtune import checkpoint
+from llmtune import checkpoint, loading
 from llmtune.config.load import load_yaml
 from llmtune.models import build_model
 from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
@@ -69,7 +69,7 @@ def test_checkpoint_reloads_to_identical_logits(tmp_path, jsonl_corpus):
     models = []
     for _ in range(2):
         model = build_model(config.model, ["lm"]).eval()
-        checkpoint.load_into(model, weights, step_dir)
+        loading.load_into(model, weights, step_dir)
         models.append(model)
     ids = torch.randint(0, config.model.vocab_size, (2, 16))
     with torch.no_grad():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 import torch
 
 from llmtune import checkpoint
+from llmtune.disk import disk_error
 from llmtune.errors import CheckpointError
 
 
@@ -123,3 +126,51 @@ def test_exception_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch,
     assert (tmp_path / "latest").read_text().strip() == first.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", first.name]
     checkpoint.verify(first)
+
+
+def test_files_get_the_mode_the_umask_gives(tmp_path):
+    # main: safetensors left model.safetensors 0600 (unreadable to the group)
+    old = os.umask(0o022)
+    try:
+        step_dir = save(tmp_path, 7)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in step_dir.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_full_disk_is_found_inside_library_errors():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert disk_error(full) is full
+    try:
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("unexpected pos 505280 vs 505168") from None
+    except RuntimeError as wrapped:
+        assert disk_error(wrapped) is full  # torch.save's way of saying it
+    found = disk_error(Exception("Error while serializing: I/O error: (os error 122)"))
+    assert found is not None and found.errno == errno.EDQUOT  # safetensors' way
+    assert disk_error(OSError(errno.EACCES, "denied")) is None
+
+
+@pytest.mark.parametrize("target", ["../other/step-00000001", "/tmp", "step-1", "step-00000001/x"])
+def test_a_pointer_names_only_a_step_folder_beside_it(tmp_path, target):
+    save(tmp_path, 1)
+    (tmp_path / "latest").write_text(target + "\n")
+    with pytest.raises(CheckpointError, match="does not name a step folder beside it"):
+        checkpoint.read_pointer(tmp_path, "latest")
+
+
+def test_prune_skips_what_is_not_a_real_step_folder(tmp_path):
+    outside = tmp_path / "outside"
+    kept = save(outside, 1)
+    root = tmp_path / "run"
+    for step in (2, 3, 4):
+        save(root, step)
+    (root / "step-00000001").symlink_to(kept)  # not this run's: never followed or deleted
+    assert [p.name for p in checkpoint.prune(root, keep_last=1)] == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    assert (root / "step-00000001").is_symlink() and (kept / "meta.json").is_file()

@@ -50,7 +50,9 @@ def test_ownership_boundaries():
 # llmtune; the longest matching prefix gives a module's layer.
 LAYERS = {
     "errors": 0,
-    "faults": 0,
+    "faults": 2,  # fault injection for tests (its stall waits for a preemption signal)
+    "train.preemption": 1,  # the flag a scheduler's signal sets: read by the loop and faults
+    "disk": 1,  # full disks, file modes: what any writer needs
     "runlog": 0,
     "": 0,  # llmtune/__init__.py
     "console": 1,  # rich output and timed stages, for any layer
@@ -60,16 +62,16 @@ LAYERS = {
     "adapters": 3,  # methods applied to a built model (freeze, lora, prefix, prompt)
     "objectives": 4,
     "config": 5,  # building and checking a config needs every registry
-    "checkpoint": 5,
-    "adapters.loading": 6,  # checkpoints into models
-    "adapters.base_model": 6,
-    "train": 7,
-    "evaluation": 7,
-    "export": 8,
-    "plots": 8,  # figures of runs (llmtune report)
-    "commands": 9,
-    "cli": 10,
-    "__main__": 11,
+    "checkpoint": 6,  # the on-disk format (its config.yaml is built like any config)
+    "foreign": 7,  # models in another format (hf:, gguf:) as bases
+    "loading": 8,  # checkpoints (ours or another format's) into models
+    "train": 9,
+    "evaluation": 9,
+    "export": 10,
+    "plots": 10,  # figures of runs (llmtune report)
+    "commands": 11,
+    "cli": 12,
+    "__main__": 13,
 }
 
 

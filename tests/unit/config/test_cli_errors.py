@@ -96,6 +96,11 @@ def test_cfg_job_prints_composed_config(capsys):
         ),
         # a traceback from torch.set_num_threads before (issue 17)
         (["pretrain", "hardware.threads=-1"], "hardware.threads=-1: must be >= 0"),
+        # another command's experiment: Hydra's "Could not override 'model'" before
+        (
+            ["finetune", "init_from=x", "experiment=bert-tiny-builtin"],
+            "experiment=bert-tiny-builtin: configures llmtune pretrain, not llmtune finetune",
+        ),
     ],
 )
 def test_keys_and_groups_a_command_does_not_use_are_one_line(capsys, tmp_path, args, expected):

@@ -26,10 +26,12 @@ def composed(command: str, overrides: list[str]):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name: str):
-    first_lines = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    first_lines = path.read_text().splitlines()
     comment = next(line for line in first_lines if not line.startswith("# @package"))
-    command = comment.lstrip("# ").split(":")[0]
-    assert comment.startswith("# ") and command in ("pretrain", "finetune"), comment
+    assert comment.startswith("# "), f"{path}: its first line says what it is for"
+    command = OmegaConf.load(path).command  # declared, not read from the comment
+    assert command in ("pretrain", "finetune"), path
     config = composed(command, [f"experiment={name}"])
     assert config.command == command
 

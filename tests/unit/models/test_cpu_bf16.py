@@ -14,7 +14,7 @@ from llmtune.models import build_model
 from llmtune.models.cpu_bf16 import Bf16ViaFp32, native_bf16_matmul
 from llmtune.models.gpt import GPTConfig
 from llmtune.objectives.chunked_ce import linear_cross_entropy
-from llmtune.train.hardware import prepare_model
+from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.memory import ActivationShape, activation_bytes
 
 BF16 = torch.bfloat16
@@ -109,20 +109,54 @@ def test_other_precisions_pass_through_untouched():
         assert (a.double() @ b.double()).dtype == torch.float64
 
 
-def test_cross_entropy_head_rounds_its_operands_to_bf16():
+NO_BF16_UNITS = pytest.mark.skipif(
+    native_bf16_matmul(),
+    reason="assumes a CPU without bf16 units (products through fp32); this one has them",
+)
+BF16_UNITS = pytest.mark.skipif(
+    not native_bf16_matmul(), reason="needs a CPU with bf16 units (AVX512-BF16 or AMX)"
+)
+
+
+def _head_loss_and_references() -> tuple[float, dict[str, float]]:
+    """The chunked head's loss under bf16 autocast, and float64 references: operands rounded
+    to bf16 (exact products), those products rounded to bf16 too, and nothing rounded."""
     torch.manual_seed(0)
     h, w = torch.randn(40, 16), torch.randn(50, 16)
     t = torch.randint(50, (40,))
     with _bf16_autocast():
         loss, _ = linear_cross_entropy(h, w, t)
     hr, wr = _exact(h, w)
-    rounded = F.cross_entropy(hr @ wr.T, t, reduction="sum").item()
-    unrounded = F.cross_entropy(h.double() @ w.double().T, t, reduction="sum").item()
-    assert abs(rounded - unrounded) > 1e-4  # the two references differ enough to tell apart
-    assert loss.item() == pytest.approx(rounded, rel=1e-5)
+    references = {
+        "operands": F.cross_entropy(hr @ wr.T, t, reduction="sum").item(),
+        "operands_and_logits": F.cross_entropy(
+            (hr @ wr.T).to(BF16).double(), t, reduction="sum"
+        ).item(),
+        "none": F.cross_entropy(h.double() @ w.double().T, t, reduction="sum").item(),
+    }
+    # the references differ enough to tell which arithmetic ran
+    assert abs(references["operands"] - references["none"]) > 1e-4
+    assert abs(references["operands"] - references["operands_and_logits"]) > 1e-4
+    return loss.item(), references
 
 
-def test_activation_checkpointing_recomputes_with_the_same_products():
+@NO_BF16_UNITS
+def test_cross_entropy_head_rounds_its_operands_to_bf16():
+    # without bf16 units the products run in fp32 on bf16-rounded operands; logits stay fp32
+    loss, references = _head_loss_and_references()
+    assert loss == pytest.approx(references["operands"], rel=1e-5)
+
+
+@BF16_UNITS
+def test_cross_entropy_head_on_bf16_units_rounds_operands_and_logits():
+    # bf16 units multiply bf16 operands exactly, accumulate in fp32 and return bf16 logits
+    loss, references = _head_loss_and_references()
+    assert loss == pytest.approx(references["operands_and_logits"], rel=1e-5)
+
+
+def _plain_and_checkpointed_grads(products) -> list[torch.Tensor]:
+    """Gradients of one GPT without and with activation checkpointing, the forward run in
+    bf16 autocast inside `products` (a context) and the backward outside it."""
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=128,
                       max_seq_len=32, dropout=0.1, attn_dropout=0.1)  # fmt: skip
@@ -134,12 +168,38 @@ def test_activation_checkpointing_recomputes_with_the_same_products():
     grads = []
     for model in (plain, ckpt):
         torch.manual_seed(1)  # the same dropout masks in both runs
-        with _bf16_autocast(), Bf16ViaFp32():
+        with products():
             loss = model(ids).float().square().mean()
         loss.backward()  # outside the context, as the training loop does
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    # a recomputation with torch's bf16 kernels instead would differ in the last bits
+    return grads
+
+
+@NO_BF16_UNITS
+def test_activation_checkpointing_recomputes_with_the_same_products():
+    # forced fp32 products: what training runs on a CPU without bf16 units, so there the
+    # recomputation must restore them (a recomputation with torch's bf16 kernels instead
+    # would differ in the last bits); on a CPU with the units training never enters the mode
+    grads = _plain_and_checkpointed_grads(_Both)
     assert torch.equal(grads[0], grads[1])
+
+
+def test_activation_checkpointing_in_bf16_training_recomputes_exactly():
+    # the products training really runs on this CPU (fp32 products without bf16 units,
+    # the native bf16 kernels with them): the recomputed forward is the same forward
+    runtime = Runtime(torch.device("cpu"), "bf16", threads=torch.get_num_threads())
+    grads = _plain_and_checkpointed_grads(runtime.autocast)
+    assert torch.equal(grads[0], grads[1])
+
+
+class _Both(contextlib.ExitStack):
+    """bf16 autocast with Bf16ViaFp32 forced on, whatever the CPU."""
+
+    def __enter__(self):
+        super().__enter__()
+        self.enter_context(_bf16_autocast())
+        self.enter_context(Bf16ViaFp32())
+        return self
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -173,7 +233,7 @@ def test_plan_says_what_bf16_buys_on_this_cpu(capsys):
     assert ("no bf16 matmul units" in out) == (not native_bf16_matmul())
 
 
-@pytest.mark.skipif(native_bf16_matmul(), reason="this CPU multiplies bf16 in hardware")
+@NO_BF16_UNITS
 def test_compiled_checkpointing_in_bf16_is_refused_in_one_line(capsys, tmp_path):
     # torch.compile cannot give the recomputation the fp32 products the forward used
     with pytest.raises(SystemExit) as exit_info:

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from llmtune.adapters.base_model import read_hf_weights
 from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import CheckpointError, ConfigError
+from llmtune.foreign import read_hf_weights
 from llmtune.models import (
     build_model,
     from_hf_state_dict,
@@ -261,7 +261,7 @@ def test_hf_folder_problems_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: missing shard"):
         read_hf_weights(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not a safetensors index"):
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: not valid JSON"):
         read_hf_weights(tmp_path / "m")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no model.safetensors, model.safetensors.index"):

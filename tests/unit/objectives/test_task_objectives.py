@@ -105,10 +105,11 @@ def test_token_cls_labels_the_first_sub_token_only(tmp_path, wordpiece):
 
 
 def test_token_cls_rows_must_have_one_tag_per_word(tmp_path, wordpiece):
+    good = {"tokens": ["a", "b"], "tags": ["O", "B-x"]}
     data = FilesData(
         source="files",
-        train=_write(tmp_path / "t.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}] * 2),
-        validation="",
+        train=_write(tmp_path / "t.jsonl", [good, good, {"tokens": ["a", "b"], "tags": ["O"]}]),
+        validation=_write(tmp_path / "v.jsonl", [good]),
     )
     task = build_objective(
         TokenClsConfig(),
@@ -117,7 +118,8 @@ def test_token_cls_rows_must_have_one_tag_per_word(tmp_path, wordpiece):
         data,
         ["O"],
     )
-    with pytest.raises(DataError, match="row 0 has 2 tokens but 1 tags"):
+    # the file's own line (JSONL: row 3 is line 3); main said "row 2", the split position
+    with pytest.raises(DataError, match=r"row 3 of '.*t.jsonl' has 2 tokens but 1 tags"):
         task.label_values(load_labelled(data, task.columns(data), 0)["train"], data)
 
 

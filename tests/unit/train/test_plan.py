@@ -63,6 +63,16 @@ def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_plan_leaves_the_loggers_of_the_process_enabled(capsys):
+    """Silencing plan's own logging must not disable loggers that already exist: a later
+    in-process command would lose its warnings from the run log (py.warnings) and its lines."""
+    import logging
+
+    existing = [logging.getLogger("py.warnings"), logging.getLogger("llmtune.data")]
+    main(["plan", *TINY])
+    assert [logger.disabled for logger in existing] == [False, False]
+
+
 def _saved_bytes(model: torch.nn.Module, step) -> int:
     """Bytes autograd saves for backward (parameters excluded), each storage once."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
