@@ -48,6 +48,12 @@ def _export() -> Run:
     return run
 
 
+def _chat() -> Run:
+    from llmtune.commands.chat import run
+
+    return run
+
+
 def _report() -> Run:
     from llmtune.commands.report import run
 
@@ -77,6 +83,11 @@ COMMANDS = {
         "write a checkpoint as hf, onnx, torchscript, pt2 or int8, verified against it",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
+    ),
+    "chat": Command(
+        "talk to a chat model: each line a turn, answers streamed, the conversation kept",
+        "llmtune chat ckpt=gguf:SmolLM2-135M-Instruct.Q4_1.gguf",
+        _chat,
     ),
     "report": Command(
         "an HTML page with plots of run, sweep or several run directories",

@@ -260,3 +260,8 @@ def validate(config: RunConfig) -> None:
         _check_embeddings(config)
     if config.command == "export":
         _check_export(config)
+    if config.command == "chat":
+        _require(
+            bool(config.ckpt), "ckpt is required; set ckpt=<checkpoint>, hf:<dir> or gguf:<file>"
+        )
+        _require(config.evaluate.max_new_tokens > 0, "evaluate.max_new_tokens: must be positive")

@@ -4,7 +4,7 @@ stopping on its own and leaving the batch when it does."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +13,7 @@ from torch import Tensor
 from llmtune.config.schema import EvaluateConfig
 from llmtune.models.blocks import KV, GrowingKV
 
+OnToken = Callable[[int, int], None]  # (prompt index, new token id)
 # The largest seed a row generator gets (torch.Generator.manual_seed takes 64 bits).
 _SEED_RANGE = 2**62
 
@@ -79,8 +80,10 @@ def generate(
     eos_id: int | None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    on_token: OnToken | None = None,
 ) -> list[Generation]:
     """Complete every prompt (token ids); one Generation per prompt, in prompt order.
+    `on_token(prompt index, token id)` sees each new token as it is chosen (streaming).
 
     Prompts of similar length share a batch of `cfg.batch_size` rows (less padding). Each
     row's tokens equal what the prompt alone would give (same seed for sampling). The model
@@ -100,11 +103,16 @@ def generate(
     done: dict[int, Generation] = {}
     for start in range(0, len(order), size):
         batch = order[start : start + size]
-        outs = _complete(
-            model, [rows[i] for i in batch], cfg, eos_id, [generators[i] for i in batch], use_cache
-        )
+        streamed = None if on_token is None else _in_batch(on_token, batch)
+        rng = [generators[i] for i in batch]
+        outs = _complete(model, [rows[i] for i in batch], cfg, eos_id, rng, (use_cache, streamed))
         done.update(zip(batch, outs))
     return [done[i] for i in range(len(rows))]
+
+
+def _in_batch(on_token: OnToken, batch: list[int]) -> OnToken:
+    """`on_token` called with prompt indices instead of batch rows."""
+    return lambda row, token: on_token(batch[row], token)
 
 
 def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -156,10 +164,11 @@ def _complete(
     cfg: EvaluateConfig,
     eos_id: int | None,
     generators: list[torch.Generator],
-    use_cache: bool,
+    settings: tuple[bool, OnToken | None],
 ) -> list[Generation]:
-    """Complete one batch of prompts. Finished rows leave the batch and the cache, so they
-    stop costing compute."""
+    """Complete one batch of prompts; `settings` = (use_cache, on_token). Finished rows leave
+    the batch and the cache, so they stop costing compute."""
+    use_cache, on_token = settings
     limit = model.config.max_seq_len
     new: list[list[int]] = [[] for _ in rows]
     reasons = ["max_new_tokens"] * len(rows)
@@ -181,6 +190,8 @@ def _complete(
         keep = []
         for j, (i, token) in enumerate(zip(active, tokens.tolist())):
             new[i].append(token)
+            if on_token is not None:
+                on_token(i, token)
             reason = _stopped(new[i], len(rows[i]), cfg, eos_id, limit)
             if reason is None:
                 keep.append(j)

@@ -268,3 +268,40 @@ def test_pretraining_keys_of_another_family_are_refused(tmp_path, jsonl_corpus, 
         pretrain(tmp_path / "r", jsonl_corpus, *TINY_LLAMA, "model.layer_norm_eps=1e-5")
     assert exc.value.code == 2
     assert "is a key of model.family=bert/gpt" in capsys.readouterr().err
+
+
+def test_chat_repl_keeps_the_conversation_and_streams(chat_run, tmp_path, monkeypatch, capsys):
+    import io
+
+    from llmtune.commands import chat
+
+    turns = []
+    original = chat.Session.answer
+
+    def spy(session, text):
+        turns.append(list(session.messages))  # the history the new turn is answered with
+        return original(session, text)
+
+    monkeypatch.setattr(chat.Session, "answer", spy)
+    streamed = []
+    real_generate = chat.generate
+    monkeypatch.setattr(
+        chat,
+        "generate",
+        lambda *a: real_generate(*a[:-1], lambda i, t: (streamed.append(t), a[-1](i, t))),
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("the film is long\nand?\n/reset\nthe city\n"))
+    main(["chat", f"hydra.run.dir={tmp_path / 'chat'}", f"ckpt={chat_run}", "hardware=cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == ["ok", "ok", "ok"], lines
+    assert [len(t) for t in turns] == [0, 2, 0]  # the second turn sees the first; /reset forgets
+    assert turns[1][1] == {"role": "assistant", "content": "ok"}
+    assert len(streamed) >= 6  # 'ok' and the end of turn, token by token, three times
+
+
+def test_chat_refuses_a_model_without_a_template(tmp_path, jsonl_corpus, capsys):
+    run = tmp_path / "run"
+    pretrain(run, jsonl_corpus, *TINY_LLAMA, "train.max_steps=2", "train.eval_every=2")
+    with pytest.raises(SystemExit) as exc:
+        main(["chat", f"hydra.run.dir={tmp_path / 'chat'}", f"ckpt={run}", "hardware=cpu"])
+    assert exc.value.code == 2 and "has no chat template" in capsys.readouterr().err
