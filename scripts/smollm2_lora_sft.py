@@ -57,6 +57,8 @@ def finetune(run: Path, train: Path, steps: int, lr: float, args: argparse.Names
             f"data.train={train}",
             "data.validation_fraction=0.05",
             "model.max_seq_len=128",
+            "model.dropout=0",  # SmolLM2 was trained without dropout
+            "model.attn_dropout=0",
             f"train.max_steps={steps}",
             f"train.global_batch_size={args.batch}",
             f"train.micro_batch_size={args.batch}",

@@ -289,6 +289,7 @@ class ExportConfig:
     atol: float = 1e-4  # largest |logit difference| an export may show against llmtune's model
     max_metric_drop: float = 0.02  # int8: relative worsening of the data.test metric allowed
     latency_runs: int = 10  # int8: timed batches per model (median reported)
+    gguf_type: str = "f16"  # gguf: the tensor type of the file's matrices, f16 | f32
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ class RunConfig:
     evaluate: EvaluateConfig | ScoringConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
-    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8
+    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8 | gguf
     out: str = ""  # export: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask

@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("none", "ddp", "fsdp")  # hardware.strategy (train/parallel.py)
-EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8")
+EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8", "gguf")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -213,6 +213,7 @@ def _check_export(config: RunConfig) -> None:
     _require(e.atol > 0, f"export.atol={e.atol}: must be positive")
     _require(e.max_metric_drop >= 0, f"export.max_metric_drop={e.max_metric_drop}: must be >= 0")
     _require(e.latency_runs > 0, f"export.latency_runs={e.latency_runs}: must be positive")
+    _one_of("export.gguf_type", e.gguf_type, ("f16", "f32"))
     _require(
         config.format != "int8" or bool(config.data.test),
         "format=int8 measures the metric before and after quantization on held-out data; "

@@ -305,3 +305,43 @@ def test_chat_refuses_a_model_without_a_template(tmp_path, jsonl_corpus, capsys)
     with pytest.raises(SystemExit) as exc:
         main(["chat", f"hydra.run.dir={tmp_path / 'chat'}", f"ckpt={run}", "hardware=cpu"])
     assert exc.value.code == 2 and "has no chat template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "f32"])
+def test_gguf_export_round_trips_the_fine_tuned_chat_model(tmp_path, chat_run, gguf_type):
+    out = tmp_path / "gguf"
+    main(
+        [
+            "export",
+            f"hydra.run.dir={tmp_path / 'x'}",
+            f"ckpt={chat_run}",
+            "format=gguf",
+            f"out={out}",
+            f"export.gguf_type={gguf_type}",
+        ]
+    )
+    results = evaluate(tmp_path / "eval", f"ckpt=gguf:{out / 'model.gguf'}", "prompts=[the city]")
+    [row] = read_jsonl(tmp_path / "eval" / results["generations_file"])
+    assert row["completion"].strip() == "ok" and row["stop"] == "eos", row  # template kept
+    if gguf_type == "f32":
+        transformers = pytest.importorskip("transformers")
+        tok = transformers.AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+        assert tok.chat_template == CHATML and tok.eos_token == "<|im_end|>"
+
+
+def test_gguf_export_refuses_another_family(tmp_path, jsonl_corpus, capsys):
+    from tests.e2e.helpers import TINY_GPT
+
+    run = tmp_path / "run"
+    pretrain(run, jsonl_corpus, *TINY_GPT, "train.max_steps=2", "train.eval_every=2")
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "export",
+                f"hydra.run.dir={tmp_path / 'x'}",
+                f"ckpt={run}",
+                "format=gguf",
+                f"out={tmp_path / 'o'}",
+            ]
+        )
+    assert exc.value.code == 2 and "Llama-family" in capsys.readouterr().err
