@@ -48,6 +48,34 @@ def experiment_command(name: str, dirs: tuple[Path, ...] = ()) -> str:
 
 
 @functools.cache
+def commands() -> tuple[str, ...]:
+    """The commands with a primary config: configs/<command>.yaml setting `command:` or
+    building on another command's (plan: pretrain's)."""
+    found = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        body = OmegaConf.load(path)
+        if not isinstance(body, DictConfig):
+            continue
+        bases = [d for d in body.get("defaults", []) if isinstance(d, str)]
+        if body.get("command") == path.stem or any(
+            (CONFIG_DIR / f"{b}.yaml").is_file() for b in bases
+        ):
+            found.append(path.stem)
+    return tuple(found)
+
+
+@functools.cache
+def builds_on(command: str) -> tuple[str, ...]:
+    """The command and those whose primary config its own includes (plan: plan, pretrain):
+    it takes their experiments."""
+    path = CONFIG_DIR / f"{command}.yaml"
+    body = OmegaConf.load(path) if path.is_file() else None
+    bases = [d for d in (body or {}).get("defaults", []) if isinstance(d, str)]
+    inner = (b for base in bases if base in commands() for b in builds_on(base))
+    return tuple(dict.fromkeys([command, *inner]))
+
+
+@functools.cache
 def command_groups(command: str) -> tuple[str, ...]:
     """Config groups the command's primary config selects (pretrain: model, tokenizer, ...)."""
     groups, _ = _primary(command)

@@ -76,7 +76,7 @@ def _check_group(command: str, text: str, override: Override, dirs: tuple[Path, 
                 f"(options: {', '.join(options)})"
             )
         made_for = layout.experiment_command(value, dirs) if group == "experiment" else ""
-        if made_for and made_for != command:
+        if made_for and made_for not in layout.builds_on(command):
             raise ConfigError(
                 f"experiment={value}: configures llmtune {made_for}, not llmtune {command}; "
                 f"run `llmtune {made_for} experiment={value}`"

@@ -22,9 +22,21 @@ def mask_tokens(
     input_ids: Tensor, spec: MaskingSpec, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """Return (masked input ids, labels) where labels are -100 except at chosen positions."""
-    special = torch.isin(input_ids, torch.tensor(spec.special_ids, device=input_ids.device))
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    chosen = (draw < spec.mask_prob) & ~special
+    chosen = (draw < spec.mask_prob) & ~special_positions(input_ids, spec)
+    return replace_chosen(input_ids, chosen, spec, generator)
+
+
+def special_positions(input_ids: Tensor, spec: MaskingSpec) -> Tensor:
+    """Where the special tokens ([CLS], [SEP], padding) are: never chosen as targets."""
+    return torch.isin(input_ids, torch.tensor(spec.special_ids, device=input_ids.device))
+
+
+def replace_chosen(
+    input_ids: Tensor, chosen: Tensor, spec: MaskingSpec, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """(masked input ids, labels) for the `chosen` positions: each shows the model [MASK]
+    (mask_token_frac), a random token (random_token_frac) or itself."""
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     # One more draw decides what each chosen position shows the model.
     action = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)

@@ -20,6 +20,7 @@ from llmtune.objectives import (
     reward,
     seq_cls,
     sft,
+    span_mlm,
     token_cls,
 )
 from llmtune.objectives.base import Objective
@@ -42,6 +43,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     for e in (
         mlm.MLM,
         mlm.MLM_NSP,
+        span_mlm.ENTRY,
         clm.ENTRY,
         seq_cls.ENTRY,
         token_cls.ENTRY,

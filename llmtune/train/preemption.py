@@ -78,20 +78,3 @@ def stop(step: int, checkpoint_dir: str) -> None:
     raise Preempted(
         f"{saved}{declined}; run the same command again to resume (exit code {EXIT_CODE})"
     )
-
-
-class NonFinite(UserError):
-    """The loss or gradients became NaN/inf and train.on_nonfinite=stop."""
-
-
-def skip_nonfinite(policy: str, progress: Any) -> None:
-    """train.on_nonfinite for a NaN/inf gradient norm (equal on every rank: it comes from the
-    reduced gradients): raise NonFinite (stop), or count the skipped step and warn (skip)."""
-    step = progress.step + 1
-    if policy == "stop":
-        raise NonFinite(
-            f"non-finite gradient norm at step {step}; lower optim.lr, use hardware.precision="
-            "fp32 or train.on_nonfinite=skip (the last checkpoint is intact)"
-        )
-    progress.skipped_steps += 1
-    print(f"warning: non-finite gradients at step {step}; step skipped, parameters unchanged")

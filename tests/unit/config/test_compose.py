@@ -103,3 +103,12 @@ def test_primary_config_values_beat_the_group_defaults(command: str):
 def test_experiment_beats_the_primary_config():
     config = composed("finetune", ["experiment=finetune-rt-sentiment-minilm", "init_from=x"])
     assert config.optim.warmup_steps == 30 and config.train.max_steps == 320
+
+
+def test_a_command_takes_the_experiments_of_the_command_it_builds_on():
+    from llmtune.config.overrides import check_overrides
+    from llmtune.errors import ConfigError
+
+    assert check_overrides("plan", ["experiment=bert-tiny-builtin"])  # plan is pretrain's
+    with pytest.raises(ConfigError, match="configures llmtune pretrain, not llmtune finetune"):
+        check_overrides("finetune", ["experiment=bert-tiny-builtin", "init_from=x"])
