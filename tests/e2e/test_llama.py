@@ -345,3 +345,26 @@ def test_gguf_export_refuses_another_family(tmp_path, jsonl_corpus, capsys):
             ]
         )
     assert exc.value.code == 2 and "Llama-family" in capsys.readouterr().err
+
+
+def test_finetune_from_an_hf_export_equals_finetune_from_the_checkpoint(tmp_path, jsonl_corpus):
+    """Export hf -> init_from=hf:<export> trains step for step as init_from=<checkpoint>."""
+    run = tmp_path / "run"
+    pretrain(run, jsonl_corpus, *TINY_LLAMA, "train.max_steps=4", "train.eval_every=4")
+    out = tmp_path / "hf"
+    main(["export", f"hydra.run.dir={tmp_path / 'x'}", f"ckpt={run}", "format=hf", f"out={out}"])
+    losses = []
+    for source in (str(run), f"hf:{out}"):
+        ft = tmp_path / f"ft-{len(losses)}"
+        finetune(
+            ft,
+            source,
+            "objective=clm",
+            "data=files",
+            f"data.train={jsonl_corpus}",
+            "model.max_seq_len=32",
+            "train.max_steps=4",
+            "train.log_every=1",
+        )
+        losses.append([r["loss"] for r in metrics(ft)[0]])
+    assert len(losses[0]) == 4 and losses[0] == losses[1], losses

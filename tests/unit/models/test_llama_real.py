@@ -131,3 +131,45 @@ def test_perplexity_on_real_text_equals_transformers(ours, theirs):
     print(f"perplexity llmtune {ppl_ours:.4f}, transformers {ppl_theirs:.4f}")
     assert abs(ppl_ours - ppl_theirs) <= 0.005 * ppl_theirs
     assert 20 < ppl_ours < 25  # the shared data README measured 22.5
+
+
+def test_cli_reads_the_gguf_chats_and_lays_out_sft_as_transformers(gguf_file, theirs, tmp_path):
+    """Through the CLI: `evaluate ckpt=gguf:` answers in the chat template and stops at
+    <|im_end|>; sft's ids for a conversation are transformers' apply_chat_template ids."""
+    import datasets
+
+    from llmtune.cli import main
+    from llmtune.config.schema import FilesData
+    from llmtune.data import tokenizer_info
+    from llmtune.loading import read_base
+    from llmtune.objectives.sft import DEFAULT_TEMPLATE, InstructionTuning
+
+    out = tmp_path / "eval"
+    main(
+        ["evaluate", f"hydra.run.dir={out}", f"ckpt=gguf:{gguf_file}", "hardware=cpu"]
+        + ["prompts=[What is the capital of France?]", "evaluate.max_new_tokens=32"]
+    )
+    row = json.loads((out / "generations.jsonl").read_text().splitlines()[0])
+    assert row["completion"] == "The capital of France is Paris." and row["stop"] == "eos"
+    base = read_base(f"gguf:{gguf_file}")
+    messages = [
+        {"role": "user", "content": "Name a fox."},
+        {"role": "assistant", "content": "The quick brown fox."},
+        {"role": "user", "content": "And a dog?"},
+        {"role": "assistant", "content": "A lazy one."},
+    ]
+    task = InstructionTuning(
+        tokenizer_info(base.tokenizer, "bpe"),
+        base.tokenizer,
+        FilesData(messages_column="messages"),
+        DEFAULT_TEMPLATE,
+        base.tokenizer_config,
+    )
+    encoded = task.encode(datasets.Dataset.from_list([{"messages": messages}]), 2048)
+    _, tok = theirs
+    expected = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert encoded.rows["input_ids"][0] == list(expected)
+    learnt = [t for t in encoded.rows["labels"][0] if t != -100]
+    assert base.tokenizer.decode(learnt, skip_special_tokens=False) == (
+        "The quick brown fox.<|im_end|>\nA lazy one.<|im_end|>\n"
+    )
