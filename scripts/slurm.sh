@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the tests that submit real jobs (as root).
+#   bash scripts/slurm.sh install  install the packages (apt), start nothing
 #   bash scripts/slurm.sh start    install (apt) if needed, start munge, a private MariaDB,
 #                                  slurmdbd, slurmctld and slurmd; wait until the node is idle
 #   bash scripts/slurm.sh stop     cancel the cluster's jobs, stop the daemons `start` started
@@ -210,8 +211,9 @@ stop() {
 }
 
 case "${1:-}" in
+  install) mkdir -p "$STATE" && install_packages ;;
   start) start ;;
   stop) stop ;;
   status) sinfo && squeue ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac

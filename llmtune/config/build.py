@@ -75,14 +75,28 @@ def _unknown_key(prefix: str, key: str, fields: dict, values: dict) -> ConfigErr
         chosen = f"{prefix}.{selector}={values[selector]}"
         owners = choices.owners(prefix, key)
         if owners:
-            keys = ", ".join(k for k in fields if k != selector) or "none"
-            return ConfigError(
-                f"'{path}' is a key of {prefix}.{selector}={'/'.join(owners)}, not of {chosen}"
-                f" (its keys: {keys})"
-            )
+            return _foreign_key(prefix, key, owners, chosen, fields)
         return ConfigError(f"unknown key '{path}' for {chosen}{suggestion(key, fields)}")
     where = f"'{prefix}'" if prefix else "the top level"
     return ConfigError(f"unknown key '{path}' in {where}{suggestion(key, fields)}")
+
+
+def _foreign_key(
+    prefix: str, key: str, owners: list[str], chosen: str, fields: dict
+) -> ConfigError:
+    """Another choice's key: which choices have it, what it does, and what to do."""
+    from llmtune.config.help import field_comments  # help.py imports this module
+
+    path, selector = f"{prefix}.{key}", choices.SELECTORS[prefix]
+    meaning = field_comments(choices.classes(prefix)[owners[0]]).get(key, "")
+    what = f" ({meaning})" if meaning else ""
+    # data=files, objective=mlm, method=lora name their options; a model is a preset
+    fix = f"add {prefix}={owners[0]} or " if owners[0] in layout.group_options(prefix) else ""
+    keys = ", ".join(k for k in fields if k != selector) or "none"
+    return ConfigError(
+        f"'{path}' is a key of {prefix}.{selector}={'/'.join(owners)}{what}, not of {chosen}; "
+        f"{fix}drop it (its keys: {keys})"
+    )
 
 
 def _build(prefix: str, values: dict[str, Any], cls: type, saved: bool) -> Any:
