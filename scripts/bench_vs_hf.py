@@ -85,26 +85,20 @@ def llmtune_examples(args: argparse.Namespace):
     """Training examples and tokenizer exactly as `llmtune pretrain` builds them."""
     from llmtune.commands.pretrain import _with_vocab
     from llmtune.config.load import load_yaml
-    from llmtune.data import (
-        cache_root,
-        get_tokenizer,
-        load_corpus,
-        tokenize_corpus,
-        tokenizer_info,
-    )
+    from llmtune.data import lm_examples, prepare_data, tokenizer_info
+    from llmtune.data.rows import to_tensors
     from llmtune.models import family
     from llmtune.objectives import build_objective
 
     config = load_yaml(Path(args.config))
-    cache = cache_root(config.data)
-    corpus = load_corpus(config.data, config.seed)
-    native = family(config.model.family).tokenizer
-    tokenizer = get_tokenizer(config.tokenizer, native, corpus["train"], cache)
-    info = tokenizer_info(tokenizer, native)
+    prepared = prepare_data(config)
+    tokenizer = prepared.tokenizer
+    info = tokenizer_info(tokenizer, family(config.model.family).tokenizer)
     config = _with_vocab(config, info.vocab_size)
     objective = build_objective(config.objective, info)
-    token_ids = tokenize_corpus(corpus["train"], tokenizer, cache, config.data.num_proc)
-    examples = objective.make_examples(token_ids, config.model.max_seq_len, config.seed)
+    seq_len = config.model.max_seq_len
+    make = lambda store: objective.make_examples(store, seq_len, config.seed)  # noqa: E731
+    examples = to_tensors(lm_examples(make, prepared, config)["train"])
     return examples, tokenizer, config
 
 

@@ -24,6 +24,12 @@ def _pretrain() -> Run:
     return run
 
 
+def _prepare() -> Run:
+    from llmtune.commands.prepare import run
+
+    return run
+
+
 def _plan() -> Run:
     from llmtune.commands.plan import run
 
@@ -63,6 +69,11 @@ def _report() -> Run:
 COMMANDS = {
     "pretrain": Command(
         "train a BERT or GPT from scratch", "llmtune pretrain model=bert-small", _pretrain
+    ),
+    "prepare": Command(
+        "tokenize a pretrain run's corpus once into token stores (same overrides)",
+        "llmtune prepare model=gpt2-small data=files data.train='corpus/*.jsonl'",
+        _prepare,
     ),
     "plan": Command(
         "estimate parameters, FLOPs, memory and step time of a pretrain run",

@@ -18,6 +18,7 @@ from llmtune.config.validate import check_model_fits, resolve_auto
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
 from llmtune.data import cache_root, tokenizer_info
+from llmtune.data.rows import as_rows
 from llmtune.errors import ConfigError
 from llmtune.loading import Base, load_base_weights, load_checkpoint, load_table, read_base
 from llmtune.models import build_model, family
@@ -93,7 +94,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     with stage("data", "reading and tokenizing the task's rows"):
         built = entry(config.objective.name).build(ctx)
         objective, examples, labels = built.objective, built.examples, built.labels
-        n_train, n_val = (len(next(iter(examples[s].values()))) for s in ("train", "validation"))
+        n_train, n_val = (len(as_rows(examples[s])) for s in ("train", "validation"))
         note(
             f"{n_train:,} train / {n_val:,} validation examples"
             + (labels and f", {len(labels)} labels" or "")

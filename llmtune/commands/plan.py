@@ -1,7 +1,8 @@
 """`llmtune plan`: what a pretraining run will cost, printed before anything large exists.
 
 Composes the same config as `llmtune pretrain`; builds the model on the meta device (exact
-parameter count, no memory), and loads no data.
+parameter count, no memory), and reads no text: the data path is sized from the prepared
+token stores' manifests, or estimated from the files' sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.table import Table
 from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
 from llmtune.data import cache_root
+from llmtune.data.footprint import data_rows
 from llmtune.models import build_model
 from llmtune.models.cpu_bf16 import bf16_via_fp32
 from llmtune.objectives import entry
@@ -143,6 +145,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
     estimate = _memory(config, model, runtime)
     free = available_memory(runtime.device)
     console.print(_memory_table(estimate, free))
+    data = Table(title="data path", show_header=False)
+    for name, value in data_rows(config):
+        data.add_row(name, value)
+    console.print(data)
     if free is not None and estimate.total > free:
         console.print(
             f"[bold red]warning:[/] the run needs about {gib(estimate.total)} but "

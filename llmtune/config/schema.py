@@ -10,6 +10,7 @@ comment is its `--help` line (config/help.py), and its default equals the shippe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from llmtune.errors import ConfigError
 
@@ -94,7 +95,8 @@ class TokenizerConfig:
     min_frequency: int = 2  # a trained tokenizer's pieces occur at least this often
     lowercase: bool = True  # wordpiece only; byte-level BPE is always case-preserving
     path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
-    train_docs: int = 0  # train on at most this many documents (0 = all)
+    # train on an evenly spaced sample of this many documents (0 = all; streams: the first)
+    train_docs: int = 0
     # a pretrained chat model's (filled from init_from's tokenizer_config.json or GGUF):
     chat_template: str = ""  # Jinja chat template; sft lays rows out with it, evaluate prompts too
     bos_token: str = ""  # the begin-of-text token the chat template reads
@@ -102,11 +104,26 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class MixSourceConfig:
+    """One corpus of data=mix: where its text comes from and its share of the training rows;
+    cleaning (min_chars, dedupe, ...) follows data.*."""
+
+    weight: float = 1.0  # relative share of training rows (normalised over the mix)
+    source: str = "files"  # files | hub | builtin
+    train: str = ""  # files: path or glob
+    validation: str = ""  # files: path or glob; empty = carve data.validation_fraction
+    name: str = ""  # hub: dataset name
+    config: str = ""  # hub: dataset config
+    split: str = "train"  # hub: split
+    text_column: str = ""  # empty = data.text_column
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where text comes from and how it is cleaned and split; `data.source` picks the class
     (this one: builtin, the Python documentation shipped with CPython)."""
 
-    source: str = "builtin"  # builtin | files | hub
+    source: str = "builtin"  # builtin | files | hub | mix
     train: str = ""  # files: path or glob of the training split
     validation: str = ""  # files: path or glob; empty = carve validation_fraction out of train
     test: str = ""  # files: path or glob of held-out data (evaluate, export's int8 metric)
@@ -115,16 +132,22 @@ class DataConfig:
     dedupe: bool = False  # drop exact duplicate documents
     max_docs: int = 0  # keep at most this many documents (0 = all)
     cache_dir: str = ""  # empty = $LLMTUNE_CACHE or ~/.cache/llmtune
-    num_proc: int = 1  # processes for cleaning and tokenizing
+    store_dir: str = ""  # prepared token stores (llmtune prepare); empty = <cache_dir>/stores
+    num_proc: int = 1  # processes tokenizing a corpus (1: one, with the tokenizer's threads)
     # labelled data: batch rows of similar length together (less padding, same epoch coverage)
     group_by_length: bool = True
+
+    # What the data path asks of every source; only hub streams (HubData.streaming) and only
+    # mix holds several corpora (MixData.mix): for the others these are constants, not keys.
+    streaming = False
+    mix = MappingProxyType({})
 
 
 @dataclass(frozen=True)
 class FilesData(DataConfig):
     """Local .txt/.json/.jsonl/.csv/.parquet files: plain text, or labelled columns."""
 
-    source: str = "files"  # builtin | files | hub
+    source: str = "files"  # builtin | files | hub | mix
     min_chars: int = 1  # drop documents shorter than this after stripping
     text_column: str = "text"  # the text of .json/.jsonl/.csv/.parquet rows
     text_pair_column: str = ""  # seq_cls on pairs (and contrastive positives): the second text
@@ -151,18 +174,30 @@ class FilesData(DataConfig):
 class HubData(DataConfig):
     """A Hugging Face Hub dataset (needs network, or the datasets cache)."""
 
-    source: str = "hub"  # builtin | files | hub
+    source: str = "hub"  # builtin | files | hub | mix
     min_chars: int = 1  # drop documents shorter than this after stripping
     name: str = ""  # the dataset's name on the Hub
     config: str = ""  # the dataset's config (subset)
     split: str = "train"  # the split used for training
     text_column: str = "text"  # the column holding the text
+    streaming: bool = False  # true: streams a Hub dataset, tokenized as training reads it
+
+
+@dataclass(frozen=True)
+class MixData(DataConfig):
+    """Several corpora drawn by weight: data.mix={<name>:{train:<path>,weight:<w>},...}."""
+
+    source: str = "mix"  # builtin | files | hub | mix
+    min_chars: int = 1  # drop documents shorter than this after stripping
+    text_column: str = "text"  # the text column of a corpus that names none
+    mix: dict[str, MixSourceConfig] = field(default_factory=dict)  # name -> corpus
 
 
 DATA_SOURCES: dict[str, type[DataConfig]] = {
     "builtin": DataConfig,
     "files": FilesData,
     "hub": HubData,
+    "mix": MixData,
 }
 
 
@@ -200,7 +235,7 @@ class HardwareConfig:
     compile: bool = False  # torch.compile the backbone and heads (first steps compile)
     # recompute each block's activations in backward: ~1/3 more compute, far less memory
     activation_checkpointing: bool = False
-    num_workers: int = 0  # unused: batches are slices of in-memory tensors (data/loader.py)
+    num_workers: int = 0  # loader processes reading batches ahead of the step (0: in-process)
     world_size: int = 1  # set by the launcher; used to check batch divisibility
     strategy: str = "none"  # none | ddp | fsdp (used when more than one process runs)
     nproc: int = 1  # local worker processes llmtune starts itself (or use torchrun)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from llmtune.config.schema import FilesData, ModelConfig, RunConfig
+from llmtune.config.schema import DataConfig, FilesData, ModelConfig, RunConfig, TokenizerConfig
 from llmtune.data.preference import PAIR_MODES
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
@@ -74,7 +74,7 @@ def _check_objective(config: RunConfig, kind: Kind | None) -> None:
             f"{config.model.family}"
         )
     _require(
-        not entry.labelled or config.command != "pretrain",
+        not entry.labelled or config.command not in ("pretrain", "prepare"),
         f"objective={o.name} needs labelled data; use `llmtune finetune` for it",
     )
     _require(
@@ -123,6 +123,7 @@ def _check_training(config: RunConfig) -> None:
     _one_of("train.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
     _one_of("hardware.strategy", h.strategy, STRATEGIES)
     _require(h.nproc >= 1, f"hardware.nproc={h.nproc}: must be >= 1")
+    _require(h.num_workers >= 0, f"hardware.num_workers={h.num_workers}: must be >= 0")
     _require(
         h.strategy != "none" or max(h.nproc, h.world_size) == 1,
         f"{max(h.nproc, h.world_size)} processes need hardware=ddp or hardware=fsdp "
@@ -156,7 +157,8 @@ def _check_data(config: RunConfig) -> None:
         0 < d.validation_fraction < 1,
         f"data.validation_fraction={d.validation_fraction}: must be in (0, 1)",
     )
-    if config.command != "pretrain":  # the others take the checkpoint's tokenizer
+    _check_corpora(d, tok)
+    if config.command not in ("pretrain", "prepare"):  # the others take the checkpoint's
         return
     _one_of("tokenizer.kind", tok.kind, TOKENIZER_KINDS)
     _require(tok.kind != "file" or bool(tok.path), "tokenizer.path is required with tokenizer=file")
@@ -164,6 +166,37 @@ def _check_data(config: RunConfig) -> None:
         tok.kind == "file" or tok.vocab_size >= 300,
         f"tokenizer.vocab_size={tok.vocab_size}: must be >= 300 to train a tokenizer",
     )
+
+
+def _check_corpora(d: DataConfig, tok: TokenizerConfig) -> None:
+    """The pretraining data path: tokenizing processes, streaming, and the corpora of data=mix."""
+    _require(d.num_proc >= 1, f"data.num_proc={d.num_proc}: must be >= 1")
+    _require(
+        not d.streaming or d.source == "hub",
+        f"data.streaming=true streams a Hub dataset, but data={d.source}; use data=hub",
+    )
+    _require(
+        not d.streaming or tok.kind == "file" or tok.train_docs > 0,
+        "data.streaming=true: set tokenizer.train_docs=<n> (the stream's first n documents "
+        "train the tokenizer) or use tokenizer=file",
+    )
+    _require(
+        not d.streaming or not (d.dedupe or d.max_docs),
+        "data.dedupe and data.max_docs need the whole corpus; a stream (data.streaming=true) "
+        "takes neither",
+    )
+    _require(
+        (d.source == "mix") == bool(d.mix),
+        "data=mix needs data.mix={<name>:{train:<path>,weight:<w>},...}"
+        if d.source == "mix"
+        else f"data.mix is set, but data={d.source} reads one corpus; add data=mix",
+    )
+    for name, m in d.mix.items():
+        key = f"data.mix.{name}"
+        _one_of(f"{key}.source", m.source, ("builtin", "files", "hub"))
+        _require(m.weight > 0, f"{key}.weight={m.weight}: must be positive")
+        _require(m.source != "files" or bool(m.train), f"{key}.train is required (files)")
+        _require(m.source != "hub" or bool(m.name), f"{key}.name is required (hub)")
 
 
 def _check_evaluate(config: RunConfig) -> None:
@@ -249,10 +282,10 @@ def validate(config: RunConfig) -> None:
     kind = None
     if config.command == "finetune":
         _check_finetune(config)
-    elif config.command == "pretrain":
+    elif config.command in ("pretrain", "prepare"):
         config.model.check()
         kind = family_of(config.model.family).kind
-    if config.command in ("pretrain", "finetune"):  # evaluate and export train nothing
+    if config.command in ("pretrain", "prepare", "finetune"):  # evaluate, export train nothing
         _check_objective(config, kind)
         _check_training(config)
     _check_data(config)

@@ -1,6 +1,6 @@
 """A training run's examples from its data, for whichever objective builds them: plain text
-tokenized (cached) and packed or paired by the objective, or labelled rows encoded by the
-objective with data.overlong applied, each split checked to hold an example."""
+read from its token stores and packed or paired by the objective, or labelled rows encoded by
+the objective with data.overlong applied, each split checked to hold an example."""
 
 from __future__ import annotations
 
@@ -10,44 +10,33 @@ from functools import partial
 import datasets
 import torch
 from rich.console import Console
+from tokenizers import Tokenizer
 
 from llmtune.config.schema import RunConfig
-from llmtune.console import note, stage
 from llmtune.data.labelled import Encoded
 from llmtune.data.overlong import fit_to_length
-from llmtune.data.sources import cache_root, load_corpus
-from llmtune.data.tokenizer import tokenize_corpus
+from llmtune.data.pipeline import PreparedData, lm_examples, prepare_once
+from llmtune.data.rows import Rows
 from llmtune.errors import DataError
 
 SPLITS = ("train", "validation")
 Batch = dict[str, torch.Tensor]
-# (token ids of each document, sequence length, seed) -> fixed-length examples
-MakeExamples = Callable[[datasets.Dataset, int, int], Batch]
+# (a token store, sequence length, seed) -> fixed-length examples (rows)
+MakeExamples = Callable[..., Rows]
 
 
 def text_examples(
     config: RunConfig,
-    tokenizer: object,
+    tokenizer: Tokenizer,
     make_examples: MakeExamples,
-    corpus: dict[str, datasets.Dataset] | None = None,
-) -> dict[str, Batch]:
-    """{"train", "validation"} examples of the run's text (`corpus` when already read)."""
-    seq_len = config.model.max_seq_len
-    corpus = corpus if corpus is not None else load_corpus(config.data, config.seed)
-    examples = {}
-    for split in SPLITS:
-        with stage("tokenization", f"the {split} split into examples of {seq_len} tokens"):
-            token_ids = tokenize_corpus(
-                corpus[split], tokenizer, cache_root(config.data), config.data.num_proc
-            )
-            examples[split] = make_examples(token_ids, seq_len, config.seed)
-            note(f"{len(examples[split]['input_ids']):,} examples")
-        if len(examples[split]["input_ids"]) == 0:
-            raise DataError(
-                f"data.{split}: no training example of {seq_len} tokens could be built; "
-                "add text or lower model.max_seq_len"
-            )
-    return examples
+    prepared: PreparedData | None = None,
+) -> dict[str, Rows]:
+    """{"train", "validation"} examples of the run's text, cut by `make_examples` from its
+    token stores: `prepared` when the command built them, else built (or found) now with
+    `tokenizer` (continued pretraining reads text as pretrain does)."""
+    prepared = prepared if prepared is not None else prepare_once(config, tokenizer)
+    make = partial(make_examples, seq_len=config.model.max_seq_len, seed=config.seed)
+    return lm_examples(make, prepared, config)
 
 
 def encoded_splits(

@@ -1,22 +1,17 @@
-"""Micro-batches from in-memory tensors: a resumable sharded shuffled stream, and eval batches."""
+"""Micro-batches from an example table: a resumable, sharded, shuffled stream (read ahead by
+loader worker processes when asked), and evaluation batches in fixed order."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
+from llmtune.config.schema import RunConfig
+from llmtune.data.rows import Batch, Rows, as_rows
 from llmtune.errors import DataError
-
-Batch = dict[str, torch.Tensor]
-
-
-def _num_rows(tensors: Batch) -> int:
-    sizes = {t.shape[0] for t in tensors.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"tensors disagree on their first dimension: {sorted(sizes)}")
-    return sizes.pop()
-
 
 # Batches sorted together by length: wide enough to find rows of like length, narrow enough
 # that batch contents still change from epoch to epoch.
@@ -24,23 +19,24 @@ GROUP_WINDOW = 50
 
 
 class BatchIterator:
-    """Infinite iterator of micro-batches, each a dict of row slices of `tensors`.
+    """Infinite iterator of micro-batches, each the rows of `examples` at some row numbers.
 
     Every epoch draws a permutation from a generator seeded by (seed, epoch), so any epoch can
     be regenerated from the seed alone; that is what makes `load_state_dict` resume exactly.
     Rank r takes rows perm[r::world_size], cut to the same length on every rank, so ranks
     never overlap and all run the same number of steps. The incomplete last batch is dropped.
-    Batches are slices taken in the training process, with no loader worker processes, so
-    there are no worker random streams to seed (train/streams.py seeds each rank's).
+    Micro-batch g of the stream is a function of (seed, rank, g) alone (`batch_at`), so
+    loader workers can build batches ahead of time and still give the same stream.
 
-    `group_by_length` (rows with an attention_mask): each window of GROUP_WINDOW batches is
-    sorted by length before it is cut into batches, and the batches are then shuffled, so a
-    batch pads to a length near its rows' own; the order is still a function of (seed, epoch).
+    `group_by_length` (in-memory rows with an attention_mask): each window of GROUP_WINDOW
+    batches is sorted by length before it is cut into batches, and the batches are then
+    shuffled, so a batch pads to a length near its rows' own; the order is still a function
+    of (seed, epoch).
     """
 
     def __init__(
         self,
-        tensors: Batch,
+        examples: Batch | Rows,
         micro_batch_size: int,
         seed: int,
         rank: int = 0,
@@ -50,16 +46,16 @@ class BatchIterator:
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.tensors = tensors
+        self.data = as_rows(examples)
         self.micro_batch_size = micro_batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
-        mask = tensors.get("attention_mask")
+        mask = examples.get("attention_mask") if isinstance(examples, dict) else None
         # [N] real lengths, or None: packed pretraining rows are all full, nothing to group
         self.lengths = mask.sum(1) if group_by_length and mask is not None else None
-        self.num_rows = _num_rows(tensors)
+        self.num_rows = len(self.data)
         self.batches_per_epoch = (self.num_rows // world_size) // micro_batch_size
         if self.batches_per_epoch == 0:
             raise DataError(
@@ -67,13 +63,12 @@ class BatchIterator:
                 f"{micro_batch_size} on each of {world_size} rank(s); add data or lower "
                 "train.micro_batch_size"
             )
-        self._epoch = 0
-        self._position = 0  # batches already yielded in the current epoch
-        self._order: torch.Tensor | None = None  # this rank's rows for the current epoch
+        self.ordinal = 0  # micro-batches already yielded, over all epochs
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, this rank's rows)
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self.ordinal // self.batches_per_epoch
 
     def _rank_order(self, epoch: int) -> torch.Tensor:
         if self.shuffle:
@@ -102,29 +97,97 @@ class BatchIterator:
         batches = batches[torch.randperm(len(batches), generator=gen)]
         return torch.cat([batches.reshape(-1), rest])
 
+    def batch_at(self, ordinal: int) -> Batch:
+        """Micro-batch number `ordinal` of this rank's stream."""
+        epoch, position = divmod(ordinal, self.batches_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self._rank_order(epoch))
+        start = position * self.micro_batch_size
+        return self.data.rows(self._order[1][start : start + self.micro_batch_size], epoch)
+
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        if self._position >= self.batches_per_epoch:
-            self._epoch += 1
-            self._position = 0
-            self._order = None
-        if self._order is None:
-            self._order = self._rank_order(self._epoch)
-        start = self._position * self.micro_batch_size
-        rows = self._order[start : start + self.micro_batch_size]
-        self._position += 1
-        return {k: t[rows] for k, t in self.tensors.items()}
+        batch = self.batch_at(self.ordinal)
+        self.ordinal += 1
+        return batch
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands; saved with a checkpoint for an exact resume."""
-        return {"epoch": self._epoch, "position": self._position}
+        epoch, position = divmod(self.ordinal, self.batches_per_epoch)
+        return {"epoch": epoch, "position": position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._epoch = int(state["epoch"])
-        self._position = int(state["position"])
-        self._order = None
+        self.ordinal = int(state["epoch"]) * self.batches_per_epoch + int(state["position"])
+
+
+class _BatchAt(torch.utils.data.Dataset):
+    """Map-style view of a BatchIterator for torch's DataLoader: item g is micro-batch g."""
+
+    def __init__(self, batches: BatchIterator) -> None:
+        self.batches = batches
+
+    def __getitem__(self, ordinal: int) -> Batch:
+        return self.batches.batch_at(ordinal)
+
+
+class Prefetcher:
+    """A BatchIterator read ahead by `num_workers` loader processes (torch's DataLoader), and
+    pinned for fast copies to a GPU. Batch g is built from (seed, rank, g) alone, whichever
+    worker builds it, so the stream is the one the BatchIterator gives in-process; the
+    workers' own random seeds come from a private generator, never from the global RNG
+    (dropout's stream would shift). The position saved is what the loop consumed, so a
+    resume restarts the workers there and reads-ahead are never skipped or repeated."""
+
+    def __init__(self, batches: BatchIterator, num_workers: int, pin_memory: bool) -> None:
+        self.batches, self.num_workers, self.pin_memory = batches, num_workers, pin_memory
+        self._it: Iterator[Batch] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._it is None:
+            loader = torch.utils.data.DataLoader(
+                _BatchAt(self.batches),
+                batch_size=None,
+                sampler=itertools.count(self.batches.ordinal),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(self.batches.seed),
+            )
+            self._it = iter(loader)
+        batch = next(self._it)
+        self.batches.ordinal += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batches.load_state_dict(state)
+        self._it = None  # the workers restart at the new position
+
+
+def train_batches(
+    examples: Batch | Rows | Any, config: RunConfig, shard: tuple[int, int], grouped: bool
+) -> Any:
+    """This rank's micro-batches of the training examples (shard = (rank, world size)), read
+    ahead by hardware.num_workers loader processes and pinned on a GPU. A stream (data=hub
+    data.streaming=true) brings its own iterator."""
+    if hasattr(examples, "train_batches"):
+        return examples.train_batches(config, shard)
+    micro, seed = config.train.micro_batch_size, config.seed
+    batches = BatchIterator(examples, micro, seed, *shard, group_by_length=grouped)
+    pin = config.hardware.device != "cpu" and torch.cuda.is_available()
+    if config.hardware.num_workers > 0 or pin:
+        return Prefetcher(batches, config.hardware.num_workers, pin)
+    return batches
 
 
 def _mix(seed: int, epoch: int) -> int:
@@ -133,11 +196,13 @@ def _mix(seed: int, epoch: int) -> int:
 
 
 def iter_eval_batches(
-    tensors: Batch, micro_batch_size: int, max_batches: int = 0
+    examples: Batch | Rows, micro_batch_size: int, max_batches: int = 0
 ) -> Iterator[Batch]:
     """Batches in fixed row order (last one may be smaller); at most max_batches (0 = all)."""
-    n = _num_rows(tensors)
+    data = as_rows(examples)
+    n = len(data)
     for i, start in enumerate(range(0, n, micro_batch_size)):
         if max_batches and i >= max_batches:
             return
-        yield {k: t[start : start + micro_batch_size] for k, t in tensors.items()}
+        index = torch.arange(start, min(start + micro_batch_size, n))
+        yield data.rows(index, 0)

@@ -1,62 +1,72 @@
-"""GPT packing: documents joined by EOS and cut into fixed-length blocks, with per-token doc ids."""
+"""GPT packing, read from a token store: documents joined by EOS and cut into fixed-length
+windows, with per-token document ids so attention never crosses a document boundary."""
 
 from __future__ import annotations
 
-import datasets
 import numpy as np
-import pyarrow as pa
 import torch
 
+from llmtune.data.store import TokenStore
 from llmtune.errors import DataError
 
+Batch = dict[str, torch.Tensor]
 
-def flat_token_ids(token_ids_dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """All tokens of the "input_ids" column as one flat array, plus each document's length.
 
-    Reads the Arrow buffers directly (respecting any select/shuffle indices) instead of
-    building a Python list per document, which is what makes packing ~1M tokens take ms.
+class PackedWindows:
+    """Window i is tokens [i*L, (i+1)*L) of the stream doc 0, EOS, doc 1, EOS, ...; the ragged
+    tail is dropped. Rows are read from the store on demand, so memory holds only the
+    document index (8 bytes per document), never the corpus.
+
+    "input_ids" int64 [B, L]; "doc_ids" int32 [B, L]: the document each token belongs to,
+    counted from 0 in every window; an EOS belongs to the document it ends.
     """
-    table = token_ids_dataset.with_format("arrow")[:]
-    column = table.column("input_ids")
-    chunks = column.chunks
-    if not chunks:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    ids = pa.concat_arrays(chunks) if len(chunks) > 1 else chunks[0]
-    lengths = ids.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    return values, lengths
+
+    def __init__(self, store: TokenStore, seq_len: int, eos_id: int) -> None:
+        self.store, self.seq_len, self.eos_id = store, seq_len, eos_id
+        starts = store.doc_starts()
+        # where document d starts in the EOS-joined stream: its tokens plus one EOS per earlier doc
+        self.stream_starts = starts[:-1] + np.arange(store.n_docs, dtype=np.int64)
+        self.n_rows = (store.n_tokens + store.n_docs) // seq_len
+        if self.n_rows == 0:
+            raise DataError(
+                f"data: the split has {store.n_tokens + store.n_docs} tokens (with EOS), fewer "
+                f"than one block of model.max_seq_len={seq_len}; add documents or lower "
+                "model.max_seq_len"
+            )
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def rows(self, index: torch.Tensor, epoch: int = 0) -> Batch:
+        """The windows numbered `index` (the same whatever the epoch)."""
+        ids = np.empty((len(index), self.seq_len), dtype=np.int64)
+        docs = np.empty((len(index), self.seq_len), dtype=np.int32)
+        for row, i in enumerate(index.tolist()):
+            ids[row], docs[row] = self.window(int(i))
+        return {"input_ids": torch.from_numpy(ids), "doc_ids": torch.from_numpy(docs)}
+
+    def window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = i * self.seq_len, (i + 1) * self.seq_len
+        ss, store = self.stream_starts, self.store
+        first = int(np.searchsorted(ss, start, side="right")) - 1
+        last = int(np.searchsorted(ss, end - 1, side="right")) - 1
+        starts = store.doc_starts()
+        lengths = starts[first + 1 : last + 2] - starts[first : last + 1]
+        # each document's EOS in stream coordinates; those inside the window are written in
+        eos = ss[first : last + 1] + lengths
+        is_eos = np.zeros(self.seq_len, dtype=bool)
+        inside = eos[(eos >= start) & (eos < end)] - start
+        is_eos[inside] = True
+        # the tokens: from the window's start (clipped to its first document's end) onward
+        tok_start = int(starts[first]) + min(start - int(ss[first]), int(lengths[0]))
+        tokens = store.tokens(tok_start, tok_start + self.seq_len - len(inside))
+        out = np.full(self.seq_len, self.eos_id, dtype=np.int64)
+        out[~is_eos] = tokens
+        # a token's document: how many EOS come before it in the window
+        doc_ids = np.concatenate([[0], np.cumsum(is_eos[:-1])]).astype(np.int32)
+        return out, doc_ids
 
 
-def pack_documents(
-    token_ids_dataset: datasets.Dataset, seq_len: int, eos_id: int
-) -> dict[str, torch.Tensor]:
-    """Concatenate documents, each followed by EOS, into blocks of seq_len (ragged tail dropped).
-
-    Returns "input_ids" (int64 [N, seq_len]) and "doc_ids" (int32 [N, seq_len]): the index of
-    the document each token belongs to, restarting at 0 in every block; an EOS belongs to
-    the document it ends. Attention masks built from doc_ids keep documents apart.
-    """
-    values, lengths = flat_token_ids(token_ids_dataset)
-    total = int(lengths.sum()) + len(lengths)
-    n_blocks = total // seq_len
-    if n_blocks == 0:
-        raise DataError(
-            f"data: the split has {total} tokens (with EOS), fewer than one block of "
-            f"model.max_seq_len={seq_len}; add documents or lower model.max_seq_len"
-        )
-    stream = np.full(total, eos_id, dtype=np.int64)
-    # EOS slots sit at the cumulative end of each document (its length plus its own EOS).
-    eos_pos = np.cumsum(lengths + 1) - 1
-    is_token = np.ones(total, dtype=bool)
-    is_token[eos_pos] = False
-    stream[is_token] = values
-    doc = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths + 1)
-
-    keep = n_blocks * seq_len
-    input_ids = stream[:keep].reshape(n_blocks, seq_len)
-    doc = doc[:keep].reshape(n_blocks, seq_len)
-    doc_ids = doc - doc[:, :1]  # document numbers only grow along the stream
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "doc_ids": torch.from_numpy(doc_ids.astype(np.int32)),
-    }
+def pack_documents(store: TokenStore, seq_len: int, eos_id: int) -> PackedWindows:
+    """The causal-LM examples of a split: its packed windows (see PackedWindows)."""
+    return PackedWindows(store, seq_len, eos_id)

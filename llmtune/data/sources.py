@@ -1,20 +1,20 @@
-"""Loading the raw text corpus (files, Hub or built-in), cleaning it and splitting off validation.
-
-Every split comes back as a `datasets.Dataset` with exactly one column, "text".
-"""
+"""Raw text from files, the Hub or the built-in corpus, read by `datasets` and handed on in
+batches; also the cache folder and the seeded validation carve-out of labelled tables."""
 
 from __future__ import annotations
 
 import glob
 import os
-import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from llmtune.config.schema import DataConfig
-from llmtune.data.builtin import load_builtin
+from llmtune.data.builtin import builtin_documents
 from llmtune.data.diagnose import explain
 from llmtune.errors import DataError
 
@@ -27,28 +27,12 @@ _BUILDERS = {
     ".parquet": "parquet",
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
-# A blank line (possibly holding spaces or tabs) ends a document in a .txt file.
-_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 def cache_root(cfg: DataConfig) -> Path:
     """Where llmtune caches datasets, tokenizers and tokenized splits."""
     root = cfg.cache_dir or os.environ.get("LLMTUNE_CACHE") or "~/.cache/llmtune"
     return Path(root).expanduser()
-
-
-def load_corpus(cfg: DataConfig, seed: int) -> dict[str, datasets.Dataset]:
-    """Load, clean and split the corpus: keys "train", "validation" and, if configured, "test"."""
-    splits = {"train": _load_split(cfg, "train")}
-    if cfg.validation:
-        splits["validation"] = _load_split(cfg, "validation")
-    else:
-        splits["train"], splits["validation"] = carve_validation(
-            splits["train"], cfg.validation_fraction, seed
-        )
-    if cfg.test:
-        splits["test"] = _load_split(cfg, "test")
-    return splits
 
 
 def carve_validation(
@@ -69,22 +53,62 @@ def carve_validation(
     return train.select(train_idx), train.select(val_idx)
 
 
-def _load_split(cfg: DataConfig, key: str) -> datasets.Dataset:
-    """Load one split named by config key ("train", "validation", "test") and clean it."""
+@dataclass
+class RawText:
+    """The uncleaned documents of one data.<key>: a column of a `datasets` table (read from its
+    Arrow files in batches, never mapped whole), a stream, or a list (the built-in corpus)."""
+
+    table: datasets.Dataset | datasets.IterableDataset | None
+    texts: list[str] | None
+    column: str
+    paragraphs: bool  # .txt: split each row further on blank lines
+
+
+def raw_text(cfg: DataConfig, key: str) -> RawText:
+    """Load data.<key> ("train", "validation", "test") of data.source, uncleaned."""
     if cfg.source == "builtin":
         if key != "train":
             raise DataError(
                 f"data.{key}: the builtin corpus has no {key} files; leave data.{key} empty "
                 "or use data.source=files"
             )
-        raw, paragraphs = load_builtin(), False
-    elif cfg.source == "files":
-        raw, paragraphs = _load_files(cfg, key)
-    elif cfg.source == "hub":
-        raw, paragraphs = _load_hub(cfg, key), False
-    else:
-        raise DataError(f"data.source={cfg.source!r} is unknown; use builtin, files or hub")
-    return _clean(raw, cfg, key, paragraphs)
+        return RawText(None, builtin_documents(), "text", False)
+    if cfg.source == "files":
+        ds, files, builder = read_files(cfg, key)
+        if builder == "text":
+            return RawText(ds, None, "text", True)
+        return RawText(ds, None, _text_column(ds, cfg.text_column, key, _describe(files)), False)
+    if cfg.source == "hub":
+        ds = _load_hub(cfg, key)
+        return RawText(ds, None, _text_column(ds, cfg.text_column, key, cfg.name), False)
+    raise DataError(f"data.source={cfg.source!r} is unknown; use builtin, files or hub")
+
+
+def iter_raw_batches(raw: RawText, batch_size: int) -> Iterator[list[str | None]]:
+    """The raw documents in order, in batches. Arrow cache files are read record batch by
+    record batch through plain reads, so the text never stays resident in this process
+    (a memory map would keep every page it touched)."""
+    if raw.texts is not None:
+        for start in range(0, len(raw.texts), batch_size):
+            yield raw.texts[start : start + batch_size]
+        return
+    table = raw.table
+    files = [] if isinstance(table, datasets.IterableDataset) else table.cache_files
+    if files and getattr(table, "_indices", None) is None:
+        for entry in files:
+            with pa.OSFile(entry["filename"]) as f:
+                for batch in pa.ipc.open_stream(f):
+                    yield batch.column(raw.column).to_pylist()
+        return
+    for batch in table.select_columns([raw.column]).iter(batch_size=batch_size):
+        yield batch[raw.column]
+
+
+def files_fingerprint(cfg: DataConfig, key: str) -> list:
+    """What identifies data.<key>'s files without reading them: path, size, mtime of each."""
+    files, builder = checked_files(cfg, key)
+    stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    return [builder, stats]
 
 
 def _resolve_files(pattern: str, key: str) -> list[str]:
@@ -117,23 +141,8 @@ def read_files(
     """(dataset, files, builder) of data.<key>'s local files, read by the matching `datasets`
     builder (which caches the Arrow conversion); `tables_only` refuses .txt (labelled data).
     .txt files come as blank-line-separated paragraphs in a "text" column."""
-    files = _resolve_files(getattr(cfg, key), key)
-    formats = {_format_of(f) for f in files}
-    kinds = (
-        ".json, .jsonl, .csv or .parquet"
-        if tables_only
-        else ".txt, .json, .jsonl, .csv or .parquet"
-    )
-    if None in formats or (tables_only and ".txt" in formats):
-        bad = next(f for f in files if _format_of(f) in (None, ".txt"))
-        raise DataError(f"data.{key}: unsupported file type '{bad}'; use {kinds}")
-    builders = {_BUILDERS[ext] for ext in formats}
-    if len(builders) > 1:
-        raise DataError(
-            f"data.{key}: mixes file types ({', '.join(sorted(formats))}); use one format per split"
-        )
-    builder = builders.pop()
-    # .txt: read blank-line-separated paragraphs; _clean splits them further on blank lines.
+    files, builder = checked_files(cfg, key, tables_only)
+    # .txt: read blank-line-separated paragraphs; corpus.py splits them further on blank lines.
     extra = {"sample_by": "paragraph"} if builder == "text" else {}
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # failures are reported below
     try:
@@ -153,12 +162,24 @@ def read_files(
     return ds, files, builder
 
 
-def _load_files(cfg: DataConfig, key: str) -> tuple[datasets.Dataset, bool]:
-    """One split of local files as a "text" column; True when it holds .txt paragraphs."""
-    ds, files, builder = read_files(cfg, key)
-    if builder == "text":
-        return ds, True
-    return _text_column(ds, cfg.text_column, key, _describe(files)), False
+def checked_files(cfg: DataConfig, key: str, tables_only: bool = False) -> tuple[list[str], str]:
+    """(files, `datasets` builder) of data.<key>: one supported format, at least one file."""
+    files = _resolve_files(getattr(cfg, key), key)
+    formats = {_format_of(f) for f in files}
+    kinds = (
+        ".json, .jsonl, .csv or .parquet"
+        if tables_only
+        else ".txt, .json, .jsonl, .csv or .parquet"
+    )
+    if None in formats or (tables_only and ".txt" in formats):
+        bad = next(f for f in files if _format_of(f) in (None, ".txt"))
+        raise DataError(f"data.{key}: unsupported file type '{bad}'; use {kinds}")
+    builders = {_BUILDERS[ext] for ext in formats}
+    if len(builders) > 1:
+        raise DataError(
+            f"data.{key}: mixes file types ({', '.join(sorted(formats))}); use one format per split"
+        )
+    return files, builders.pop()
 
 
 def _load_hub(cfg: DataConfig, key: str) -> datasets.Dataset:
@@ -172,6 +193,7 @@ def _load_hub(cfg: DataConfig, key: str) -> datasets.Dataset:
             cfg.config or None,
             split=split,
             cache_dir=str(cache_root(cfg) / "datasets"),
+            streaming=cfg.streaming,
         )
     except Exception as exc:  # offline, unknown name, bad split: all end the run the same way
         if _offline() or _is_connection_error(exc):
@@ -182,9 +204,9 @@ def _load_hub(cfg: DataConfig, key: str) -> datasets.Dataset:
         raise DataError(
             f"data.name={cfg.name}: cannot load split '{split}': {_one_line(exc)}"
         ) from exc
-    if isinstance(ds, datasets.DatasetDict | datasets.IterableDataset):
+    if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
         raise DataError(f"data.split={split!r}: must name one split of {cfg.name}, e.g. train")
-    return _text_column(ds, cfg.text_column, key, cfg.name)
+    return ds
 
 
 def _offline() -> bool:
@@ -202,64 +224,25 @@ def _is_connection_error(exc: BaseException | None) -> bool:
     return False
 
 
-def _text_column(ds: datasets.Dataset, column: str, key: str, where: str) -> datasets.Dataset:
-    """Keep only the text column, renamed to "text"; refuse a missing or non-string column."""
+def _text_column(
+    ds: datasets.Dataset | datasets.IterableDataset, column: str, key: str, where: str
+) -> str:
+    """`column`, checked: present in the table and holding text (a stream whose columns are
+    unknown until read is checked as it is read)."""
+    if ds.column_names is None:
+        return column
     if column not in ds.column_names:
         raise DataError(
             f"data.{key}: no column '{column}' in {where}; available columns: "
             f"{', '.join(ds.column_names)}; set data.text_column"
         )
-    feature = ds.features[column]
-    if getattr(feature, "dtype", None) not in {"string", "large_string"}:
+    feature = ds.features[column] if ds.features else None
+    if feature is not None and getattr(feature, "dtype", None) not in {"string", "large_string"}:
         raise DataError(
             f"data.{key}: column '{column}' in {where} holds {feature}, not text; "
             "set data.text_column to a string column"
         )
-    ds = ds.select_columns([column])
-    return ds.rename_column(column, "text") if column != "text" else ds
-
-
-def _clean_batch(batch: dict, min_chars: int, paragraphs: bool) -> dict:
-    """Strip documents, split .txt paragraphs on blank lines, drop those under min_chars."""
-    out: list[str] = []
-    for text in batch["text"]:
-        pieces = _BLANK_LINE.split(text) if (paragraphs and text) else [text or ""]
-        out.extend(s for p in pieces if len(s := p.strip()) >= min_chars and s)
-    return {"text": out}
-
-
-def _clean(ds: datasets.Dataset, cfg: DataConfig, key: str, paragraphs: bool) -> datasets.Dataset:
-    """Strip, drop short documents, optionally dedupe exactly, cap at max_docs."""
-    ds = ds.map(
-        _clean_batch,
-        batched=True,
-        fn_kwargs={"min_chars": cfg.min_chars, "paragraphs": paragraphs},
-        remove_columns=ds.column_names,
-        num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
-        desc=f"cleaning {key}",
-    )
-    if cfg.dedupe:
-        ds = _dedupe(ds)
-    if cfg.max_docs and len(ds) > cfg.max_docs:
-        ds = ds.select(range(cfg.max_docs))
-    if len(ds) == 0:
-        raise DataError(
-            f"data.{key}: 0 documents left after cleaning (min_chars={cfg.min_chars}, "
-            f"dedupe={cfg.dedupe}); check the files, data.text_column and data.min_chars"
-        )
-    return ds
-
-
-def _dedupe(ds: datasets.Dataset) -> datasets.Dataset:
-    """Keep the first occurrence of each exact document text."""
-    seen: set[str] = set()
-    keep: list[int] = []
-    for start in range(0, len(ds), 10_000):
-        for i, text in enumerate(ds[start : start + 10_000]["text"], start=start):
-            if text not in seen:
-                seen.add(text)
-                keep.append(i)
-    return ds if len(keep) == len(ds) else ds.select(keep)
+    return column
 
 
 def _describe(files: list[str]) -> str:

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -26,6 +25,7 @@ from tokenizers import (
 
 from llmtune.config.schema import TokenizerConfig
 from llmtune.console import note
+from llmtune.data.corpus import TextSplit
 from llmtune.errors import DataError
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] first so pad_id == 0
@@ -51,7 +51,10 @@ def train_tokenizer(
 ) -> Tokenizer:
     """Train a "wordpiece" (BERT) or "bpe" (GPT-2 byte-level) tokenizer; deterministic per input."""
     if kind == "wordpiece":
-        return _train_wordpiece(list(texts), vocab_size, min_frequency, lowercase)
+        # two passes (characters, then training): a one-shot iterator is read into a list,
+        # a re-iterable (a corpus split) is streamed twice
+        texts = list(texts) if iter(texts) is texts else texts
+        return _train_wordpiece(texts, vocab_size, min_frequency, lowercase)
     if kind == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,7 +75,7 @@ def train_tokenizer(
 
 
 def _train_wordpiece(
-    texts: list[str], vocab_size: int, min_frequency: int, lowercase: bool
+    texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
 ) -> Tokenizer:
     """BERT WordPiece training, made deterministic.
 
@@ -117,29 +120,49 @@ def _add_bert_template(tok: Tokenizer) -> None:
     )
 
 
+def resolve_kind(cfg: TokenizerConfig, native: str) -> str:
+    """tokenizer.kind with "auto" resolved to `native`, the model family's tokenizer kind."""
+    return native if cfg.kind == "auto" else cfg.kind
+
+
+class _Texts:
+    """The documents of some splits, re-iterable (each pass streams them again); with
+    `sample` > 0 an evenly spaced sample of about that many, shared by the splits' sizes."""
+
+    def __init__(self, splits: list[TextSplit], sample: int) -> None:
+        self.splits = splits
+        self.seen = 0  # documents in the last full pass (wordpiece reads them twice)
+        self.shares = [0] * len(splits)
+        if sample > 0 and len(splits) == 1:
+            self.shares = [sample]
+        elif sample > 0:
+            sizes = [s.n_docs() for s in splits]
+            self.shares = [max(1, round(sample * n / sum(sizes))) for n in sizes]
+
+    def __iter__(self) -> Iterator[str]:
+        seen = 0
+        for split, share in zip(self.splits, self.shares, strict=True):
+            for batch in split.batches(sample=share):
+                seen += len(batch)
+                yield from batch
+        self.seen = seen
+
+
 def get_tokenizer(
-    cfg: TokenizerConfig, native: str, train_texts: datasets.Dataset, cache_dir: Path
+    cfg: TokenizerConfig, native: str, train: list[TextSplit], cache_dir: Path
 ) -> Tokenizer:
-    """Load tokenizer.path (kind=file) or train on the train split, reusing a cached result.
+    """Load tokenizer.path (kind=file) or train on the train split(s), streamed (or on a
+    tokenizer.train_docs sample of them), reusing a cached result.
 
     `native` is the model family's tokenizer kind (wordpiece | bpe): what kind=auto trains and
     which special tokens a loaded file must have.
     """
-    kind = native if cfg.kind == "auto" else cfg.kind
+    kind = resolve_kind(cfg, native)
     if kind == "file":
         return load_tokenizer_file(cfg.path, native, cfg.lowercase)
     if kind not in {"wordpiece", "bpe"}:
         raise DataError(f"tokenizer.kind={kind!r} is unknown; use auto, wordpiece, bpe or file")
-    key_fields = [
-        train_texts._fingerprint,
-        kind,
-        cfg.vocab_size,
-        cfg.min_frequency,
-        cfg.lowercase,
-        cfg.train_docs,
-    ]
-    key = hashlib.sha256(json.dumps(key_fields).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
+    path = tokenizer_cache_path(cfg, kind, train, cache_dir)
     if path.is_file():
         try:
             tok = Tokenizer.from_file(str(path))
@@ -148,11 +171,9 @@ def get_tokenizer(
         else:
             note(f"reused the cached {kind} tokenizer {path}")
             return tok
-    n_docs = len(train_texts) if cfg.train_docs <= 0 else min(cfg.train_docs, len(train_texts))
-    tok = train_tokenizer(
-        _iter_texts(train_texts, n_docs), kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase
-    )
-    note(f"trained {kind} ({tok.get_vocab_size():,} tokens) on {n_docs:,} documents")
+    texts = _Texts(train, cfg.train_docs)
+    tok = train_tokenizer(texts, kind, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
+    note(f"trained {kind} ({tok.get_vocab_size():,} tokens) on {texts.seen:,} documents")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crashed or concurrent run never leaves a half-written cache entry.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -161,9 +182,20 @@ def get_tokenizer(
     return tok
 
 
-def _iter_texts(ds: datasets.Dataset, n_docs: int, batch: int = 1000) -> Iterator[str]:
-    for start in range(0, n_docs, batch):
-        yield from ds[start : min(start + batch, n_docs)]["text"]
+def tokenizer_cache_path(
+    cfg: TokenizerConfig, kind: str, train: list[TextSplit], cache_dir: Path
+) -> Path:
+    """Where the tokenizer trained on `train` with these settings is cached."""
+    key_fields = [
+        [split.fingerprint for split in train],
+        kind,
+        cfg.vocab_size,
+        cfg.min_frequency,
+        cfg.lowercase,
+        cfg.train_docs,
+    ]
+    key = hashlib.sha256(json.dumps(key_fields).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
 
 
 def load_tokenizer_file(path: str, native: str, lowercase: bool = True) -> Tokenizer:
@@ -251,50 +283,3 @@ def tokenizer_info(tok: Tokenizer, kind: str) -> TokenizerInfo:
 def tokenizer_hash(tok: Tokenizer) -> str:
     """A short content hash of the full tokenizer (vocabulary, merges, normaliser, ...)."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
-
-
-def tokenize_corpus(
-    split: datasets.Dataset, tok: Tokenizer, cache_dir: Path, num_proc: int = 1
-) -> datasets.Dataset:
-    """Map "text" to "input_ids" (no special tokens), cached on disk per (split, tokenizer).
-
-    The cache file is named from the split's fingerprint and the tokenizer's hash, so a rerun
-    with the same data and tokenizer reads the Arrow file instead of tokenizing again.
-    """
-    key = f"{split._fingerprint}-{tokenizer_hash(tok)}"
-    out_dir = Path(cache_dir) / "tokenized"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cached = out_dir / f"{key}.arrow"
-    reused = cached.is_file() or any(out_dir.glob(f"{key}_*.arrow"))
-    settings = {
-        "batched": True,
-        "batch_size": 1000,
-        "fn_kwargs": {"tok": tok},
-        "remove_columns": split.column_names,
-        # int32 halves the cache size; vocabularies are far below 2**31.
-        "features": datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}),
-        "cache_file_name": str(cached),
-        "load_from_cache_file": True,  # even if the user disabled datasets' global caching
-        "new_fingerprint": hashlib.sha256(key.encode()).hexdigest()[:16],
-        "num_proc": num_proc if num_proc > 1 else None,
-        "desc": "tokenizing",
-    }
-    if cached.is_file():
-        try:  # a cache file that cannot be read, or holds another row count, is rebuilt
-            ids = split.map(_encode_batch, **settings)
-            if len(ids) == len(split):
-                note("tokens reused from the cache")
-                return ids
-        except Exception:  # pyarrow and datasets raise many types for a damaged file
-            pass
-        print(f"warning: the cached tokenized split {cached} is corrupt; tokenizing again")
-        for stale in out_dir.glob(f"{key}*.arrow"):
-            stale.unlink()
-        reused = False
-    note("tokens reused from the cache" if reused else f"{len(split):,} documents tokenized")
-    return split.map(_encode_batch, **settings)
-
-
-def _encode_batch(batch: dict, tok: Tokenizer) -> dict:
-    encodings = tok.encode_batch(batch["text"], add_special_tokens=False)
-    return {"input_ids": [e.ids for e in encodings]}

@@ -3,14 +3,10 @@ rows of labelled columns (zero-shot classification), and few-shot rows from data
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from llmtune.config.schema import DataConfig
-from llmtune.data import load_corpus
 from llmtune.data.sources import read_files
 from llmtune.errors import DataError
 
@@ -43,14 +39,6 @@ def read_prompts(values: tuple[str, ...]) -> list[str]:
     if not prompts:
         raise PromptsError(f"prompts={','.join(values)}: no prompt found (the file is empty)")
     return prompts
-
-
-def test_documents(cfg: DataConfig, seed: int) -> datasets.Dataset:
-    """data.test as cleaned text documents (column "text"), read exactly as pretraining
-    reads its splits (.txt paragraphs, data.text_column of JSONL/CSV/parquet)."""
-    # load_corpus loads `train` and a validation split; point both at the test files
-    as_train = dataclasses.replace(cfg, train=cfg.test, validation=cfg.test, test="")
-    return load_corpus(as_train, seed)["train"]
 
 
 def column_names(cfg: DataConfig, key: str) -> list[str]:

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 
 from llmtune.config.schema import DataConfig, EvaluateConfig
-from llmtune.data import iter_eval_batches, tokenize_corpus
-from llmtune.data.sources import cache_root
+from llmtune.data import iter_eval_batches
+from llmtune.data.pipeline import test_store
 from llmtune.errors import DataError
-from llmtune.evaluation.data import test_documents
 from llmtune.evaluation.likelihood import perplexity
 from llmtune.loading import LoadedCheckpoint
 from llmtune.models import Kind
@@ -30,9 +29,10 @@ def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, see
     objective_cfg = mlm.config(**{k: settings[k] for k in keys if k in settings})
     config = dataclasses.replace(loaded.config, objective=objective_cfg)
     objective = mlm.make(Context(config, loaded.tokenizer, loaded.info, loaded.model.kind), [])
-    examples = objective.make_examples(token_ids, loaded.config.model.max_seq_len, seed)
-    if len(examples["input_ids"]) == 0:
-        raise DataError("data.test: too little text for one masked-LM example; add text")
+    try:
+        examples = objective.make_examples(token_ids, loaded.config.model.max_seq_len, seed)
+    except DataError:
+        raise DataError("data.test: too little text for one masked-LM example; add text") from None
     generator = torch.Generator().manual_seed(seed)
     device = next(loaded.model.parameters()).device
     loss_sum, correct, count = 0.0, 0.0, 0
@@ -48,7 +48,7 @@ def masked_lm_loss(loaded: LoadedCheckpoint, token_ids, cfg: EvaluateConfig, see
         "perplexity": math.exp(min(loss, 50.0)),
         "mlm_accuracy": correct / max(count, 1),
         "n_targets": count,
-        "n_sequences": len(examples["input_ids"]),
+        "n_sequences": len(examples),
         "note": f"masked-LM loss at mask_prob={objective_cfg.mask_prob} with masks fixed by "
         f"seed={seed}; not pseudo-perplexity",
     }
@@ -58,17 +58,17 @@ def evaluate_language_model(
     loaded: LoadedCheckpoint, data: DataConfig, cfg: EvaluateConfig, seed: int
 ) -> dict[str, Any]:
     """Perplexity (a decoder) or masked-LM loss (an encoder) of the checkpoint on data.test."""
-    documents = test_documents(data, seed)
-    if cfg.max_examples and len(documents) > cfg.max_examples:
-        documents = documents.select(range(cfg.max_examples))
-    token_ids = tokenize_corpus(documents, loaded.tokenizer, cache_root(data), data.num_proc)
-    if loaded.model.kind == Kind.DECODER:
-        results = perplexity(
-            loaded.model, token_ids["input_ids"], loaded.info.eos_id, cfg.batch_size
+    if cfg.max_examples:  # the first max_examples documents
+        data = dataclasses.replace(
+            data, max_docs=min(data.max_docs or cfg.max_examples, cfg.max_examples)
         )
+    store = test_store(data, loaded.tokenizer, seed)
+    if loaded.model.kind == Kind.DECODER:
+        documents = [store.document(i).tolist() for i in range(store.n_docs)]
+        results = perplexity(loaded.model, documents, loaded.info.eos_id, cfg.batch_size)
         return {"task": "causal_lm", **results}
     return {
         "task": "masked_lm",
-        "n_examples": len(documents),
-        **masked_lm_loss(loaded, token_ids, cfg, seed),
+        "n_examples": store.n_docs,
+        **masked_lm_loss(loaded, store, cfg, seed),
     }

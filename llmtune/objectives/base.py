@@ -88,8 +88,9 @@ class ObjectiveBase:
 class TextObjective(Objective, Protocol):
     """An objective on plain text (pretraining, continued pretraining)."""
 
-    def make_examples(self, token_ids: Any, seq_len: int, seed: int) -> Batch:
-        """Fixed-length examples from a dataset of per-document token ids."""
+    def make_examples(self, token_ids: Any, seq_len: int, seed: int) -> Any:
+        """Fixed-length training examples read from a token store (data/store.py): a table
+        of rows (data/rows.py) built on demand, never the whole corpus in memory."""
 
 
 class RowTask(Objective, Protocol):

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.console import console as shared_console
-from llmtune.data import TokenizerInfo
+from llmtune.data import PreparedData, TokenizerInfo
 from llmtune.data.examples import encoded_splits, text_examples
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, Objective, RowTask, TextObjective
@@ -56,8 +56,8 @@ class Context:
     console: Console = field(default_factory=shared_console)  # where data notes go
     # the checkpoint loader (llmtune/loading.py, above this layer): ppo's reward model
     load_checkpoint: LoadCheckpoint | None = None
-    # the run's text when the command has read it already (pretrain trains its tokenizer on it)
-    corpus: dict | None = None
+    # the run's tokenizer and token stores when the command has prepared them (pretrain)
+    prepared: PreparedData | None = None
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ class ObjectiveEntry:
 
 
 def build_text(ctx: Context, objective: TextObjective) -> Built:
-    """An objective on plain text: the run's corpus tokenized and cut by `make_examples`."""
-    examples = text_examples(ctx.config, ctx.tokenizer, objective.make_examples, ctx.corpus)
+    """An objective on plain text: rows cut by `make_examples` from the run's token stores."""
+    examples = text_examples(ctx.config, ctx.tokenizer, objective.make_examples, ctx.prepared)
     return Built(objective, examples)
 
 

@@ -55,10 +55,7 @@ class MaskedLM(ObjectiveBase):
             self.name = "mlm_nsp"
 
     def make_examples(self, token_ids, seq_len: int, seed: int) -> Batch:
-        examples = build_pairs(token_ids, seq_len, self.info, self.nsp_prob, seed)
-        if not self.with_nsp:
-            examples.pop("nsp_labels", None)
-        return examples
+        return build_pairs(token_ids, seq_len, self.info, self.nsp_prob, seed)
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> Batch:
         masked, labels = mask_tokens(batch["input_ids"], self.masking, generator)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from llmtune.config.schema import ObjectiveConfig, RunConfig
+from llmtune.data import to_tensors
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.models.registry import names_of_kind
@@ -218,11 +219,13 @@ def task_heads(config: RunConfig, lookup: Lookup) -> tuple[str, ...]:
 
 
 def build(ctx: Context, lookup: Lookup) -> Built:
-    """Each task's objective and examples, built as that objective builds them, stacked."""
-    parts = {
-        name: lookup(run.objective.name).build(dataclasses.replace(ctx, config=run, corpus=None))
-        for name, run in task_runs(ctx.config, lookup)
-    }
+    """Each task's objective and examples, built as that objective builds them, stacked in
+    memory (a text task's token-store rows read whole)."""
+    parts = {}
+    for name, run in task_runs(ctx.config, lookup):
+        part = lookup(run.objective.name).build(dataclasses.replace(ctx, config=run, prepared=None))
+        examples = {split: to_tensors(rows) for split, rows in part.examples.items()}
+        parts[name] = dataclasses.replace(part, examples=examples)
     return combine(parts, ctx.config)
 
 

@@ -72,12 +72,11 @@ class Parallel:
 
     def batches(self, examples: dict[str, Tensor], config: RunConfig) -> Any:
         """This rank's shard of the shuffled training stream (no overlap, nothing lost)."""
-        from llmtune.data import BatchIterator
+        from llmtune.data import train_batches
 
-        micro, rank, world = config.train.micro_batch_size, self.info.rank, self.info.world_size
         # pretraining rows are packed to full length; labelled rows vary and pad per batch
         grouped = config.data.group_by_length and not self.objective.packed
-        return BatchIterator(examples, micro, config.seed, rank, world, group_by_length=grouped)
+        return train_batches(examples, config, (self.info.rank, self.info.world_size), grouped)
 
     def data_state(self, batches: Any) -> dict[str, int]:
         return {**batches.state_dict(), "world_size": self.info.world_size}

@@ -1,8 +1,9 @@
 """Random streams per rank: the global RNG (dropout) seeded per rank, one generator per
 micro-batch for targets (MLM masks), and each rank's RNG state saved for an exact resume.
 
-There are no data-loader worker processes to seed: batches are row slices of in-memory
-tensors taken in the training process (data/loader.py), so a rank's streams are all there is.
+Loader worker processes (hardware.num_workers, data/loader.py) draw from none of these:
+every random choice made while building a batch (BERT pairs) is seeded by (seed, epoch, row),
+so batches are the same whichever process builds them, and resume needs no worker state.
 """
 
 from __future__ import annotations

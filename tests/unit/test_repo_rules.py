@@ -57,7 +57,7 @@ LAYERS = {
     "": 0,  # llmtune/__init__.py
     "console": 1,  # rich output and timed stages, for any layer
     "config.schema": 1,  # the typed sections: read by every layer
-    "data": 2,
+    "data": 3,  # reads the family registry (each family's tokenizer kind)
     "models": 2,
     "adapters": 3,  # methods applied to a built model (freeze, lora, prefix, prompt)
     "objectives": 4,

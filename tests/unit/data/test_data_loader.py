@@ -114,3 +114,31 @@ def test_group_by_length_resumes_exactly_and_changes_with_epoch():
     resumed = BatchIterator(data, 16, 3, group_by_length=True)
     resumed.load_state_dict({"epoch": 1, "position": 7})
     assert torch.equal(next(resumed)["input_ids"], second[7]["input_ids"])
+
+
+def test_loader_workers_give_the_in_process_stream_and_resume_exactly():
+    from llmtune.data.loader import Prefetcher
+
+    reference = _rows(itertools.islice(BatchIterator(_tensors(), 5, seed=7), 14))
+    rng_before = torch.get_rng_state()
+    ahead = Prefetcher(BatchIterator(_tensors(), 5, seed=7), num_workers=2, pin_memory=False)
+    head = _rows(itertools.islice(ahead, 6))
+    # the workers' seeds come from a private generator: dropout's stream is untouched
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    state = ahead.state_dict()  # what was consumed, not what the workers read ahead
+    assert state == {"epoch": 1, "position": 2}
+    resumed = Prefetcher(BatchIterator(_tensors(), 5, seed=7), num_workers=2, pin_memory=False)
+    resumed.load_state_dict(state)
+    assert head + _rows(itertools.islice(resumed, 8)) == reference
+
+
+def test_rows_tables_are_batched_like_tensors():
+    from llmtune.data.rows import TensorRows
+
+    tensors = _tensors()
+    plain = _rows(itertools.islice(BatchIterator(tensors, 4, seed=2), 9))
+    table = _rows(itertools.islice(BatchIterator(TensorRows(tensors), 4, seed=2), 9))
+    assert plain == table
+    assert _rows(iter_eval_batches(TensorRows(_tensors(10)), 4)) == _rows(
+        iter_eval_batches(_tensors(10), 4)
+    )

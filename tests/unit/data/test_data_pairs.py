@@ -1,6 +1,6 @@
-"""BERT pairs: [CLS] A [SEP] B [SEP] layout, token types, padding, NSP labels and continuations."""
+"""BERT pairs from a token store: [CLS] A [SEP] B [SEP] layout, token types, padding, NSP
+labels and continuations; any pair built alone, the same in any process and order."""
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -26,8 +26,13 @@ def _docs(n_docs: int = 60, seed: int = 0) -> list[list[int]]:
     return [[1000 * (d + 1) + t for t in range(int(rng.integers(1, 90)))] for d in range(n_docs)]
 
 
-def _build(docs, nsp_prob, seed=0):
-    return build_pairs(datasets.Dataset.from_dict({"input_ids": docs}), SEQ, INFO, nsp_prob, seed)
+@pytest.fixture
+def build(make_store):
+    def make(docs, nsp_prob, seed=0, epoch=0):
+        pairs = build_pairs(make_store(docs, key=f"k{len(docs)}"), SEQ, INFO, nsp_prob, seed)
+        return pairs.rows(torch.arange(len(pairs)), epoch)
+
+    return make
 
 
 def _segments(row: torch.Tensor) -> tuple[list[int], list[int], int]:
@@ -38,8 +43,8 @@ def _segments(row: torch.Tensor) -> tuple[list[int], list[int], int]:
     return ids[1:sep1], ids[sep1 + 1 : sep2], sep2
 
 
-def test_layout_token_types_and_padding():
-    out = _build(_docs(), nsp_prob=0.5)
+def test_layout_token_types_and_padding(build):
+    out = build(_docs(), nsp_prob=0.5)
     n = out["nsp_labels"].shape[0]
     for key in ("input_ids", "token_type_ids", "attention_mask"):
         assert out[key].shape == (n, SEQ) and out[key].dtype == torch.int64
@@ -54,8 +59,8 @@ def test_layout_token_types_and_padding():
         assert (out["input_ids"][i, length:] == INFO.pad_id).all()
 
 
-def test_nsp_share_matches_probability_and_labels_mean_what_they_say():
-    out = _build(_docs(200), nsp_prob=0.5)
+def test_nsp_share_matches_probability_and_labels_mean_what_they_say(build):
+    out = build(_docs(200), nsp_prob=0.5)
     labels = out["nsp_labels"]
     assert 0.42 < labels.float().mean().item() < 0.58
     for i in range(labels.shape[0]):
@@ -67,10 +72,10 @@ def test_nsp_share_matches_probability_and_labels_mean_what_they_say():
             assert not same_doc
 
 
-def test_without_nsp_every_b_is_the_continuation_and_no_text_is_lost():
+def test_without_nsp_every_b_is_the_continuation_and_no_text_is_lost(build):
     docs = _docs()
-    out = _build(docs, nsp_prob=0.0)
-    assert (out["nsp_labels"] == 0).all()
+    out = build(docs, nsp_prob=0.0)
+    assert "nsp_labels" not in out  # plain mlm: no NSP head to feed
     seen: dict[int, list[int]] = {}
     for row in out["input_ids"]:
         a, b, _ = _segments(row)
@@ -83,24 +88,33 @@ def test_without_nsp_every_b_is_the_continuation_and_no_text_is_lost():
             assert d not in seen
 
 
-def test_short_documents_give_padded_pairs():
-    out = _build([[11, 12, 13]], nsp_prob=0.5)  # one doc: no other doc to draw from
+def test_short_documents_give_padded_pairs(build):
+    out = build([[11, 12, 13]], nsp_prob=0.5)  # one doc: no other doc to draw from
     assert out["nsp_labels"].tolist() == [0]
     a, b, sep2 = _segments(out["input_ids"][0])
     assert a + b == [11, 12, 13] and out["attention_mask"][0].sum() == sep2 + 1 == 6
 
 
-def test_deterministic_per_seed():
+def test_deterministic_per_seed_and_redrawn_each_epoch(build):
     docs = _docs()
-    a, b, c = _build(docs, 0.5, seed=3), _build(docs, 0.5, seed=3), _build(docs, 0.5, seed=4)
+    a, b, c = build(docs, 0.5, seed=3), build(docs, 0.5, seed=3), build(docs, 0.5, seed=4)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["nsp_labels"], c["nsp_labels"]) or not torch.equal(
-        a["input_ids"], c["input_ids"]
-    )
+    assert not torch.equal(a["input_ids"], c["input_ids"])
+    later = build(docs, 0.5, seed=3, epoch=1)  # new split points and NSP draws, same chunks
+    assert later["input_ids"].shape == a["input_ids"].shape
+    assert not torch.equal(later["input_ids"], a["input_ids"])
+
+
+def test_a_pair_is_the_same_built_alone_or_in_any_batch(make_store):
+    pairs = build_pairs(make_store(_docs()), SEQ, INFO, 0.5, seed=1)
+    every = pairs.rows(torch.arange(len(pairs)), epoch=2)
+    index = torch.tensor([9, 2, 2, 40])
+    some = pairs.rows(index, epoch=2)
+    assert all(torch.equal(some[k], every[k][index]) for k in every)
 
 
 @pytest.mark.parametrize("nsp_prob", [0.0, 0.5])
-def test_pairs_never_exceed_seq_len(nsp_prob):
-    out = _build(_docs(30, seed=1), nsp_prob)
+def test_pairs_never_exceed_seq_len(build, nsp_prob):
+    out = build(_docs(30, seed=1), nsp_prob)
     assert (out["attention_mask"].sum(1) <= SEQ).all()
     assert (out["attention_mask"].sum(1) >= 5).all()

@@ -8,7 +8,8 @@ import pytest
 
 from llmtune.config.schema import DataConfig, FilesData, HubData
 from llmtune.data.builtin import builtin_documents
-from llmtune.data.sources import cache_root, carve_validation, load_corpus
+from llmtune.data.corpus import load_corpus
+from llmtune.data.sources import cache_root, carve_validation
 from llmtune.errors import DataError
 
 # Raw documents: surrounding whitespace, one too short for min_chars=3, one exact duplicate.

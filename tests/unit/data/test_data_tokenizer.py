@@ -2,14 +2,12 @@
 
 import json
 
-import datasets
 import pytest
 
 from llmtune.config.schema import TokenizerConfig
 from llmtune.data import tokenizer as tokmod
 from llmtune.data.tokenizer import (
     get_tokenizer,
-    tokenize_corpus,
     tokenizer_info,
     train_tokenizer,
 )
@@ -76,8 +74,8 @@ def test_unknown_kind_is_refused():
         train_tokenizer(CORPUS, "sentencepiece", 100, 1, True)
 
 
-def test_get_tokenizer_caches_trained_tokenizer(tmp_path, monkeypatch):
-    ds = datasets.Dataset.from_dict({"text": CORPUS})
+def test_get_tokenizer_caches_trained_tokenizer(tmp_path, monkeypatch, text_split):
+    ds = [text_split(CORPUS)]
     cfg = TokenizerConfig(vocab_size=300, min_frequency=1)
     first = get_tokenizer(cfg, "bpe", ds, tmp_path)
     cached = list((tmp_path / "tokenizers").glob("*/tokenizer.json"))
@@ -92,8 +90,8 @@ def test_get_tokenizer_caches_trained_tokenizer(tmp_path, monkeypatch):
         get_tokenizer(TokenizerConfig(vocab_size=301, min_frequency=1), "bpe", ds, tmp_path)
 
 
-def test_get_tokenizer_auto_kind_follows_family(tmp_path):
-    ds = datasets.Dataset.from_dict({"text": CORPUS})
+def test_get_tokenizer_auto_kind_follows_family(tmp_path, text_split):
+    ds = [text_split(CORPUS)]
     cfg = TokenizerConfig(vocab_size=300, min_frequency=1)
     bert = get_tokenizer(cfg, "wordpiece", ds, tmp_path)
     assert bert.token_to_id("[MASK]") == 4
@@ -106,13 +104,11 @@ def test_file_kind_loads_json_and_folders(tmp_path, wordpiece):
     cfg = TokenizerConfig(kind="file", path=str(tmp_path / "tokenizer.json"))
     text = "the lazy fox"
     assert (
-        get_tokenizer(cfg, "wordpiece", None, tmp_path).encode(text).ids
-        == wordpiece.encode(text).ids
+        get_tokenizer(cfg, "wordpiece", [], tmp_path).encode(text).ids == wordpiece.encode(text).ids
     )
     cfg = TokenizerConfig(kind="file", path=str(tmp_path))
     assert (
-        get_tokenizer(cfg, "wordpiece", None, tmp_path).encode(text).ids
-        == wordpiece.encode(text).ids
+        get_tokenizer(cfg, "wordpiece", [], tmp_path).encode(text).ids == wordpiece.encode(text).ids
     )
 
 
@@ -123,7 +119,7 @@ def test_file_kind_builds_bert_from_vocab_txt(tmp_path, wordpiece):
     (folder / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab))
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     cfg = TokenizerConfig(kind="file", path=str(folder), lowercase=False)
-    loaded = get_tokenizer(cfg, "wordpiece", None, tmp_path)
+    loaded = get_tokenizer(cfg, "wordpiece", [], tmp_path)
     for text in ["The Quick brown fox.", "tokenizers split words", "quick fox", "lazy dog"]:
         assert loaded.encode(text).ids == wordpiece.encode(text).ids
     assert loaded.decode(loaded.encode("The Lazy dog").ids) == "the lazy dog"
@@ -132,51 +128,42 @@ def test_file_kind_builds_bert_from_vocab_txt(tmp_path, wordpiece):
 
 def test_file_kind_errors_name_tokenizer_path(tmp_path, bpe):
     with pytest.raises(DataError, match=r"tokenizer\.path: '.*missing\.json' does not exist"):
-        get_tokenizer(TokenizerConfig(kind="file", path="missing.json"), "bpe", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path="missing.json"), "bpe", [], tmp_path)
     with pytest.raises(DataError, match=r"tokenizer\.path: empty"):
-        get_tokenizer(TokenizerConfig(kind="file"), "bpe", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file"), "bpe", [], tmp_path)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DataError, match=r"tokenizer\.path: cannot read"):
-        get_tokenizer(TokenizerConfig(kind="file", path="broken.json"), "bpe", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path="broken.json"), "bpe", [], tmp_path)
     with pytest.raises(DataError, match=r"tokenizer\.path: no tokenizer\.json in"):
-        get_tokenizer(TokenizerConfig(kind="file", path=str(tmp_path)), "bpe", None, tmp_path)
+        get_tokenizer(TokenizerConfig(kind="file", path=str(tmp_path)), "bpe", [], tmp_path)
     # A GPT tokenizer lacks [CLS], [MASK], ...: a BERT model cannot use it.
     with pytest.raises(DataError, match=r"no \[PAD\] token"):
         tokenizer_info(bpe, "wordpiece")
 
 
-class CountingTokenizer:
-    """Duck-typed stand-in that records how often tokenization really runs."""
+class Passes:
+    """A re-iterable corpus that counts how often it is read."""
 
-    def __init__(self, tok):
-        self.tok, self.calls = tok, 0
+    def __init__(self, texts):
+        self.texts, self.passes = texts, 0
 
-    def to_str(self):
-        return self.tok.to_str()
-
-    def encode_batch(self, texts, add_special_tokens=True):
-        self.calls += 1
-        return self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+    def __iter__(self):
+        self.passes += 1
+        yield from self.texts
 
 
-def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, bpe):
-    ds = datasets.Dataset.from_dict({"text": CORPUS[:8]})
-    spy = CountingTokenizer(bpe)
-    first = tokenize_corpus(ds, spy, tmp_path)
-    assert first.column_names == ["input_ids"]
-    expected = [bpe.encode(t, add_special_tokens=False).ids for t in CORPUS[:8]]
-    assert [list(x) for x in first["input_ids"]] == expected
-    assert spy.calls >= 1 and len(list((tmp_path / "tokenized").glob("*.arrow"))) == 1
-
-    again = CountingTokenizer(bpe)
-    second = tokenize_corpus(ds, again, tmp_path)
-    assert again.calls == 0  # served from the Arrow cache file
-    assert [list(x) for x in second["input_ids"]] == expected
+def test_wordpiece_streams_a_reiterable_corpus_twice_instead_of_listing_it():
+    corpus = Passes(CORPUS)
+    streamed = train_tokenizer(corpus, "wordpiece", 300, 1, True)
+    assert corpus.passes == 2  # characters, then training: never a list of every text
+    assert streamed.to_str() == train_tokenizer(list(CORPUS), "wordpiece", 300, 1, True).to_str()
 
 
-def test_tokenize_corpus_cache_key_depends_on_tokenizer_and_data(tmp_path, bpe, wordpiece):
-    ds = datasets.Dataset.from_dict({"text": CORPUS[:8]})
-    tokenize_corpus(ds, bpe, tmp_path)
-    tokenize_corpus(ds, wordpiece, tmp_path)
-    tokenize_corpus(ds.select([0, 1]), bpe, tmp_path)
-    assert len(list((tmp_path / "tokenized").glob("*.arrow"))) == 3
+def test_train_docs_trains_on_an_evenly_spaced_sample(tmp_path, text_split):
+    docs = [f"document {i} " + " ".join(["w" + str(i % 7)] * 5) for i in range(100)]
+    split = text_split(docs)
+    assert [d for b in split.batches(sample=4) for d in b] == [docs[i] for i in (24, 49, 74, 99)]
+    cfg = TokenizerConfig(vocab_size=300, min_frequency=1, train_docs=4)
+    sampled = get_tokenizer(cfg, "bpe", [split], tmp_path)
+    explicit = train_tokenizer([docs[i] for i in (24, 49, 74, 99)], "bpe", 300, 1, False)
+    assert sampled.to_str() == explicit.to_str()
