@@ -1,57 +1,30 @@
 """The one loader used by evaluate, export, finetune and resume: an llmtune checkpoint (step
-folder or run directory, read as a closed box by checkpoint.py) or a folder of another
-format named by a prefix (SOURCES), turned into a model, config and tokenizer."""
+folder or run directory, read as a closed box by checkpoint.py) or a model in another format
+named by a prefix (foreign.SOURCES: hf:, gguf:), turned into a model, config and tokenizer."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from llmtune import checkpoint
 from llmtune.adapters.method import apply_method
-from llmtune.config.build import section_fields
-from llmtune.config.schema import ModelConfig, ObjectiveConfig, RunConfig
+from llmtune.config.schema import ObjectiveConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo, tokenizer_info
-from llmtune.data.tokenizer import load_tokenizer_file
 from llmtune.errors import CheckpointError, UserError
-from llmtune.models import (
-    LanguageModel,
-    build_model,
-    family,
-    from_hf_state_dict,
-    heads_from_hf,
-    model_config_from_hf,
-)
+from llmtune.foreign import SOURCES, Base
+from llmtune.models import LanguageModel, build_model, family
 from llmtune.objectives import OBJECTIVES
 
-HF_PREFIX = "hf:"
-_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # what a foreign folder's heads make it, for evaluate (a bare backbone: embeddings only)
 _OBJECTIVE_OF_HEADS = {("lm",): "clm", ("mlm",): "mlm", ("mlm", "nsp"): "mlm_nsp"}
-
-
-@dataclass
-class Base:
-    """A model to start from: its architecture, tokenizer and weights under our key names."""
-
-    model_config: ModelConfig
-    tokenizer: Tokenizer
-    weights: dict[str, torch.Tensor]
-    ref: dict  # {"path", "sha256"}: how an adapter checkpoint names this base
-    run_config: RunConfig | None = None  # llmtune bases only
-    meta: dict = field(default_factory=dict)  # the base checkpoint's meta.json ({} otherwise)
-    heads: tuple[str, ...] = ()  # a foreign folder's heads (its weights hold them)
-    labels: list = field(default_factory=list)  # a foreign classifier's class names
 
 
 @dataclass
@@ -70,67 +43,12 @@ class LoadedCheckpoint:
     def family(self) -> str:
         return self.config.model.family
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(body, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return body
-
-
-def _checked(config: ModelConfig, path: Path) -> ModelConfig:
-    """A config.json's values of the types the model needs (a string n_layer is refused)."""
-    for name, kind in section_fields(type(config)).items():
-        value = getattr(config, name)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if (kind in (int, str, bool) and not isinstance(value, kind)) or (
-            kind is float and not number
-        ):
-            raise CheckpointError(f"{path}: {name}={value!r} is not a {kind.__name__}")
-    return config
-
-
-def _hf_labels(config_json: dict, heads: tuple[str, ...], path: Path) -> list:
-    if not {"seq_cls", "token_cls"} & set(heads):
-        return []
-    names = config_json.get("id2label") or {}
-    try:
-        return [names[k] for k in sorted(names, key=int)]
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: id2label must map class ids to names") from None
-
-
-def _read_hf(folder: Path) -> Base:
-    """A Hugging Face folder: config.json, weights, tokenizer.json or vocab.txt."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{HF_PREFIX}{folder}: no config.json; point it at a model folder")
-    config_json = _read_json(config_path)
-    model_config = _checked(model_config_from_hf(config_json), config_path)
-    heads = heads_from_hf(config_json)
-    weights_path = next((folder / n for n in _HF_WEIGHTS if (folder / n).is_file()), None)
-    if weights_path is None:
-        raise CheckpointError(f"{HF_PREFIX}{folder}: no {' or '.join(_HF_WEIGHTS)}")
-    try:
-        if weights_path.suffix == ".safetensors":
-            hf_sd = load_file(weights_path)
-        else:  # weights_only: a downloaded pickle must not run code
-            hf_sd = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{weights_path}: unreadable ({first[:200]})") from None
-    weights = from_hf_state_dict(hf_sd, model_config, heads)
-    tokenizer = load_tokenizer_file(str(folder), family(model_config.family).tokenizer)
-    ref = {"path": f"{HF_PREFIX}{folder.resolve()}", "sha256": checkpoint.sha256_file(weights_path)}
-    labels = _hf_labels(config_json, heads, config_path)
-    return Base(model_config, tokenizer, weights, ref, heads=heads, labels=labels)
-
-
-# Prefix -> reader of a folder in another format. No prefix: an llmtune checkpoint.
-SOURCES: dict[str, Callable[[Path], Base]] = {HF_PREFIX: _read_hf}
+    @property
+    def stop_id(self) -> int | None:
+        """The token generation ends at: a chat model's end-of-turn token, else EOS."""
+        name = self.config.tokenizer.eos_token
+        found = self.tokenizer.token_to_id(name) if name else None
+        return found if found is not None else self.info.eos_id
 
 
 def _foreign(source: str) -> tuple[Callable[[Path], Base], Path] | None:
@@ -233,7 +151,10 @@ def _load_foreign(source: str, base: Base, folder: Path) -> LoadedCheckpoint:
     # a registered objective's own config class (its keys at their defaults); none: bare
     settings = OBJECTIVES[objective].config if objective in OBJECTIVES else ObjectiveConfig
     config = RunConfig(
-        command="evaluate", model=base.model_config, objective=settings(name=objective)
+        command="evaluate",
+        model=base.model_config,
+        tokenizer=base.tokenizer_config or TokenizerConfig(),
+        objective=settings(name=objective),
     )
     meta = {"objective": objective, "heads": list(base.heads), "step": None}
     meta |= {"labels": base.labels} if base.labels else {}

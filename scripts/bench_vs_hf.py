@@ -41,8 +41,13 @@ WORKLOADS = {
     "gpt2-small": dict(
         family="gpt", layers=12, d=768, heads=12, ff=3072, vocab=50257, seq=512, batch=2
     ),
+    # SmolLM2-135M's shape: 9 query heads sharing 3 key/value heads, SwiGLU, tied embeddings
+    "llama": dict(
+        family="llama", layers=30, d=576, heads=9, kv=3, ff=1536, vocab=49152, seq=256, batch=8
+    ),
 }
-PRESET = {"bert": "bert-small", "gpt": "gpt-mini"}
+PRESET = {"bert": "bert-small", "gpt": "gpt-mini", "llama": "smollm2-135m"}
+POSITIONS = {"bert": 512, "gpt": 1024, "llama": 8192}
 
 
 # ---- shared: the llmtune config both arms use ------------------------------------------------
@@ -56,7 +61,8 @@ def overrides(w: dict, corpus: Path, precision: str, total_steps: int) -> list[s
         f"model.d_ff={w['ff']}",
         f"model.vocab_size={w['vocab']}",
         f"model.max_seq_len={w['seq']}",
-        "model.n_positions=1024" if w["family"] == "gpt" else "model.n_positions=512",
+        f"model.n_positions={POSITIONS[w['family']]}",
+        *([f"model.n_kv_heads={w['kv']}"] if "kv" in w else []),
         "data=files",
         f"data.train={corpus}",
         f"train.micro_batch_size={w['batch']}",
@@ -124,6 +130,23 @@ def child_llmtune(args: argparse.Namespace) -> dict:
 # ---- child: Hugging Face Trainer -----------------------------------------------------------
 def hf_model(w: dict):
     from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    if w["family"] == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(
+            vocab_size=w["vocab"],
+            hidden_size=w["d"],
+            intermediate_size=w["ff"],
+            num_hidden_layers=w["layers"],
+            num_attention_heads=w["heads"],
+            num_key_value_heads=w["kv"],
+            max_position_embeddings=POSITIONS["llama"],
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(cfg)
 
     if w["family"] == "bert":
         cfg = BertConfig(

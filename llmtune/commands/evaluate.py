@@ -17,6 +17,7 @@ import torch
 from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
+from llmtune.data.chat import chat_prompt
 from llmtune.errors import ConfigError, DataError
 from llmtune.evaluation.data import labelled_rows, read_prompts
 from llmtune.evaluation.embeddings import evaluate_embeddings
@@ -108,13 +109,17 @@ def _evaluate_data(loaded: LoadedCheckpoint, config: RunConfig, run_dir: Path) -
 
 def _generate(loaded: LoadedCheckpoint, config: RunConfig, prompts: list[str]) -> list[dict]:
     generator = torch.Generator().manual_seed(config.seed)
-    eos = loaded.info.eos_id
+    eos = loaded.stop_id
     rows = []
     # sft and the preference tunings after it all answer prompts laid out by the template
     trained = loaded.config.objective
     template = trained.prompt_template if isinstance(trained, PromptedConfig) else ""
-    # an instruction-tuned model answers prompts laid out as it was trained
-    texts = [template.replace("{instruction}", p) if template else p for p in prompts]
+    # an instruction-tuned model answers prompts laid out as it was trained; a chat model's
+    # prompt is a user turn in its chat template
+    if loaded.config.tokenizer.chat_template:
+        texts = [chat_prompt(loaded.config.tokenizer, p) for p in prompts]
+    else:
+        texts = [template.replace("{instruction}", p) if template else p for p in prompts]
     if isinstance(trained, Seq2SeqConfig):  # a text-to-text model reads its task prefix first
         texts = [trained.source_prefix + t for t in texts]
     ids = [loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
@@ -142,7 +147,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     torch.manual_seed(config.seed)
     with stage("checkpoint", f"loading {config.ckpt}"):
         loaded = load_checkpoint(config.ckpt, runtime.device)
-        note(f"{loaded.family} {loaded.model.heads} from {loaded.step_dir}")
+        note(f"{loaded.family} {list(loaded.model.heads)} from {loaded.step_dir}")
     if prompts and (loaded.model.kind == Kind.ENCODER or "lm" not in loaded.model.heads):
         writers = names_of_kind(Kind.DECODER, Kind.ENCODER_DECODER)
         raise ConfigError(

@@ -13,7 +13,7 @@ import datasets
 import torch
 
 from llmtune.adapters import METHODS, apply_method, parameter_summary
-from llmtune.config.schema import RunConfig, TokenizerConfig
+from llmtune.config.schema import RunConfig
 from llmtune.config.validate import check_model_fits, resolve_auto
 from llmtune.console import console as shared_console
 from llmtune.console import note, stage
@@ -60,10 +60,8 @@ def merged_config(config: RunConfig, base: Base) -> tuple[RunConfig, list[tuple[
         "attn_dropout": config.model.attn_dropout,
     }
     model = dataclasses.replace(m, **changes)
-    if base.run_config is not None:
-        tokenizer = base.run_config.tokenizer
-    else:  # a Hugging Face folder: its tokenizer files
-        tokenizer = TokenizerConfig(kind="file", path=base.ref["path"].removeprefix("hf:"))
+    # an llmtune base's own tokenizer settings, else the folder's or GGUF file's
+    tokenizer = base.run_config.tokenizer if base.run_config is not None else base.tokenizer_config
     config = resolve_auto(dataclasses.replace(config, model=model, tokenizer=tokenizer))
     check_model_fits(config)
     rows = [("set", f"model.{k}={v}", f"checkpoint: {getattr(m, k)}") for k, v in changes.items()]

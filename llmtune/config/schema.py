@@ -40,6 +40,16 @@ class ModelConfig:
         """The longest sequence the architecture takes (a learned position table's size)."""
         return self.max_seq_len
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per block (fewer than n_heads under grouped-query attention)."""
+        return self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_heads
+
     def check(self) -> None:
         """Raise ConfigError naming the first invalid key (families add their own checks)."""
         for key in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -83,6 +93,10 @@ class TokenizerConfig:
     path: str = ""  # kind=file: a tokenizer.json or a Hugging Face tokenizer folder
     # train on an evenly spaced sample of this many documents (0 = all; streams: the first)
     train_docs: int = 0
+    # a pretrained chat model's (filled from init_from's tokenizer_config.json or GGUF):
+    chat_template: str = ""  # Jinja chat template; sft lays rows out with it, evaluate prompts too
+    bos_token: str = ""  # the begin-of-text token the chat template reads
+    eos_token: str = ""  # the chat template's end-of-turn token: generation stops there
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,9 @@ class FilesData(DataConfig):
     tags_column: str = "tags"  # token_cls: a list of tags, one per word
     instruction_column: str = "instruction"  # sft, ppo: the instruction
     response_column: str = "response"  # sft: the response to learn
+    # sft: a column of conversations (lists of {role, content}) laid out by the model's chat
+    # template, trained on the assistant turns; empty = instruction/response columns
+    messages_column: str = ""
     prompt_column: str = "prompt"  # reward / dpo pairs: the prompt
     chosen_column: str = "chosen"  # reward / dpo pairs: the preferred response
     rejected_column: str = "rejected"  # reward / dpo pairs: the other response
@@ -309,6 +326,7 @@ class ExportConfig:
     # int8, int8wo, int4wo: relative worsening of the data.test metric allowed
     max_metric_drop: float = 0.02
     latency_runs: int = 10  # int8, int8wo, int4wo: timed batches per model (median reported)
+    gguf_type: str = "f16"  # gguf: the tensor type of the file's matrices, f16 | f32
 
 
 @dataclass(frozen=True)
@@ -347,7 +365,7 @@ class RunConfig:
     evaluate: EvaluateConfig | ScoringConfig = field(default_factory=EvaluateConfig)
     init_from: str = ""  # finetune: a checkpoint (step folder or run dir) or hf:<folder>
     method: MethodConfig = field(default_factory=MethodConfig)
-    format: str = ""  # export: hf | onnx | torchscript | pt2 | int8 | int8wo | int4wo
+    format: str = ""  # export: hf | gguf | onnx | torchscript | pt2 | int8 | int8wo | int4wo
     out: str = ""  # export, prune: the folder to write
     export: ExportConfig = field(default_factory=ExportConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # objective=multitask

@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("none", "ddp", "fsdp")  # hardware.strategy (train/parallel.py)
-EXPORT_FORMATS = ("hf", "onnx", "torchscript", "pt2", "int8", "int8wo", "int4wo")
+EXPORT_FORMATS = ("hf", "gguf", "onnx", "torchscript", "pt2", "int8", "int8wo", "int4wo")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -227,7 +227,7 @@ def _check_finetune(config: RunConfig) -> None:
     m, t = config.method, config.train
     _require(
         bool(config.init_from),
-        "init_from is required; set init_from=<checkpoint step folder or run dir> or hf:<folder>",
+        "init_from is required; set init_from=<step folder or run dir>, hf:<folder> or gguf:<file>",
     )
     m.check()
     _require(t.patience >= 0, f"train.patience={t.patience}: must be >= 0 (0 = off)")
@@ -246,6 +246,7 @@ def _check_export(config: RunConfig) -> None:
     _require(e.atol > 0, f"export.atol={e.atol}: must be positive")
     _require(e.max_metric_drop >= 0, f"export.max_metric_drop={e.max_metric_drop}: must be >= 0")
     _require(e.latency_runs > 0, f"export.latency_runs={e.latency_runs}: must be positive")
+    _one_of("export.gguf_type", e.gguf_type, ("f16", "f32"))
     _require(
         config.format not in ("int8", "int8wo", "int4wo") or bool(config.data.test),
         f"format={config.format} measures the metric before and after quantization on held-out "
@@ -293,3 +294,8 @@ def validate(config: RunConfig) -> None:
         _check_embeddings(config)
     if config.command == "export":
         _check_export(config)
+    if config.command == "chat":
+        _require(
+            bool(config.ckpt), "ckpt is required; set ckpt=<checkpoint>, hf:<dir> or gguf:<file>"
+        )
+        _require(config.evaluate.max_new_tokens > 0, "evaluate.max_new_tokens: must be positive")

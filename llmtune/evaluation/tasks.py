@@ -141,9 +141,9 @@ def _sft_answers(loaded, task, split: datasets.Dataset, cfg: EvaluateConfig, see
     ids = [
         loaded.tokenizer.encode(task.prompt(i), add_special_tokens=False).ids for i in instructions
     ]
-    outs = generate(loaded.model, ids, cfg, loaded.info.eos_id, generator)
+    outs = generate(loaded.model, ids, cfg, loaded.stop_id, generator)
     for instruction, out in zip(instructions, outs):
-        text = loaded.tokenizer.decode([t for t in out.token_ids if t != loaded.info.eos_id])
+        text = loaded.tokenizer.decode([t for t in out.token_ids if t != loaded.stop_id])
         rows.append({"instruction": instruction, "prediction": text, "stop": out.stop_reason})
     return rows
 

@@ -1,12 +1,12 @@
 """Writers for formats other than llmtune's own: Hugging Face, ONNX, TorchScript, torch.export
-(pt2) and quantized (int8, int8wo, int4wo through torchao), each verified against the llmtune
-model before it counts."""
+(pt2), GGUF and quantized (int8, int8wo, int4wo through torchao), each verified against the
+llmtune model before it counts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmtune.export import hf, onnx_file, pt2, quantized, torchscript
+from llmtune.export import gguf_file, hf, onnx_file, pt2, quantized, torchscript
 from llmtune.export.job import EXTRA_HINT, ExportJob, require
 from llmtune.export.verify import VerificationError
 
@@ -18,6 +18,7 @@ WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
     "int8": quantized.write,
     "int8wo": quantized.write,
     "int4wo": quantized.write,
+    "gguf": gguf_file.write,
 }
 
 # Optional packages per format, checked before the checkpoint is loaded.

@@ -16,7 +16,7 @@ from llmtune.export.inference import SAMPLE_TEXTS
 from llmtune.export.job import ExportJob, external, require
 from llmtune.export.verify import VerificationError, verify
 from llmtune.models import hf_config_dict, to_hf_state_dict
-from llmtune.models.convert import hf_architecture
+from llmtune.models.convert import hf_class_name
 from llmtune.models.family import Kind
 from llmtune.models.generation import generate
 from llmtune.models.pooling import pool_hidden
@@ -44,6 +44,11 @@ def _config_json(job: ExportJob) -> dict:
         body["label2id"] = {name: i for i, name in enumerate(labels)}
     if info.eos_id is not None:  # a byte-level BPE's one special token begins and ends text
         body |= {"bos_token_id": info.eos_id, "eos_token_id": info.eos_id}
+    chat, token_id = job.loaded.config.tokenizer, job.loaded.tokenizer.token_to_id
+    for role in ("bos", "eos"):  # a chat model's own: generation stops at its end of turn
+        name = getattr(chat, f"{role}_token")
+        if name and token_id(name) is not None:
+            body[f"{role}_token_id"] = token_id(name)
     # GPT-2 has no pad token: llmtune pads with EOS, which HF's classifier must know
     body["pad_token_id"] = info.pad_id
     return body
@@ -56,7 +61,11 @@ def _special_tokens(job: ExportJob) -> dict[str, str]:
     unk = info.unk_id if info.unk_id is not None else info.eos_id
     ids = {"bos": info.eos_id, "eos": info.eos_id, "unk": unk, "pad": info.pad_id}
     ids |= {"cls": info.cls_id, "sep": info.sep_id, "mask": info.mask_id}
-    return {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
+    out = {f"{k}_token": name(v) for k, v in ids.items() if v is not None}
+    chat = job.loaded.config.tokenizer
+    return out | {
+        k: v for k, v in (("bos_token", chat.bos_token), ("eos_token", chat.eos_token)) if v
+    }
 
 
 def _write_tokenizer(job: ExportJob, out: Path) -> None:
@@ -69,6 +78,8 @@ def _write_tokenizer(job: ExportJob, out: Path) -> None:
         "padding_side": "right",
         **specials,
     }
+    if job.loaded.config.tokenizer.chat_template:  # transformers' apply_chat_template reads it
+        config["chat_template"] = job.loaded.config.tokenizer.chat_template
     names = job.loaded.model.input_names
     if "token_type_ids" in names:  # else the generic class returns no segment ids
         config["model_input_names"] = list(names)
@@ -88,7 +99,7 @@ def write(job: ExportJob) -> list[str]:
         )
     (transformers,) = require("hf", "transformers")
     model = job.loaded.model
-    arch = hf_architecture(model.config.family, tuple(model.heads))
+    arch_name = hf_class_name(model.config, tuple(model.heads))
     body = _config_json(job)
     (job.out / "config.json").write_text(json.dumps(body, indent=2) + "\n")
     # tied keys left out: safetensors refuses shared storage, and HF re-ties them on load
@@ -99,14 +110,14 @@ def write(job: ExportJob) -> list[str]:
     auto = AUTO_CLASSES[tuple(model.heads)]
     if model.kind == Kind.ENCODER_DECODER:
         auto = "AutoModelForSeq2SeqLM" if model.heads else "AutoModel"
-    lines = [f"wrote {job.out}: {arch.name} (load with transformers.{auto} and AutoTokenizer)"]
+    lines = [f"wrote {job.out}: {arch_name} (load with transformers.{auto} and AutoTokenizer)"]
     if not model.heads:
         _write_sentence_encoder(job)
         lines.append(
             f"sentence embeddings: {job.inference.pooling} pooling, L2-normalised "
             "(modules.json and 1_Pooling/ for sentence-transformers)"
         )
-    return [*lines, _verify(job, transformers, auto, arch.name)]
+    return [*lines, _verify(job, transformers, auto, arch_name)]
 
 
 def _write_sentence_encoder(job: ExportJob) -> None:

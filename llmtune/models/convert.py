@@ -17,7 +17,8 @@ from llmtune.models.model import LanguageModel
 # Our head weights that share storage with the token table when tie_embeddings is set.
 TIED_HEAD_KEYS = ("heads.lm.weight", "heads.mlm.decoder.weight")
 # HF keys that are buffers or aliases, never weights of their own (T5's stacks alias its
-# shared table; old T5 files hold a cross-attention position table no layer reads).
+# shared table; old T5 files hold a cross-attention position table no layer reads; old Llama
+# checkpoints saved RoPE's frequencies).
 _HF_IGNORED_SUFFIXES = (
     "embeddings.position_ids",
     ".attn.bias",
@@ -25,6 +26,7 @@ _HF_IGNORED_SUFFIXES = (
     "encoder.embed_tokens.weight",
     "decoder.embed_tokens.weight",
     "EncDecAttention.relative_attention_bias.weight",
+    ".rotary_emb.inv_freq",  # old Llama checkpoints saved RoPE's frequencies
 )
 _HF_BIAS_ALIAS = ("cls.predictions.decoder.bias", "cls.predictions.bias")
 # HF head prefixes an import may drop when the head was not asked for (e.g. fine-tuning
@@ -63,7 +65,8 @@ def to_hf_state_dict(model: LanguageModel, include_tied: bool = True) -> dict[st
     for e in entries:
         if e.ours in tied:
             continue
-        pieces = ours[e.ours].detach().chunk(len(e.hf), dim=0)
+        weight = ours[e.ours].detach()
+        pieces = weight.split(list(e.rows)) if e.rows else weight.chunk(len(e.hf), dim=0)
         for key, t in zip(e.hf, pieces):
             out[key] = (t.t() if e.transpose else t).contiguous().clone()
     if include_tied:
@@ -148,13 +151,20 @@ def load_hf_state_dict(model: LanguageModel, hf_sd: Mapping[str, torch.Tensor]) 
     return list(result.missing_keys)
 
 
+def hf_class_name(config: ModelConfig, heads: Sequence[str]) -> str:
+    """The Hugging Face class name of a model of `config` with exactly `heads`."""
+    arch = hf_architecture(config.family, heads)
+    name_of = registry.family(config.family).hf.class_name
+    return arch.name if name_of is None else name_of(config, arch)
+
+
 def hf_config_dict(
     config: ModelConfig, heads: Sequence[str] | None = None, n_labels: int = 0
 ) -> dict:
     """A config.json body for the family's HF config. `heads` default: the pretraining heads."""
     mapping = registry.family(config.family).hf
-    arch = hf_architecture(config.family, mapping.pretraining_heads if heads is None else heads)
-    common: dict = {"architectures": [arch.name], "vocab_size": config.vocab_size}
+    name = hf_class_name(config, mapping.pretraining_heads if heads is None else heads)
+    common: dict = {"architectures": [name], "vocab_size": config.vocab_size}
     common |= {"initializer_range": INIT_STD, "tie_word_embeddings": config.tie_embeddings}
     if n_labels:
         common["id2label"] = {str(i): f"LABEL_{i}" for i in range(n_labels)}

@@ -62,12 +62,14 @@ class Entry:
     """One of our keys and the HF key(s) it maps to.
 
     Several HF keys are concatenated along dim 0 into ours (BERT query/key/value -> qkv);
-    `transpose` marks GPT-2's Conv1D, which stores weights as [in, out] instead of [out, in].
+    `rows` gives each piece's row count when they differ (Llama's grouped-query q/k/v), else
+    the pieces are equal. `transpose` marks GPT-2's Conv1D, which stores weights as [in, out].
     """
 
     ours: str
     hf: tuple[str, ...]
     transpose: bool = False
+    rows: tuple[int, ...] = ()
 
 
 def pair(ours: str, hf: str, transpose: bool = False) -> list[Entry]:
@@ -96,6 +98,9 @@ class HFMapping:
     # HF keys an import may find absent, read from another key instead (transformers 5 saves
     # a T5 whose config unties the head with lm_head tied to, so stored as, shared)
     fallbacks: Mapping[str, str] = field(default_factory=dict)
+    # the HF class name of a config and Arch, when one family maps to several HF model types
+    # (llama: LlamaForCausalLM, Qwen2ForCausalLM, ...); None = the Arch's own name
+    class_name: Callable[[Any, Arch], str] | None = None
 
 
 def init_weights(model: nn.Module) -> None:

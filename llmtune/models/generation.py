@@ -15,6 +15,7 @@ from llmtune.errors import ConfigError
 from llmtune.models.blocks import KV, GrowingKV
 from llmtune.models.family import Kind
 
+OnToken = Callable[[int, int], None]  # (prompt index, new token id)
 # The largest seed a row generator gets (torch.Generator.manual_seed takes 64 bits).
 _SEED_RANGE = 2**62
 # Told each new token as it is chosen: (prompt index, token id). `llmtune serve` streams with it.
@@ -86,13 +87,13 @@ def generate(
     on_token: OnToken | None = None,
 ) -> list[Generation]:
     """Complete every prompt (token ids); one Generation per prompt, in prompt order.
+    `on_token(prompt index, token id)` sees each new token as it is chosen (streaming).
 
     Prompts of similar length share a batch of `cfg.batch_size` rows (less padding). Each
     row's tokens equal what the prompt alone would give (same seed for sampling). The model
     is any decoder whose backbone follows the generation contract of
     `GPTBackbone.forward` (past, use_cache, attention_mask) and has an `lm` head. Without
     `use_cache` every step re-reads the whole sequence (the reference for the cached path).
-    `on_token(prompt index, token)` hears every new token as soon as it is chosen.
     """
     if model.kind == Kind.ENCODER_DECODER:  # the prompt is the encoder's source, + EOS as trained
         from llmtune.models.seq2seq_generation import generate_seq2seq  # it imports this module

@@ -9,9 +9,10 @@ from llmtune.errors import ConfigError
 from llmtune.models.bert import BERT
 from llmtune.models.family import Family, Kind
 from llmtune.models.gpt import GPT
+from llmtune.models.llama import LLAMA
 from llmtune.models.t5 import T5
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, GPT, T5)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, GPT, LLAMA, T5)}
 
 
 def family(name: str) -> Family:

@@ -1,7 +1,9 @@
-"""Supervised fine-tuning (`sft`) of a GPT on instruction/response pairs.
+"""Supervised fine-tuning (`sft`) of a decoder on instruction/response pairs or conversations.
 
 Each example is template(instruction) + response + EOS; only response tokens and the EOS
-are targets, so the model learns to answer, not to reproduce prompts.
+are targets, so the model learns to answer, not to reproduce prompts. A chat model (one whose
+tokenizer has a chat template) gets its rows laid out by that template instead, and learns its
+assistant turns (closing markup included); `data.messages_column` feeds it whole conversations.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig
+from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.labelled import Encoded, encode_instructions, load_labelled, padded_batch
+from llmtune.data.chat import as_messages, chat_prompt, encode_chat, specials
+from llmtune.data.labelled import (
+    ROW_COLUMN,
+    Encoded,
+    encode_instructions,
+    load_labelled,
+    no_target,
+    padded_batch,
+)
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
@@ -68,25 +78,64 @@ class InstructionTuning(ObjectiveBase):
     packed = False
 
     def __init__(
-        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str
+        self,
+        info: TokenizerInfo,
+        tokenizer: Tokenizer,
+        data: DataConfig,
+        template: str,
+        chat: TokenizerConfig | None = None,
     ) -> None:
         self.info = info
         self.tokenizer = tokenizer
         self.data = data
         self.template = checked_template(template)
+        # a chat model's template lays rows out as it was trained to read them
+        self.chat = chat if chat is not None and chat.chat_template else None
+        if getattr(data, "messages_column", "") and self.chat is None:
+            raise ConfigError(
+                "data.messages_column: the model has no chat template to lay conversations "
+                "out with; set tokenizer.chat_template or use instruction/response columns"
+            )
 
     @staticmethod
     def columns(d: DataConfig) -> list[str]:
+        if getattr(d, "messages_column", ""):
+            return [d.messages_column]
         return [d.instruction_column, d.response_column]
 
     def prompt(self, instruction: str) -> str:
-        """The template filled with one instruction (what a user's prompt becomes)."""
+        """What a user's prompt becomes: the chat template's user turn and assistant opening,
+        else objective.prompt_template filled with it."""
+        if self.chat is not None:
+            return chat_prompt(self.chat, instruction)
         return fill_template(self.template, instruction)
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
+        if self.chat is not None:
+            return self._encode_chat(split, seq_len)
         prompts = [self.prompt(i) for i in split[self.data.instruction_column]]
         responses = [str(r) for r in split[self.data.response_column]]
         return encode_instructions(self.tokenizer, prompts, responses, self.info.eos_id, seq_len)
+
+    def conversations(self, split: datasets.Dataset) -> list[list[dict]]:
+        """Each row as messages: its messages column, or a user turn and an assistant turn."""
+        rows = split[ROW_COLUMN] if ROW_COLUMN in split.column_names else range(1, len(split) + 1)
+        if getattr(self.data, "messages_column", ""):
+            return [as_messages(m, r) for m, r in zip(split[self.data.messages_column], rows)]
+        pairs = zip(split[self.data.instruction_column], split[self.data.response_column])
+        return [
+            [{"role": "user", "content": str(i)}, {"role": "assistant", "content": str(r)}]
+            for i, r in pairs
+        ]
+
+    def _encode_chat(self, split: datasets.Dataset, seq_len: int) -> Encoded:
+        chat = self.chat
+        ids, targets, overlong = encode_chat(
+            self.tokenizer, chat.chat_template, self.conversations(split), specials(chat), seq_len
+        )
+        keep = [i for i, t in enumerate(targets) if not no_target(t)]
+        rows = {"input_ids": [ids[i] for i in keep], "labels": [targets[i] for i in keep]}
+        return Encoded(rows, overlong, len(ids) - len(keep))
 
     def batch(self, encoded: Encoded) -> Batch:
         return padded_batch(encoded, self.info.pad_id)
@@ -111,7 +160,8 @@ class InstructionTuning(ObjectiveBase):
 
 def make(ctx: Context, labels: list) -> InstructionTuning:
     data = ctx.config.data
-    return InstructionTuning(ctx.info, ctx.tokenizer, data, ctx.config.objective.prompt_template)
+    template = ctx.config.objective.prompt_template
+    return InstructionTuning(ctx.info, ctx.tokenizer, data, template, ctx.config.tokenizer)
 
 
 def build(ctx: Context) -> Built:

@@ -6,6 +6,7 @@ attention term 12 x n_layers x seq_len x d_model, counting heads only where they
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -33,11 +34,14 @@ GPU_PEAKS = {
 
 
 def body_flops_per_position(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs of the transformer body for one position (forward + backward)."""
-    per_layer = 4 * cfg.d_model * cfg.d_model + 2 * cfg.d_model * cfg.d_ff
-    matmul = 6 * cfg.n_layers * per_layer
-    attention = 12 * cfg.n_layers * seq_len * cfg.d_model
-    return float(matmul + attention)
+    """Training FLOPs of the transformer body for one position (forward + backward): 6 per
+    weight of every block's Linears, as the family builds them (grouped-query attention and
+    SwiGLU count what they hold), plus 12 x seq_len x the attention width per layer."""
+    with torch.device("meta"):  # shapes only
+        block = family(cfg.family).backbone(dataclasses.replace(cfg, n_layers=1)).blocks[0]
+    per_layer = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_size
+    return float(6 * cfg.n_layers * per_layer + attention)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def trained_body_flops(model: torch.nn.Module) -> BodyFlops:
     its forward only, LoRA about 4N. Scans every parameter: compute once per run (what trains
     does not change during one).
     """
-    backbone, d = model.backbone, model.config.d_model
+    backbone, d = model.backbone, model.config.n_heads * model.config.head_size  # attention width
     # what feeds the first block: the embedding tables and their norm (checkpoint key names),
     # and modules outside backbone and heads (soft prompts, prefixes)
     input_side = [p for n, p in backbone.named_parameters() if "emb" in n.split(".")[0]]

@@ -15,6 +15,15 @@ TINY_GPT = [
     "model.max_seq_len=32",
     "tokenizer.vocab_size=400",
 ]
+TINY_LLAMA = [
+    "model=llama-tiny",
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.d_ff=128",
+    "model.max_seq_len=32",
+    "tokenizer.vocab_size=400",
+]
 TINY_BERT = [
     "model=bert-tiny",
     "model.d_model=64",

@@ -63,16 +63,17 @@ LAYERS = {
     "objectives": 4,
     "config": 5,  # building and checking a config needs every registry
     "checkpoint": 6,  # the on-disk format (its config.yaml is built like any config)
-    "loading": 7,  # checkpoints (ours or another format's) into models
-    "train": 8,
-    "evaluation": 8,
-    "export": 9,
-    "plots": 9,  # figures of runs (llmtune report)
-    "serve": 9,  # the HTTP server of llmtune serve
-    "prune": 9,  # llmtune prune: importance and surgery (reads data like evaluate)
-    "commands": 10,
-    "cli": 11,
-    "__main__": 12,
+    "foreign": 7,  # models in another format (hf:, gguf:) as bases
+    "loading": 8,  # checkpoints (ours or another format's) into models
+    "train": 9,
+    "evaluation": 9,
+    "export": 10,
+    "plots": 10,  # figures of runs (llmtune report)
+    "serve": 10,  # the HTTP server of llmtune serve
+    "prune": 10,  # llmtune prune: importance and surgery (reads data like evaluate)
+    "commands": 11,
+    "cli": 12,
+    "__main__": 13,
 }
 
 

@@ -28,7 +28,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["model.n_heads=3"], "model.n_heads=3 does not divide model.d_model"),
         (["train.micro_batch_size=5"], "train.global_batch_size=16 is not divisible"),
         (["model.max_seq_len=4096"], "exceeds the position table"),
-        (["model=bert-tiny", "objective=clm"], "objective=clm needs a gpt model"),
+        (["model=bert-tiny", "objective=clm"], "objective=clm needs a gpt/llama model"),
         (["data=files"], "data.train is required"),
         # the built-in corpus reads no files: a path must not be silently ignored
         (["data.train=corpus.txt"], "data.train=corpus.txt is set, but data=builtin reads no"),

@@ -39,10 +39,13 @@ def test_experiment_composes(name: str):
 @pytest.mark.parametrize("model", group_options("model"))
 def test_model_presets_compose_with_native_objective(model: str):
     config = composed("pretrain", [f"model={model}"])
-    native = {"bert": "mlm", "gpt": "clm", "t5": "span_corruption"}
-    assert config.objective.name == native[config.model.family]
-    tokenizer = {"bert": "wordpiece", "gpt": "bpe", "t5": "unigram"}
-    assert config.tokenizer.kind == tokenizer[config.model.family]
+    native = {
+        "bert": ("mlm", "wordpiece"),
+        "gpt": ("clm", "bpe"),
+        "llama": ("clm", "bpe"),
+        "t5": ("span_corruption", "unigram"),
+    }
+    assert (config.objective.name, config.tokenizer.kind) == native[config.model.family]
 
 
 def test_presets_match_the_published_shapes():
@@ -55,6 +58,19 @@ def test_presets_match_the_published_shapes():
     for name, shape in shapes.items():
         m = composed("pretrain", [f"model={name}"]).model
         assert (m.n_layers, m.d_model, m.n_heads, m.d_ff) == shape
+
+
+@pytest.mark.parametrize(
+    ("preset", "n_params"), [("smollm2-135m", 134_515_008), ("llama-1b", 1_235_814_400)]
+)
+def test_llama_presets_have_the_published_parameter_counts(preset: str, n_params: int):
+    import torch
+
+    from llmtune.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(composed("pretrain", [f"model={preset}"]).model, ("lm",))
+    assert model.num_parameters() == n_params
 
 
 def test_every_yaml_starts_with_a_comment():

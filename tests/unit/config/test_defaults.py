@@ -79,6 +79,8 @@ def _same(cls: type, values: dict[str, Any], where: str) -> None:
             continue
         if typing.get_origin(fields[key]) is tuple:
             default = list(default)
+        if dataclasses.is_dataclass(default):  # a nested section (model.rope_scaling)
+            default = dataclasses.asdict(default)
         assert value == default, f"{where}: {key}={value!r}, {cls.__name__} says {default!r}"
 
 

@@ -195,6 +195,6 @@ def test_dpo_and_ppo_need_a_decoder_but_reward_models_take_both(name):
 
     bert = BertConfig()
     config = RunConfig(command="finetune", model=bert, objective=entry(name).config())
-    with pytest.raises(ConfigError, match=f"objective={name} needs a gpt model.*bert model"):
+    with pytest.raises(ConfigError, match=f"objective={name} needs a gpt/llama model.*bert model"):
         check_model_fits(config)
     check_model_fits(RunConfig(command="finetune", model=bert, objective=RewardConfig()))

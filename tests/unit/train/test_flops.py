@@ -15,6 +15,7 @@ from llmtune.config.schema import MethodConfig, ModelConfig
 from llmtune.models import build_model
 from llmtune.models.bert import BertConfig
 from llmtune.models.gpt import GPTConfig
+from llmtune.models.llama import LlamaConfig
 from llmtune.models.registry import model_config
 from llmtune.train import flops
 from llmtune.train.flops import (
@@ -24,7 +25,7 @@ from llmtune.train.flops import (
     model_flops_per_token,
     trained_body_flops,
 )
-from tests.e2e.helpers import TINY_BERT, TINY_GPT, metrics, pretrain
+from tests.e2e.helpers import TINY_BERT, TINY_GPT, TINY_LLAMA, metrics, pretrain
 
 GPT = GPTConfig(vocab_size=1000, d_model=64, n_layers=3, n_heads=4, d_ff=256)
 BERT = BertConfig(vocab_size=1000, d_model=64, n_layers=2, n_heads=4, d_ff=128)
@@ -42,6 +43,24 @@ def test_body_flops_are_6n_plus_attention(cfg):
     seq_len = 32
     expected = 6 * _block_matmul_params(cfg) + 12 * cfg.n_layers * seq_len * cfg.d_model
     assert body_flops_per_position(cfg, seq_len) == expected
+
+
+def test_llama_flops_count_grouped_query_attention_and_swiglu_by_hand():
+    """SmolLM2-135M: q and o are d x (9 x 64), k and v d x (3 x 64) each (GQA), the MLP three
+    d x 1536 matrices (gate, up, down); 30 layers of that are 106,168,320 weights."""
+    cfg = LlamaConfig(
+        vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
+        max_seq_len=2048, n_positions=8192, tie_embeddings=True,
+    )  # fmt: skip
+    per_layer = 576 * 576 + 2 * 576 * 192 + 576 * 576 + 3 * 576 * 1536
+    assert 30 * per_layer == 106_168_320
+    attention = 12 * 30 * 2048 * 576
+    assert body_flops_per_position(cfg, 2048) == 6 * 30 * per_layer + attention
+    assert head_flops_per_target(cfg) == 6 * 49152 * 576
+    # a head width apart from d_model: the attention term follows n_heads x head_dim
+    wide = LlamaConfig(vocab_size=64, d_model=32, n_heads=4, n_kv_heads=1, head_dim=16, d_ff=48)
+    per_layer = 32 * 64 + 2 * 32 * 16 + 64 * 32 + 3 * 32 * 48
+    assert body_flops_per_position(wide, 10) == 6 * 2 * per_layer + 12 * 2 * 10 * 64
 
 
 def test_head_flops_count_the_projection_and_berts_transform():
@@ -101,20 +120,23 @@ def test_loop_remeasures_a_stale_cpu_peak(tmp_path, jsonl_corpus):
 
 
 @pytest.mark.parametrize(
-    ("family", "tiny"), [("gpt", TINY_GPT), ("bert", TINY_BERT)], ids=["gpt", "bert"]
+    ("family", "tiny"),
+    [("gpt", TINY_GPT), ("bert", TINY_BERT), ("llama", TINY_LLAMA)],
+    ids=["gpt", "bert", "llama"],
 )
 def test_loop_reports_consistent_throughput(tmp_path, jsonl_corpus, family, tiny):
     run = tmp_path / "run"
     pretrain(run, jsonl_corpus, *tiny, "train.max_steps=3", "train.eval_every=100")
     train, _ = metrics(run)
     assert [r["step"] for r in train] == [1, 2, 3]
-    cfg = model_config(family, vocab_size=400, d_model=64, n_layers=2, n_heads=2, d_ff=128)
+    heads = {"n_heads": 4, "n_kv_heads": 2} if family == "llama" else {"n_heads": 2}
+    cfg = model_config(family, vocab_size=400, d_model=64, n_layers=2, d_ff=128, **heads)
     body = body_flops_per_position(cfg, 32)
     for r in train:
         assert r["tokens_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
         assert r["mfu"] == pytest.approx(r["tflops_per_s"] * 1e12 / _cached_peak(), rel=1e-6)
         flops_per_token = r["tflops_per_s"] * 1e12 / r["tokens_per_s"]
-        if family == "gpt":  # every position but the last has a target
+        if family != "bert":  # every position but the last has a target
             expected = body + 31 / 32 * head_flops_per_target(cfg)
             assert flops_per_token == pytest.approx(expected, rel=1e-6)
         else:  # ~15% of the real tokens are masked; padding still runs through the body
