@@ -12,7 +12,8 @@ from torch import nn
 from llmtune import checkpoint
 from llmtune.adapters import merge_lora
 from llmtune.data.labelled import encode_texts, padded_batch
-from llmtune.loading import HF_PREFIX, LoadedCheckpoint, load_checkpoint
+from llmtune.foreign import HF_PREFIX
+from llmtune.loading import LoadedCheckpoint, load_checkpoint
 from llmtune.models import Kind
 from llmtune.models.pooling import pool_hidden
 from llmtune.objectives.contrastive import embedding_pooling
