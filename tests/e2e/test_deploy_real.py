@@ -48,8 +48,10 @@ def test_torchao_quantization_of_minilm(minilm_cls, tmp_path, capsys, fmt):
     assert "verified:" in text and "(torchao)" in text
     manifest = json.loads((out / "export.json").read_text())
     fp32, quantized = manifest["weights_mb"]
-    # 22.7M parameters: int8 Linears leave the 12M-entry embedding tables in fp32
-    assert quantized < fp32 * (0.6 if fmt == "int8" else 0.5), manifest
+    # 22.7M parameters, 10.6M of them in Linears: the 12M-entry embedding tables stay fp32, so
+    # int8 Linears (a quarter of their bytes) leave ~65% of the fp32 weights, int4 (plus a
+    # scale and zero point per group of 32) ~61%
+    assert quantized < fp32 * (0.68 if fmt == "int8" else 0.64), manifest
     assert manifest["size_mb"][1] < manifest["size_mb"][0]
     assert manifest["relative_drop"] <= 0.05
 
