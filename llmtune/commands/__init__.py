@@ -80,7 +80,9 @@ def _serve() -> Run:
 
 COMMANDS = {
     "pretrain": Command(
-        "train a BERT or GPT from scratch", "llmtune pretrain model=bert-small", _pretrain
+        "train a BERT, GPT, Llama-family or T5 model from scratch",
+        "llmtune pretrain model=bert-small",
+        _pretrain,
     ),
     "prepare": Command(
         "tokenize a pretrain run's corpus once into token stores (same overrides)",

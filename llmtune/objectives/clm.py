@@ -13,7 +13,7 @@ from llmtune.models.family import Kind
 from llmtune.models.heads import LMHead
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
 from llmtune.objectives.chunked_ce import linear_cross_entropy
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
+from llmtune.objectives.entry import Context, ObjectiveEntry, Scoring, text_build
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,6 @@ def make(ctx: Context, labels: list) -> CausalLM:
     return CausalLM(ctx.info.eos_id, ctx.config.objective.separate_documents)
 
 
-def build(ctx: Context) -> Built:
-    return build_text(ctx, make(ctx, []))
-
-
 ENTRY = ObjectiveEntry(
     name="clm",
     config=CLMConfig,
@@ -80,7 +76,7 @@ ENTRY = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("lm",),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     vocab_share=lambda cfg, seq_len: (seq_len - 1) / seq_len,  # every position but the last
     fused_vocab_loss=True,

@@ -18,7 +18,7 @@ from llmtune.data.labelled import pad_rows
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
+from llmtune.objectives.entry import Context, ObjectiveEntry, Scoring, text_build
 from llmtune.objectives.seq2seq import shift_right
 from llmtune.objectives.span_corruption import sentinels_of
 
@@ -109,10 +109,6 @@ def make(ctx: Context, labels: list) -> Denoising:
     return Denoising(ids, sentence_end_ids(ctx.tokenizer), ctx.config.objective.mask_ratio)
 
 
-def build(ctx: Context) -> Built:
-    return build_text(ctx, make(ctx, []))
-
-
 ENTRY = ObjectiveEntry(
     name="denoising",
     config=DenoisingConfig,
@@ -120,7 +116,7 @@ ENTRY = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("lm",),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     check=check,
     vocab_share=lambda cfg, seq_len: 1.0,  # the decoder rebuilds every token of the block

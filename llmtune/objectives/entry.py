@@ -123,6 +123,11 @@ def build_text(ctx: Context, objective: TextObjective) -> Built:
     return Built(objective, examples)
 
 
+def text_build(make: Callable[[Context, list], TextObjective]) -> Callable[[Context], Built]:
+    """The `build` of an objective on plain text: the objective `make` gives, on the stores."""
+    return lambda ctx: build_text(ctx, make(ctx, []))
+
+
 def build_rows(
     ctx: Context,
     make: Callable[[Context, list], RowTask],

@@ -16,7 +16,7 @@ from llmtune.data import TokenizerInfo, build_pairs
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
+from llmtune.objectives.entry import Context, ObjectiveEntry, Scoring, text_build
 from llmtune.objectives.masking import MaskingSpec, mask_tokens
 
 
@@ -108,10 +108,6 @@ def make(ctx: Context, labels: list) -> MaskedLM:
     return MaskedLM(info, masking, cfg.nsp_prob if isinstance(cfg, MLMNSPConfig) else 0.0)
 
 
-def build(ctx: Context) -> Built:
-    return build_text(ctx, make(ctx, []))
-
-
 MLM = ObjectiveEntry(
     name="mlm",
     config=MLMConfig,
@@ -119,7 +115,7 @@ MLM = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("mlm",),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     check=check,
     vocab_share=lambda cfg, seq_len: cfg.mask_prob,
@@ -131,7 +127,7 @@ MLM_NSP = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("mlm", "nsp"),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     check=check,
     vocab_share=lambda cfg, seq_len: cfg.mask_prob,

@@ -23,7 +23,7 @@ from llmtune.data.span_corruption import (
 from llmtune.errors import ConfigError, DataError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
+from llmtune.objectives.entry import Context, ObjectiveEntry, Scoring, text_build
 from llmtune.objectives.seq2seq import shift_right
 
 
@@ -121,10 +121,6 @@ def make(ctx: Context, labels: list) -> SpanCorruption:
     )
 
 
-def build(ctx: Context) -> Built:
-    return build_text(ctx, make(ctx, []))
-
-
 def _vocab_share(cfg: ObjectiveConfig, seq_len: int) -> float:
     """Targets per encoder position: T5's arithmetic (512 inputs -> 114 targets)."""
     return span_corruption_lengths(seq_len, cfg.noise_density, cfg.mean_span_length)[1] / seq_len
@@ -137,7 +133,7 @@ ENTRY = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("lm",),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     check=check,
     vocab_share=_vocab_share,

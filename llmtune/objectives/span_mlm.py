@@ -19,7 +19,7 @@ from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives import mlm
 from llmtune.objectives.base import Batch
-from llmtune.objectives.entry import Built, Context, ObjectiveEntry, Scoring, build_text
+from llmtune.objectives.entry import Context, ObjectiveEntry, Scoring, text_build
 from llmtune.objectives.masking import MaskingSpec, replace_chosen, special_positions
 
 
@@ -91,10 +91,6 @@ def make(ctx: Context, labels: list) -> SpanMaskedLM:
     return SpanMaskedLM(ctx.info, masking, ctx.config.objective)
 
 
-def build(ctx: Context) -> Built:
-    return build_text(ctx, make(ctx, []))
-
-
 ENTRY = ObjectiveEntry(
     name="span_mlm",
     config=SpanMLMConfig,
@@ -102,7 +98,7 @@ ENTRY = ObjectiveEntry(
     labelled=False,
     heads=lambda config: ("mlm",),
     make=make,
-    build=build,
+    build=text_build(make),
     scoring=Scoring.LANGUAGE_MODEL,
     check=check,
     vocab_share=lambda cfg, seq_len: cfg.mask_prob,
