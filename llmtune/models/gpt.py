@@ -106,7 +106,24 @@ def padded_positions(
     return pos, mask.unsqueeze(1)
 
 
-class GPTBackbone(nn.Module):
+class CausalReadout:
+    """What a causal backbone's task heads read: its features and the pooled last token."""
+
+    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B,T,D] of right-padded rows: causal, so padding never reaches a real token."""
+        return self(batch["input_ids"])
+
+    def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
+
+        A causal model has seen the whole sequence only at its last token.
+        """
+        if last_index is None:
+            return hidden[:, -1]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
+class GPTBackbone(CausalReadout, nn.Module):
     """GPT-2 transformer without its LM head. `forward` returns hidden states [B,T,D]."""
 
     input_names = ("input_ids",)  # right padding needs no mask; doc_ids only when packed
@@ -195,19 +212,6 @@ class GPTBackbone(nn.Module):
             cache.append(kv)
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
-
-    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[B,T,D] of right-padded rows: causal, so padding never reaches a real token."""
-        return self(batch["input_ids"])
-
-    def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
-        """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
-
-        A causal model has seen the whole sequence only at its last token.
-        """
-        if last_index is None:
-            return hidden[:, -1]
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
 
 
 def build_head(name: str, config: GPTConfig, backbone: nn.Module, n_labels: int) -> nn.Module:

@@ -20,9 +20,14 @@ from llmtune.errors import ConfigError
 from llmtune.models import llama_hf
 from llmtune.models.blocks import KV, GrowingKV, _mask_with_past, with_past
 from llmtune.models.dropout import Dropout, scaled_dot_product_attention
-from llmtune.models.family import Family, HFMapping, Kind, tied_weight
-from llmtune.models.gpt import document_causal_mask, document_positions, padded_positions
-from llmtune.models.heads import LMHead, task_head
+from llmtune.models.family import Family, HFMapping, Kind
+from llmtune.models.gpt import (
+    CausalReadout,
+    document_causal_mask,
+    document_positions,
+    padded_positions,
+)
+from llmtune.models.gpt import build_head as decoder_head
 from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
 
 
@@ -201,7 +206,7 @@ class LlamaBlock(nn.Module):
         return (x, kv) if use_cache else x
 
 
-class LlamaBackbone(nn.Module):
+class LlamaBackbone(CausalReadout, nn.Module):
     """Token embeddings, Llama blocks, final RMSNorm; no learned positions. `forward` returns
     hidden states [B,T,D]; the LM head (tied or not) lives in heads.py."""
 
@@ -287,26 +292,6 @@ class LlamaBackbone(nn.Module):
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
 
-    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[B,T,D] of right-padded rows: causal, so padding never reaches a real token."""
-        return self(batch["input_ids"])
-
-    def pool(self, hidden: torch.Tensor, last_index: torch.Tensor | None = None) -> torch.Tensor:
-        """[B,T,D] -> [B,D]: the state of the last real token (index [B]), else of position T-1.
-
-        A causal model has seen the whole sequence only at its last token.
-        """
-        if last_index is None:
-            return hidden[:, -1]
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
-
-
-def build_head(name: str, config: LlamaConfig, backbone: nn.Module, n_labels: int) -> nn.Module:
-    if name == "lm":
-        return LMHead(config, tied_weight(config, backbone))
-    # LlamaForSequenceClassification's `score` has no bias
-    return task_head(name, config, n_labels, seq_cls_bias=False)
-
 
 def from_config(c: Mapping) -> LlamaConfig:
     return LlamaConfig(**llama_hf.llama_config_kwargs(c))
@@ -318,7 +303,7 @@ LLAMA = Family(
     config=LlamaConfig,
     backbone=LlamaBackbone,
     heads=("lm", "seq_cls", "token_cls", "reward", "value"),
-    build_head=build_head,
+    build_head=decoder_head,  # the same heads as GPT (score without bias)
     native_objective="clm",
     tokenizer="bpe",
     lm_head="lm",
