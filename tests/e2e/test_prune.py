@@ -100,11 +100,14 @@ def test_a_language_model_prunes_by_its_own_loss(task, tmp_path, capsys):
     corpus = task["root"] / "corpus.jsonl"
     main(
         ["prune", f"ckpt={task['gpt']}", f"out={out}", f"data.train={corpus}",
-         f"data.test={corpus}", "prune.ffn_fraction=0.25", "prune.latency_runs=1",
+         f"data.test={corpus}", "prune.ffn_fraction=0.25", "prune.heads=1", "prune.latency_runs=1",
          "prune.batches=2", "evaluate.max_examples=8", f"hydra.run.dir={tmp_path / 'run'}"]
     )  # fmt: skip
     assert "MLP width: 128 -> 96" in capsys.readouterr().out
-    assert load_checkpoint(out).config.model.d_ff == 96
+    pruned = load_checkpoint(out)
+    assert pruned.config.model.d_ff == 96 and sorted(pruned.config.model.layer_heads) == [1, 2]
+    main(["export", f"ckpt={out}", "format=pt2", f"out={tmp_path / 'pt2'}"])
+    assert "verified:" in capsys.readouterr().out
 
 
 def test_removing_nothing_changes_no_logit_and_a_skipped_block_is_the_dropped_one(task):

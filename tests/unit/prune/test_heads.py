@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from llmtune.config.schema import EvaluateConfig
 from llmtune.errors import ConfigError
 from llmtune.models import build_model
 from llmtune.models.bert import BertConfig
+from llmtune.models.generation import generate
 from llmtune.models.gpt import GPTConfig
 from llmtune.objectives.base import pooled_features
 from llmtune.prune import importance, surgery
@@ -116,3 +118,18 @@ def test_layer_heads_must_name_one_count_per_block():
         BertConfig(**SMALL, layer_heads=(2, 1)).check()
     with pytest.raises(ConfigError, match="needs one count in 1..4"):
         GPTConfig(**SMALL, layer_heads=(2, 0, 4)).check()
+
+
+@torch.no_grad()
+def test_a_head_pruned_gpt_generates_the_same_with_and_without_its_cache():
+    config = GPTConfig(**SMALL, **NO_DROPOUT)
+    torch.manual_seed(0)
+    model = build_model(config, ("lm",)).eval()
+    keep = surgery.Keep([0, 1, 2], [torch.arange(64)] * 3, KEEP_HEADS)
+    small = surgery.pruned(model, keep, n_labels=0)
+    cfg = EvaluateConfig(max_new_tokens=6, stop_at_eos=False, batch_size=2)
+    prompts = [[5, 6, 7, 8], [9, 10]]  # different lengths: a padded batch
+    cached = generate(small, prompts, cfg, eos_id=None, use_cache=True)
+    full = generate(small, prompts, cfg, eos_id=None, use_cache=False)
+    assert [g.token_ids for g in cached] == [g.token_ids for g in full]
+    assert all(len(g.token_ids) == 6 for g in cached)
