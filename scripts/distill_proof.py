@@ -85,6 +85,9 @@ def main() -> None:
     teacher, student = out / "teacher", out / "student"
     if not teacher.exists():
         finetune(teacher, minilm(), args.teacher_steps, args.teacher_lr, args.threads)
+    final = teacher / "checkpoints" / f"step-{args.teacher_steps:08d}"
+    if not final.is_dir():  # e.g. a run stopped early that saved a preemption checkpoint
+        raise SystemExit(f"{teacher}: has no {final.name}; remove it or pass its --teacher-steps")
     if not student.exists():
         train = DATA / "rt_sentiment" / "train.jsonl"
         test = DATA / "rt_sentiment" / "test.jsonl"
