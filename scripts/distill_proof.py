@@ -8,8 +8,8 @@ Prints teacher, plain student and distilled student test accuracy and parameter 
     python scripts/distill_proof.py --out /tmp/dp_smoke --teacher-steps 4 --student-steps 4 \
         --max-test 64                                                      # a smoke run
 
-The teacher folder (`<out>/teacher`) is reused when it exists, so scripts/prune_proof.py and
-a re-run can start from it.
+The teacher folder (`<out>/teacher`) is reused once it holds its final step (a stopped run
+resumes), so scripts/prune_proof.py and a re-run can start from it.
 """
 
 from __future__ import annotations
@@ -83,11 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     teacher, student = out / "teacher", out / "student"
-    if not teacher.exists():
+    if not (teacher / "checkpoints" / f"step-{args.teacher_steps:08d}").is_dir():
+        # absent, or stopped early (a preemption checkpoint): the same command resumes it
         finetune(teacher, minilm(), args.teacher_steps, args.teacher_lr, args.threads)
-    final = teacher / "checkpoints" / f"step-{args.teacher_steps:08d}"
-    if not final.is_dir():  # e.g. a run stopped early that saved a preemption checkpoint
-        raise SystemExit(f"{teacher}: has no {final.name}; remove it or pass its --teacher-steps")
     if not student.exists():
         train = DATA / "rt_sentiment" / "train.jsonl"
         test = DATA / "rt_sentiment" / "test.jsonl"

@@ -48,9 +48,9 @@ def variants(ckpt: str, compile_too: bool) -> tuple[dict[str, torch.nn.Module], 
 
 def profile_top(model: torch.nn.Module, inputs: tuple, rows: int) -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(5):
+        for _ in range(2):
             model(*inputs)
-    print(f"\neager int8, batch of {rows} rows: top operators by self CPU time (5 calls)")
+    print(f"\neager int8, batch of {rows} rows: top operators by self CPU time (2 calls)")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
