@@ -11,8 +11,8 @@ CPU latency per batch and test accuracy on rt_sentiment.
 Each variant is `llmtune prune` settings joined by commas: `heads=18` removes the 18 least
 important of MiniLM's 72 heads (6 blocks x 12; gradient importance, Michel et al. 2019),
 `heads=18,layers=2` also its 2 least needed blocks. `llmtune prune` measures before and after
-on the same batch
-and test rows; the recovered checkpoint's latency is the pruned one's (same shapes).
+on the same batch and test rows; the recovered checkpoint's latency is the pruned one's
+(same shapes).
 """
 
 from __future__ import annotations
