@@ -32,8 +32,8 @@ class PackingStats:
     def describe(self, key: str) -> str:
         return (
             f"data.{key}: packed {self.examples:,} examples into {self.rows:,} rows of "
-            f"{self.seq_len} tokens (data.packing=true); padding {self.padding_before:.1%} -> "
-            f"{self.padding_after:.1%} of the rows' positions"
+            f"{self.seq_len} tokens (data.packing=true); padding of {self.seq_len}-token rows "
+            f"{self.padding_before:.1%} -> {self.padding_after:.1%}"
         )
 
 

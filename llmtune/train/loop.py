@@ -10,10 +10,9 @@ Throughput (tokens/s, MFU), RunCheckpoints (save, resume).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -65,7 +64,7 @@ class Trainer:
         cfg, epochs = resolve_epochs(cfg, setup.train_examples)
         if epochs and self.parallel.is_main:
             print(epochs)
-        self.s = dataclasses.replace(setup, config=cfg)
+        self.s = replace(setup, config=cfg)
         self.config, self.train = cfg, cfg.train
         self.progress = Progress()
         files = RunFiles(setup.tokenizer_json, setup.meta, setup.trainable_only)

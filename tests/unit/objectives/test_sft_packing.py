@@ -91,3 +91,19 @@ def test_pad_positions_join_the_last_example(bpe, encoded_task):
     real = batch["attention_mask"].bool()
     last = batch["doc_ids"].masked_fill(~real, -1).amax(1, keepdim=True)
     assert bool((batch["doc_ids"][~real] == last.expand_as(real)[~real]).all())
+
+
+@pytest.mark.gpu
+def test_packed_rows_give_the_unpacked_loss_on_cuda_in_bf16(bpe, encoded_task):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    task, encoded = encoded_task
+    model = _model("llama", bpe.get_vocab_size()).cuda()
+    packed, _ = pack_encoded(encoded, SEQ_LEN, seed=0)
+    batches = [padded_batch(encoded, _info(bpe).pad_id), task.batch(packed)]
+    results = []
+    for batch in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results.append(_summed(task, model, {k: v.cuda() for k, v in batch.items()}))
+    assert results[0][1] == results[1][1]
+    assert results[1][0] == pytest.approx(results[0][0], rel=0.02)
