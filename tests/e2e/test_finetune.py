@@ -263,6 +263,7 @@ def test_packed_sft_trains_for_its_epochs_and_evaluates(tmp_path, gpt_base, caps
     steps = 4 * per_epoch
     assert f"train.max_epochs=4: 4 x {per_epoch} steps = {steps} steps" in log
     assert "data.validation: packed 8 examples into" in log and "padding" in log
+    assert f"{packed[1]} train / " in log and " validation packed rows" in log
     train, evals = metrics(run)
     assert train[-1]["step"] == evals[-1]["step"] == steps
     assert evals[-1]["val_sft_loss"] < evals[0]["val_sft_loss"], evals
