@@ -68,6 +68,11 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 def attach_prefix(model: nn.Module, n_tokens: int) -> PrefixKV:
     """Add `model.adapter` (a PrefixKV) and the hooks that hand it to the attention layers."""
     cfg, blocks = model.config, list(model.backbone.blocks)
+    if getattr(cfg, "layer_heads", None):  # PrefixKV holds one head count for every block
+        raise ConfigError(
+            f"method=prefix: the model's blocks have different head counts (model.layer_heads="
+            f"{list(cfg.layer_heads)}, a head-pruned checkpoint); use method=lora or method=full"
+        )
     head_size = cfg.d_kv if model.kind == Kind.ENCODER_DECODER else cfg.head_size
     prefix = PrefixKV(len(blocks), cfg.kv_heads, head_size, n_tokens)
     prefix.to(next(model.parameters()).device)

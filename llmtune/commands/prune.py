@@ -1,6 +1,6 @@
-"""`llmtune prune`: a trained checkpoint -> a smaller normal checkpoint at `out` (blocks and
-MLP neurons removed by importance on data.train), with parameters, size, latency and the
-data.test metric before and after."""
+"""`llmtune prune`: a trained checkpoint -> a smaller normal checkpoint at `out` (blocks, MLP
+neurons and attention heads removed by importance on data.train), with parameters, size,
+latency and the data.test metric before and after."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 
 from llmtune import checkpoint
 from llmtune.adapters import merge_lora
+from llmtune.config.deploy import PruneConfig
 from llmtune.config.load import to_yaml
-from llmtune.config.schema import MethodConfig, RunConfig
+from llmtune.config.schema import MethodConfig, ModelConfig, RunConfig
 from llmtune.console import console as shared_console
 from llmtune.console import stage
 from llmtune.errors import ConfigError
@@ -52,6 +53,7 @@ def _measure(loaded: LoadedCheckpoint, config: RunConfig) -> dict[str, Any]:
     return {
         "n_layers": model.config.n_layers,
         "d_ff": model.config.d_ff,
+        "heads": [model.config.heads_in(i) for i in range(model.config.n_layers)],
         "parameters": model.num_parameters(),
         "weights_mb": weights_mb(model),
         "latency_ms": latency_ms(inference, batch, config.prune.latency_runs),
@@ -64,27 +66,68 @@ def _measure(loaded: LoadedCheckpoint, config: RunConfig) -> dict[str, Any]:
 
 def _prune(loaded: LoadedCheckpoint, config: RunConfig) -> tuple[LoadedCheckpoint, dict]:
     model, cfg = loaded.model, config.prune
-    if cfg.layers >= model.config.n_layers:
-        raise ConfigError(
-            f"prune.layers={cfg.layers}: the model has {model.config.n_layers} blocks; "
-            "at least one must stay"
-        )
-    measured = cfg.layers or cfg.ffn_fraction  # keep_every alone needs no data
+    _check_sizes(model.config, cfg)
+    measured = cfg.layers or cfg.ffn_fraction or cfg.heads  # keep_every alone needs no data
     data = importance.loss_data(loaded, config) if measured else None
+    keep = surgery.everything(model)
     blocks = importance.block_importance(model, data) if cfg.layers else []
-    n_blocks = model.config.n_layers
-    keep = surgery.keep_blocks(blocks, cfg.layers) if cfg.layers else list(range(n_blocks))
+    if cfg.layers:
+        keep = dataclasses.replace(keep, blocks=surgery.keep_blocks(blocks, cfg.layers))
     if cfg.keep_every:
-        keep = list(range(0, n_blocks, cfg.keep_every))
+        keep = dataclasses.replace(
+            keep, blocks=list(range(0, model.config.n_layers, cfg.keep_every))
+        )
     n_keep = model.config.d_ff - int(round(cfg.ffn_fraction * model.config.d_ff))
     if cfg.ffn_fraction:
         neurons = surgery.keep_neurons(importance.neuron_importance(model, data), n_keep)
-    else:
-        neurons = [torch.arange(model.config.d_ff)] * model.config.n_layers
-    small = surgery.pruned(model, keep, neurons, len(loaded.meta.get("labels") or []))
+        keep = dataclasses.replace(keep, neurons=neurons)
+    heads: list[list[float]] = []
+    if cfg.heads:
+        keep, heads = _drop_heads(model, data, keep, cfg.heads)
+    small = surgery.pruned(model, keep, len(loaded.meta.get("labels") or []))
     run = dataclasses.replace(loaded.config, model=small.config, method=MethodConfig())
-    plan = {"kept_blocks": keep, "block_importance": blocks, "d_ff": [model.config.d_ff, n_keep]}
+    plan = {
+        "kept_blocks": keep.blocks,
+        "block_importance": blocks,
+        "d_ff": [model.config.d_ff, n_keep],
+        "kept_heads": [keep.heads[i].tolist() for i in keep.blocks],
+        "head_importance": heads,
+    }
     return dataclasses.replace(loaded, model=small, config=run), plan
+
+
+def _drop_heads(
+    model: torch.nn.Module, data: importance.LossData, keep: surgery.Keep, n: int
+) -> tuple[surgery.Keep, list[list[float]]]:
+    """`keep` less the `n` least important heads of the blocks it keeps (each keeps one), and
+    every block's head importance."""
+    spare = sum(len(keep.heads[i]) - 1 for i in keep.blocks)
+    if n > spare:
+        raise ConfigError(
+            f"prune.heads={n}: the {len(keep.blocks)} blocks that stay can lose at most "
+            f"{spare} heads (each keeps one)"
+        )
+    scores = importance.head_importance(model, data)
+    kept = iter(surgery.keep_heads([scores[i] for i in keep.blocks], n))
+    # heads of removed blocks are not ranked: prune.heads go from the blocks that stay
+    by_block = [next(kept) if i in keep.blocks else h for i, h in enumerate(keep.heads)]
+    return dataclasses.replace(keep, heads=by_block), [s.tolist() for s in scores]
+
+
+def _check_sizes(model: ModelConfig, cfg: PruneConfig) -> None:
+    """What prune.* asks to remove exists, and something of each part stays."""
+    if cfg.layers >= model.n_layers:
+        raise ConfigError(
+            f"prune.layers={cfg.layers}: the model has {model.n_layers} blocks; "
+            "at least one must stay"
+        )
+    if not cfg.heads:
+        return
+    if not model.per_block_heads:
+        raise ConfigError(
+            f"prune.heads={cfg.heads}: the {model.family} family's blocks cannot lose heads "
+            "(bert and gpt can); use prune.layers or prune.ffn_fraction"
+        )
 
 
 def _save(pruned: LoadedCheckpoint, source: LoadedCheckpoint, out: Path, report: dict) -> Path:
@@ -137,7 +180,8 @@ def report_lines(report: dict) -> list[str]:
     batch = "x".join(str(n) for n in b["batch"])
     return [
         f"blocks: {b['n_layers']} -> {a['n_layers']} (kept {report['kept_blocks']}); "
-        f"MLP width: {b['d_ff']} -> {a['d_ff']}",
+        f"MLP width: {b['d_ff']} -> {a['d_ff']}; attention heads: {sum(b['heads'])} -> "
+        f"{sum(a['heads'])} (per block {a['heads']})",
         f"parameters: {b['parameters'] / 1e6:.2f}M -> {a['parameters'] / 1e6:.2f}M "
         f"({a['parameters'] / b['parameters']:.0%}); weights {b['weights_mb']:.1f} MB -> "
         f"{a['weights_mb']:.1f} MB",

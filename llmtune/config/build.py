@@ -49,7 +49,8 @@ def _coerce(path: str, value: Any, kind: Any, saved: bool) -> Any:
         return {str(k): _coerce(f"{path}.{k}", v or {}, item, saved) for k, v in value.items()}
     if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a list, or one value as a 1-list
         items = value if isinstance(value, list | tuple) else [value]
-        return tuple(_coerce(f"{path}[{i}]", item, str, saved) for i, item in enumerate(items))
+        of = typing.get_args(kind)[0]  # str, or int (model.layer_heads)
+        return tuple(_coerce(f"{path}[{i}]", item, of, saved) for i, item in enumerate(items))
     if kind is bool:
         if isinstance(value, bool):
             return value

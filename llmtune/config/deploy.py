@@ -44,6 +44,7 @@ class PruneConfig:
     layers: int = 0  # whole blocks to remove, those whose skipping raises the loss least
     keep_every: int = 0  # instead: keep blocks 0, k, 2k, ... (a distillation student's start)
     ffn_fraction: float = 0.0  # share of every block's MLP neurons to remove, least important
+    heads: int = 0  # attention heads to remove in all blocks, least important (bert, gpt)
     batches: int = 8  # batches of data.train (evaluate.batch_size rows) importance is measured on
     latency_runs: int = 10  # timed batches per model (median reported)
 
@@ -55,12 +56,14 @@ class PruneConfig:
             raise ConfigError(f"prune.ffn_fraction={self.ffn_fraction}: must be in [0, 1)")
         if self.keep_every < 0:
             raise ConfigError(f"prune.keep_every={self.keep_every}: must be >= 0")
+        if self.heads < 0:
+            raise ConfigError(f"prune.heads={self.heads}: must be >= 0")
         if self.layers and self.keep_every:
             raise ConfigError("prune.layers and prune.keep_every both choose blocks; set one")
-        if self.layers == 0 and self.keep_every < 2 and self.ffn_fraction == 0:
+        if self.layers == 0 and self.keep_every < 2 and self.ffn_fraction == 0 and not self.heads:
             raise ConfigError(
-                "nothing to prune: set prune.layers=<blocks>, prune.keep_every=<k> (>= 2) "
-                "and/or prune.ffn_fraction=<share>"
+                "nothing to prune: set prune.layers=<blocks>, prune.keep_every=<k> (>= 2), "
+                "prune.heads=<heads> and/or prune.ffn_fraction=<share>"
             )
         positive("prune.batches", self.batches)
         positive("prune.latency_runs", self.latency_runs)

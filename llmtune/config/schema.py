@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
 
 from llmtune.config.deploy import PruneConfig, ServeConfig, positive
 from llmtune.errors import ConfigError
@@ -34,6 +35,12 @@ class ModelConfig:
     dropout: float = 0.1  # hidden and embedding dropout
     attn_dropout: float = 0.1  # dropout on attention probabilities
     tie_embeddings: bool = True  # the output projection shares the token embedding table
+    # families whose blocks take a head count each (model.layer_heads: bert, gpt)
+    per_block_heads: ClassVar[bool] = False
+
+    def heads_in(self, block: int) -> int:
+        """Attention heads of block `block` (fewer than n_heads once heads are pruned)."""
+        return self.n_heads
 
     @property
     def max_positions(self) -> int:

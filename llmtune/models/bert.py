@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from llmtune.config.schema import ModelConfig
 from llmtune.models.blocks import Block
 from llmtune.models.dropout import Dropout
 from llmtune.models.family import Arch, Entry, Family, HFMapping, Kind, pair, tied_weight
-from llmtune.models.gpt import check_position_table, require_hf
+from llmtune.models.gpt import check_layer_heads, check_position_table, require_hf
 from llmtune.models.heads import MLMHead, NSPHead, task_head
 
 
@@ -28,6 +29,12 @@ class BertConfig(ModelConfig):
     n_positions: int = 512  # size of the learned position table; max_seq_len must fit in it
     layer_norm_eps: float = 1e-12  # epsilon of every LayerNorm (BERT uses 1e-12)
     type_vocab_size: int = 2  # token types (segments A and B)
+    per_block_heads: ClassVar[bool] = True
+    # heads each block keeps after `llmtune prune prune.heads=...` (empty: n_heads in every block)
+    layer_heads: tuple[int, ...] = ()
+
+    def heads_in(self, block: int) -> int:
+        return self.layer_heads[block] if self.layer_heads else self.n_heads
 
     @property
     def max_positions(self) -> int:
@@ -36,6 +43,7 @@ class BertConfig(ModelConfig):
     def check(self) -> None:
         check_position_table(self)
         super().check()
+        check_layer_heads(self)
 
 
 class BertBackbone(nn.Module):
@@ -52,7 +60,8 @@ class BertBackbone(nn.Module):
         self.emb_ln = nn.LayerNorm(config.d_model, eps=eps)
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config, eps, pre_ln=False, approximate="none") for _ in range(config.n_layers)
+            Block(config, eps, pre_ln=False, approximate="none", n_heads=config.heads_in(i))
+            for i in range(config.n_layers)
         )
         self.pooler = nn.Linear(config.d_model, config.d_model)
 

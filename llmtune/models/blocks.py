@@ -75,16 +75,19 @@ class Attention(nn.Module):
     `c_attn` (transposed) and onto BERT's separate query/key/value by splitting in three.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, n_heads: int = 0) -> None:
         super().__init__()
         if config.d_model % config.n_heads:
             raise ValueError(
                 f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}"
             )
-        self.n_heads = config.n_heads
+        # a head-pruned block keeps n_heads < config.n_heads heads of the same head size
+        self.n_heads = n_heads or config.n_heads
+        self.head_size = config.head_size
+        self.width = self.n_heads * self.head_size
         self.attn_dropout = config.attn_dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
-        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.qkv = nn.Linear(config.d_model, 3 * self.width)
+        self.proj = nn.Linear(self.width, config.d_model)
 
     def forward(
         self,
@@ -102,10 +105,10 @@ class Attention(nn.Module):
         (y, cache): the (k, v) including `past`, or `past` itself when it is a GrowingKV
         (appended in place).
         """
-        b, t, d = x.shape
-        # [B,T,3D] -> 3 x [B,T,D] -> [B,H,T,D/H]: SDPA wants heads before time
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        b, t, _ = x.shape
+        # [B,T,3W] -> 3 x [B,T,W] -> [B,H,T,W/H] (W = H * head size): heads before time for SDPA
+        q, k, v = self.qkv(x).split(self.width, dim=2)
+        q, k, v = (z.view(b, t, self.n_heads, self.head_size).transpose(1, 2) for z in (q, k, v))
         cache: KV | GrowingKV = (k, v)
         if past is not None:
             (k, v), cache = with_past(past, k, v)
@@ -113,8 +116,8 @@ class Attention(nn.Module):
         # dropout only while training: SDPA applies dropout_p unconditionally
         p = self.attn_dropout if self.training else 0.0
         y = scaled_dot_product_attention(q, k, v, mask, is_causal, p)
-        # [B,H,T,D/H] -> [B,T,H,D/H] -> [B,T,D]
-        y = self.proj(y.transpose(1, 2).reshape(b, t, d))
+        # [B,H,T,W/H] -> [B,T,H,W/H] -> [B,T,W] -> [B,T,D]
+        y = self.proj(y.transpose(1, 2).reshape(b, t, self.width))
         return (y, cache) if use_cache else y
 
 
@@ -158,11 +161,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Attention + MLP with residuals. pre_ln (gpt): x + f(LN(x)); else (bert): LN(x + f(x))."""
 
-    def __init__(self, config: ModelConfig, eps: float, pre_ln: bool, approximate: str) -> None:
+    def __init__(
+        self, config: ModelConfig, eps: float, pre_ln: bool, approximate: str, n_heads: int = 0
+    ) -> None:
         super().__init__()
         self.pre_ln = pre_ln
         self.ln_attn = nn.LayerNorm(config.d_model, eps=eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, n_heads)  # 0: config.n_heads
         self.ln_mlp = nn.LayerNorm(config.d_model, eps=eps)
         self.mlp = MLP(config, approximate)
         self.dropout = Dropout(config.dropout)

@@ -162,6 +162,12 @@ def hf_config_dict(
     config: ModelConfig, heads: Sequence[str] | None = None, n_labels: int = 0
 ) -> dict:
     """A config.json body for the family's HF config. `heads` default: the pretraining heads."""
+    if getattr(config, "layer_heads", None):
+        raise ConfigError(
+            f"model.layer_heads={list(config.layer_heads)}: a head-pruned model has no Hugging "
+            "Face config (one head count for every layer there); export it with format=pt2 or "
+            "format=onnx"
+        )
     mapping = registry.family(config.family).hf
     name = hf_class_name(config, mapping.pretraining_heads if heads is None else heads)
     common: dict = {"architectures": [name], "vocab_size": config.vocab_size}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +39,12 @@ class GPTConfig(ModelConfig):
     family: str = "gpt"  # registered family name (models/registry.py): bert, gpt, ...
     n_positions: int = 1024  # size of the learned position table; max_seq_len must fit in it
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (GPT-2 uses 1e-5)
+    per_block_heads: ClassVar[bool] = True
+    # heads each block keeps after `llmtune prune prune.heads=...` (empty: n_heads in every block)
+    layer_heads: tuple[int, ...] = ()
+
+    def heads_in(self, block: int) -> int:
+        return self.layer_heads[block] if self.layer_heads else self.n_heads
 
     @property
     def max_positions(self) -> int:
@@ -46,6 +53,19 @@ class GPTConfig(ModelConfig):
     def check(self) -> None:
         check_position_table(self)
         super().check()
+        check_layer_heads(self)
+
+
+def check_layer_heads(config: GPTConfig | ModelConfig) -> None:
+    """model.layer_heads is empty or one head count in 1..n_heads per block."""
+    heads = list(config.layer_heads)
+    if heads and (
+        len(heads) != config.n_layers or not all(1 <= h <= config.n_heads for h in heads)
+    ):
+        raise ConfigError(
+            f"model.layer_heads={heads}: needs one count in 1..{config.n_heads} (model.n_heads) "
+            f"per block ({config.n_layers} blocks), or none"
+        )
 
 
 def check_position_table(config: ModelConfig) -> None:
@@ -135,7 +155,8 @@ class GPTBackbone(CausalReadout, nn.Module):
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config, eps, pre_ln=True, approximate="tanh") for _ in range(config.n_layers)
+            Block(config, eps, pre_ln=True, approximate="tanh", n_heads=config.heads_in(i))
+            for i in range(config.n_layers)
         )
         self.ln_f = nn.LayerNorm(config.d_model, eps=eps)
 

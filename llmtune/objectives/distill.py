@@ -4,22 +4,19 @@ its gradients keep their size) mixed with the hard labels (weight alpha)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from llmtune.config.schema import RunConfig
 from llmtune.errors import CheckpointError, ConfigError
 from llmtune.models.family import Kind
-from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cross_entropy
-from llmtune.objectives.classification import (
-    ClassificationConfig,
-    build_classification,
-    check_classification,
-)
-from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
+from llmtune.objectives import seq_cls
+from llmtune.objectives.base import Batch, TermResult
+from llmtune.objectives.classification import ClassificationConfig, check_classification
+from llmtune.objectives.entry import Context
 from llmtune.objectives.seq_cls import SequenceClassification
 
 
@@ -74,11 +71,11 @@ class Distillation(SequenceClassification):
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         logits = self.logits(model, batch)
-        hard = sum_cross_entropy(logits, batch["labels"], self.weight_on(logits.device), True)
+        hard = self.hard_loss(logits, batch)
         if self.teacher is None:
             return {"seq_cls": hard}
-        with torch.no_grad():
-            target = teacher_logits(self.teacher, batch)
+        with torch.no_grad():  # the teacher read through the same seq_cls head and pooling
+            target = self.logits(self.teacher, batch)
         t = self.cfg.temperature
         # summed over rows like the hard loss, so the loop's per-row normalisation holds
         kl = F.kl_div(
@@ -92,33 +89,16 @@ class Distillation(SequenceClassification):
         return {"seq_cls": hard}
 
 
-def teacher_logits(teacher: torch.nn.Module, batch: Batch) -> Tensor:
-    """[B, n_labels] of the frozen teacher on the student's batch (same tokenizer)."""
-    return teacher.heads["seq_cls"](pooled_features(teacher, batch))
-
-
 def make(ctx: Context, labels: list) -> Distillation:
     return Distillation(ctx, labels)
 
 
-def build(ctx: Context) -> Built:
-    d = ctx.config.data
-    columns = SequenceClassification.columns(d)
-    return build_classification(
-        ctx, make, columns, SequenceClassification.label_values, d.label_column
-    )
-
-
-ENTRY = ObjectiveEntry(
+# seq_cls's entry (heads, columns, target, scoring, rows) with the teacher's config and checks
+ENTRY = dataclasses.replace(
+    seq_cls.ENTRY,
     name="distill",
     config=DistillConfig,
-    kinds=ANY_KIND,
-    labelled=True,
-    heads=lambda config: ("seq_cls",),
     make=make,
-    build=build,
-    scoring=Scoring.CLASSIFICATION,
+    build=seq_cls.classifier_build(make),
     check=check,
-    columns=lambda cfg, data: SequenceClassification.columns(data),
-    target_column=lambda data: data.label_column,
 )

@@ -6,6 +6,7 @@ invisible to a causal model, so padded and unpadded rows give the same features)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -65,10 +66,13 @@ class SequenceClassification(ClassificationTask):
         """[B, n_labels] for a prepared batch."""
         return model.heads["seq_cls"](pooled_features(model, batch))
 
+    def hard_loss(self, logits: Tensor, batch: Batch) -> TermResult:
+        """Cross-entropy (summed over rows, class-weighted) of `logits` against the labels."""
+        weight = self.weight_on(logits.device)
+        return sum_cross_entropy(logits, batch["labels"], weight, keep=True)
+
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        weight = self.weight_on(batch["labels"].device)
-        logits = self.logits(model, batch)
-        return {"seq_cls": sum_cross_entropy(logits, batch["labels"], weight, keep=True)}
+        return {"seq_cls": self.hard_loss(self.logits(model, batch), batch)}
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -79,12 +83,19 @@ def make(ctx: Context, labels: list) -> SequenceClassification:
     return SequenceClassification(ctx.info, labels, ctx.tokenizer, ctx.config.data)
 
 
-def build(ctx: Context) -> Built:
-    columns = SequenceClassification.columns(ctx.config.data)
-    d = ctx.config.data
-    return build_classification(
-        ctx, make, columns, SequenceClassification.label_values, d.label_column
-    )
+def classifier_build(
+    make_task: Callable[[Context, list], SequenceClassification],
+) -> Callable[[Context], Built]:
+    """The `build` of a one-label-per-row task: seq_cls's rows and labels, the task
+    `make_task` gives (distill's student reads the same rows as seq_cls)."""
+
+    def build(ctx: Context) -> Built:
+        d = ctx.config.data
+        columns = SequenceClassification.columns(d)
+        label_values = SequenceClassification.label_values
+        return build_classification(ctx, make_task, columns, label_values, d.label_column)
+
+    return build
 
 
 ENTRY = ObjectiveEntry(
@@ -94,7 +105,7 @@ ENTRY = ObjectiveEntry(
     labelled=True,
     heads=lambda config: ("seq_cls",),
     make=make,
-    build=build,
+    build=classifier_build(make),
     scoring=Scoring.CLASSIFICATION,
     check=check_classification,
     columns=lambda cfg, data: SequenceClassification.columns(data),

@@ -1,6 +1,8 @@
 """How much a checkpoint needs each of its parts, measured on data: the loss of its own
 objective on batches of data.train, the rise of that loss when one block is skipped (layer
-drop), and each MLP neuron's first-order (Taylor) importance |dL/dm| for a gate m = 1."""
+drop), and each MLP neuron's and attention head's first-order (Taylor) importance |dL/dm| for
+a gate m = 1 on its output (heads as Michel et al. 2019, "Are Sixteen Heads Really Better
+than One?")."""
 
 from __future__ import annotations
 
@@ -106,6 +108,39 @@ def neuron_importance(model: nn.Module, data: LossData) -> list[Tensor]:
             handle.remove()
         model.zero_grad(set_to_none=True)
     return [gate.grad.abs() for gate in gates]
+
+
+def head_importance(model: nn.Module, data: LossData) -> list[Tensor]:
+    """For each block: [its heads] |dL/dm| of a gate m = 1 on each head's output, summed over
+    the batches' absolute values and scaled to unit L2 norm per block (Michel et al.: so the
+    heads of blocks with larger gradients do not crowd out the others in one global ranking)."""
+    blocks = blocks_of(model)
+    gates = [torch.ones(b.attn.n_heads, requires_grad=True) for b in blocks]
+    handles = [gate_heads(b.attn, g) for b, g in zip(blocks, gates)]
+    totals = [torch.zeros(b.attn.n_heads) for b in blocks]
+    try:
+        with torch.enable_grad():
+            for batch in data.batches:  # |grad| per batch: signs of batches do not cancel
+                mean_loss(model, LossData(data.objective, [batch])).backward()
+                for total, gate in zip(totals, gates):
+                    total += gate.grad.abs()
+                    gate.grad = None
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    return [t / t.norm().clamp(min=1e-20) for t in totals]
+
+
+def gate_heads(attn: nn.Module, gate: Tensor) -> torch.utils.hooks.RemovableHandle:
+    """Scale each head's output (attention's input to `proj`, [B,T,H*head]) by gate [H]."""
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        heads = x.unflatten(-1, (attn.n_heads, attn.head_size)) * gate.to(x.dtype)[:, None]
+        return (heads.flatten(-2),)
+
+    return attn.proj.register_forward_pre_hook(hook)
 
 
 def _gate(gate: Tensor):

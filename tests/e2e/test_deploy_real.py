@@ -35,14 +35,24 @@ def minilm_cls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return run, folder
 
 
+# rows of data.test each export scores its fp32 and quantized models on, and the relative
+# metric drop allowed there: torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu) is built for
+# decoding a few rows and runs a 32-row MiniLM batch ~20x slower than fp32 (scoring 256 rows
+# took most of this file's 345 s in the last whole-suite run), so int4 is scored on 32 rows,
+# where one flipped row moves accuracy by 3 points; batches of 8 (the latency batch too)
+SCORED = {"int8": (128, 0.05), "int4wo": (32, 0.1)}
+
+
 @pytest.mark.parametrize("fmt", ["int8", "int4wo"])
 def test_torchao_quantization_of_minilm(minilm_cls, tmp_path, capsys, fmt):
     run, folder = minilm_cls
     out = tmp_path / fmt
+    rows, drop = SCORED[fmt]
     main(
         ["export", f"ckpt={run}", f"format={fmt}", f"out={out}",
-         f"data.test={folder / 'test.jsonl'}", "evaluate.max_examples=256",
-         "export.latency_runs=3", "export.max_metric_drop=0.05", f"hydra.run.dir={tmp_path / 'x'}"]
+         f"data.test={folder / 'test.jsonl'}", f"evaluate.max_examples={rows}",
+         "evaluate.batch_size=8", "export.latency_runs=1", f"export.max_metric_drop={drop}",
+         f"hydra.run.dir={tmp_path / 'x'}"]
     )  # fmt: skip
     text = capsys.readouterr().out
     assert "verified:" in text and "(torchao)" in text
@@ -53,7 +63,8 @@ def test_torchao_quantization_of_minilm(minilm_cls, tmp_path, capsys, fmt):
     # scale and zero point per group of 32) ~61%
     assert quantized < fp32 * (0.68 if fmt == "int8" else 0.64), manifest
     assert manifest["size_mb"][1] < manifest["size_mb"][0]
-    assert manifest["relative_drop"] <= 0.05
+    assert manifest["metric"] == "accuracy" and len(manifest["metric_values"]) == 2
+    assert manifest["relative_drop"] <= drop
 
 
 def test_minilm_pruned_by_two_blocks_is_a_normal_checkpoint(minilm_cls, tmp_path, capsys):

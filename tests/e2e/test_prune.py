@@ -4,6 +4,7 @@ fine-tunes and exports; bad requests are one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -69,16 +70,44 @@ def test_pruned_checkpoint_is_a_normal_smaller_one(task, tmp_path, capsys):
     assert "verified:" in capsys.readouterr().out
 
 
+def test_heads_pruned_by_importance_leave_a_checkpoint_that_trains_and_exports(
+    task, tmp_path, capsys
+):
+    out = tmp_path / "heads"
+    prune(task, out, "prune.heads=2")
+    assert "attention heads: 6 -> 4" in capsys.readouterr().out
+    loaded = load_checkpoint(out)
+    heads = loaded.config.model.layer_heads
+    assert sorted(heads) == [1, 1, 2] and loaded.meta["pruning"]["head_importance"]
+    assert [len(k) for k in loaded.meta["pruning"]["kept_heads"]] == list(heads)
+    main(
+        ["finetune", f"hydra.run.dir={tmp_path / 'ft'}", f"init_from={out}", "objective=seq_cls",
+         "data=files", f"data.train={task['train']}", f"data.validation={task['test']}",
+         *FAST, "train.max_steps=1", "train.eval_every=1"]
+    )  # fmt: skip
+    assert load_checkpoint(tmp_path / "ft").config.model.layer_heads == heads
+    main(["export", f"ckpt={tmp_path / 'ft'}", "format=pt2", f"out={tmp_path / 'pt2'}"])
+    assert "verified:" in capsys.readouterr().out
+    # transformers' configs hold one head count for all layers: said, not written wrongly
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", f"ckpt={out}", "format=hf", f"out={tmp_path / 'hf'}"])
+    assert exit_info.value.code == 2
+    assert "a head-pruned model has no Hugging Face config" in capsys.readouterr().err
+
+
 def test_a_language_model_prunes_by_its_own_loss(task, tmp_path, capsys):
     out = tmp_path / "gpt-pruned"
     corpus = task["root"] / "corpus.jsonl"
     main(
         ["prune", f"ckpt={task['gpt']}", f"out={out}", f"data.train={corpus}",
-         f"data.test={corpus}", "prune.ffn_fraction=0.25", "prune.latency_runs=1",
+         f"data.test={corpus}", "prune.ffn_fraction=0.25", "prune.heads=1", "prune.latency_runs=1",
          "prune.batches=2", "evaluate.max_examples=8", f"hydra.run.dir={tmp_path / 'run'}"]
     )  # fmt: skip
     assert "MLP width: 128 -> 96" in capsys.readouterr().out
-    assert load_checkpoint(out).config.model.d_ff == 96
+    pruned = load_checkpoint(out)
+    assert pruned.config.model.d_ff == 96 and sorted(pruned.config.model.layer_heads) == [1, 2]
+    main(["export", f"ckpt={out}", "format=pt2", f"out={tmp_path / 'pt2'}"])
+    assert "verified:" in capsys.readouterr().out
 
 
 def test_removing_nothing_changes_no_logit_and_a_skipped_block_is_the_dropped_one(task):
@@ -86,10 +115,12 @@ def test_removing_nothing_changes_no_logit_and_a_skipped_block_is_the_dropped_on
     model = loaded.model
     ids = torch.randint(5, loaded.config.model.vocab_size, (2, 9))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    same = surgery.pruned(model, [0, 1, 2], [torch.arange(128)] * 3, 2)
+    everything = surgery.everything(model)
+    same = surgery.pruned(model, everything, 2)
     with torch.no_grad():
         torch.testing.assert_close(same.features(batch), model.features(batch))
-        dropped = surgery.pruned(model, [0, 2], [torch.arange(128)] * 3, 2).features(batch)
+        keep = dataclasses.replace(everything, blocks=[0, 2])
+        dropped = surgery.pruned(model, keep, 2).features(batch)
         handle = importance.blocks_of(model)[1].register_forward_hook(importance._skip)
         skipped = model.features(batch)
         handle.remove()
