@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.config.schema import DataConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
 from llmtune.data.preference import preference_columns
 from llmtune.errors import ConfigError
@@ -57,8 +57,9 @@ class DirectPreference(PairTask):
         data: DataConfig,
         template: str,
         settings: tuple[float, str],
+        chat: TokenizerConfig | None = None,
     ) -> None:
-        super().__init__(info, tokenizer, data, template, Kind.DECODER)
+        super().__init__(info, tokenizer, data, template, Kind.DECODER, chat)
         self.beta, self.kind = settings
         if self.kind not in LOSSES:
             raise ConfigError(f"objective.loss={self.kind!r}: expected one of {', '.join(LOSSES)}")
@@ -102,7 +103,10 @@ def check(config: RunConfig, kind: Kind | None) -> None:
 def make(ctx: Context, labels: list) -> DirectPreference:
     cfg = ctx.config.objective
     settings = (cfg.beta, cfg.loss)
-    return DirectPreference(ctx.info, ctx.tokenizer, ctx.config.data, cfg.prompt_template, settings)
+    config = ctx.config
+    return DirectPreference(
+        ctx.info, ctx.tokenizer, config.data, cfg.prompt_template, settings, config.tokenizer
+    )
 
 
 def build(ctx: Context) -> Built:
