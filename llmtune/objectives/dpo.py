@@ -86,6 +86,10 @@ class DirectPreference(PairTask):
             "chosen_reward": ((self.beta * chosen.detach()).sum(), n),
             "rejected_reward": ((self.beta * rejected.detach()).sum(), n),
             "logp_margin": ((policy_c - policy_r).detach().sum(), n),
+            # pairwise accuracy by plain log-probability, of the policy and of the reference
+            # (the model as loaded): what tuning changed, measured on the same pairs
+            "logp_accuracy": ((policy_c > policy_r).sum(), n),
+            "reference_logp_accuracy": ((ref_c > ref_r).sum(), n),
         }
         loss = preference_loss(h, self.beta, self.kind).sum()
         return {"dpo": TermResult(loss, (d > 0).sum(), extra=extra)}
