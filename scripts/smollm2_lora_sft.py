@@ -70,7 +70,7 @@ def finetune(run: Path, train: Path, steps: int, lr: float, args: argparse.Names
             f"train.save_every={max(steps, 1)}",
             f"train.log_every={min(10, max(steps // 10, 1))}",
             f"optim.lr={lr}",
-            f"optim.warmup_steps={min(10, steps - 1)}",
+            f"optim.warmup_steps={min(10, steps // 5)}",
             "hardware=cpu",
         ]
     )
