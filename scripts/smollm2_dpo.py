@@ -3,6 +3,7 @@ instruction data (`data.preference_pairs=other_response`: the true response is c
 row's response rejected), measured on pairs built the same way from held-out rows.
 
     python scripts/smollm2_dpo.py --work /tmp/sft --steps 30 --batch 4
+    python scripts/smollm2_dpo.py --work /tmp/sft --steps 6 --batch 2 --eval-pairs 24  # busy CPU
 
 The split is smollm2_lora_sft.py's (same seed, same folder with --work). Validation runs on the
 held-out pairs at the end, in one pass: `val_dpo_reference_logp_accuracy` is the share of pairs
@@ -49,7 +50,8 @@ def dpo(run: Path, train: Path, held_out: Path, args: argparse.Namespace) -> Non
             f"train.global_batch_size={args.batch}",
             f"train.micro_batch_size={args.batch}",
             f"train.eval_every={steps}",
-            "train.eval_batches=0",  # every held-out pair
+            # the first --eval-pairs held-out pairs (0: every one)
+            f"train.eval_batches={-(-args.eval_pairs // args.batch)}",
             f"train.save_every={steps}",
             f"train.log_every={min(10, max(steps // 10, 1))}",
             f"optim.lr={args.lr}",
@@ -67,6 +69,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--seq-len", type=int, default=128, help="model.max_seq_len (longer rows cut)")
     p.add_argument("--max-rows", type=int, default=0, help="use only this many rows (0 = all)")
+    p.add_argument("--eval-pairs", type=int, default=0, help="held-out pairs scored (0 = all)")
     p.add_argument("--work", default="", help="keep runs in this folder (default: a temporary one)")
     args = p.parse_args()
     real = Path(os.environ.get("LLMTUNE_REAL_DATA", Path(__file__).parents[1] / "../shared/data"))
@@ -81,7 +84,8 @@ def main() -> None:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "val_dpo_accuracy" in r][-1]
     print(
-        f"held-out pairs (other_response), pairwise accuracy by log-probability: model as loaded "
+        f"{args.eval_pairs or 'all'} held-out pairs (other_response), pairwise accuracy by "
+        f"log-probability: model as loaded "
         f"{last['val_dpo_reference_logp_accuracy']:.3f} -> after {args.steps} DPO steps "
         f"{last['val_dpo_logp_accuracy']:.3f}; DPO implicit-reward accuracy "
         f"{last['val_dpo_accuracy']:.3f} (0 before any step); logp margin "
