@@ -7,6 +7,10 @@ both from `llmtune evaluate`.
     python scripts/smollm2_lora_sft.py --steps 4 --max-rows 64   # a smoke run
     python scripts/smollm2_lora_sft.py --work /tmp/sft --steps 60 --batch 4 --lr 2e-3
 
+Measured on 2 shared CPU cores (load ~18), 89 held-out pairs, 1398 response tokens:
+`--work W --steps 16 --batch 4 --lr 3e-3` (64 training rows seen, ~24 min) took the held-out
+response loss from 2.9032 (base) to 2.2355, 23.0% lower.
+
 With --work the folder is kept, and the base model's held-out loss found there (same split,
 same --seq-len) is reused instead of measured again: it depends on neither steps nor lr.
 
