@@ -11,6 +11,12 @@ whose chosen response the model as loaded (DPO's frozen reference: with LoRA, th
 with the adapters off) finds more likely, `val_dpo_logp_accuracy` the same for the tuned policy,
 and `val_dpo_accuracy` DPO's own (implicit reward) pairwise accuracy, 0 before any step.
 Pairs are laid out by the model's chat template, as sft lays out its rows.
+
+Measured on 2 shared CPU cores (load ~12): `--work W --steps 8 --batch 2 --lr 1e-3
+--eval-pairs 24` (16 training pairs seen): pairwise log-prob accuracy on the first 24 held-out
+pairs 0.667 (model as loaded) -> 0.708 (16 -> 17 of 24), DPO implicit-reward accuracy 0 ->
+0.708, validation DPO loss 0.693 (log 2) -> 0.575. A longer run on a quiet machine is the
+real bar: `--steps 30 --batch 4` on every held-out pair.
 """
 
 from __future__ import annotations
