@@ -3,8 +3,16 @@ measured on held-out pairs: the response loss before (one step at learning rate 
 zero-initialised B: the base model through the very same sft scoring) and after fine-tuning,
 both from `llmtune evaluate`.
 
-    python scripts/smollm2_lora_sft.py --steps 200            # ~1 h on 2 busy CPU cores
+    python scripts/smollm2_lora_sft.py --steps 200            # ~1 h on 2 quiet CPU cores
     python scripts/smollm2_lora_sft.py --steps 4 --max-rows 64   # a smoke run
+    python scripts/smollm2_lora_sft.py --work /tmp/sft --steps 60 --batch 4 --lr 2e-3
+
+Measured on 2 shared CPU cores (load ~18), 89 held-out pairs, 1398 response tokens:
+`--work W --steps 16 --batch 4 --lr 3e-3` (64 training rows seen, ~24 min) took the held-out
+response loss from 2.9032 (base) to 2.2355, 23.0% lower.
+
+With --work the folder is kept, and the base model's held-out loss found there (same split,
+same --seq-len) is reused instead of measured again: it depends on neither steps nor lr.
 
 Rows are laid out by the model's own chat template and only assistant turns are learnt. The data
 is `instructions/chat_chatterbot.jsonl` from the shared real data (`LLMTUNE_REAL_DATA`, default
@@ -56,7 +64,7 @@ def finetune(run: Path, train: Path, steps: int, lr: float, args: argparse.Names
             "data=files",
             f"data.train={train}",
             "data.validation_fraction=0.05",
-            "model.max_seq_len=128",
+            f"model.max_seq_len={args.seq_len}",
             "model.dropout=0",  # SmolLM2 was trained without dropout
             "model.attn_dropout=0",
             f"train.max_steps={steps}",
@@ -64,17 +72,29 @@ def finetune(run: Path, train: Path, steps: int, lr: float, args: argparse.Names
             f"train.micro_batch_size={args.batch}",
             f"train.eval_every={max(steps, 1)}",
             f"train.save_every={max(steps, 1)}",
-            "train.log_every=10",
+            f"train.log_every={min(10, max(steps // 10, 1))}",
             f"optim.lr={lr}",
-            f"optim.warmup_steps={min(10, steps - 1)}",
+            f"optim.warmup_steps={min(10, steps // 5)}",
             "hardware=cpu",
         ]
     )
 
 
 def response_loss(run: Path, test: Path, out: Path) -> dict:
-    llmtune(["evaluate", f"hydra.run.dir={out}", f"ckpt={run}", "data=files", f"data.test={test}"])
+    if not (out / "results.json").exists():
+        llmtune(
+            ["evaluate", f"hydra.run.dir={out}", f"ckpt={run}", "data=files", f"data.test={test}"]
+        )
     return json.loads((out / "results.json").read_text())
+
+
+def base_loss(root: Path, train: Path, test: Path, args: argparse.Namespace) -> dict:
+    """Held-out response loss of the model as loaded: one step at learning rate 1e-12 from
+    LoRA's zero-initialised B, scored by the very same sft evaluation."""
+    out = root / f"eval-base-seq{args.seq_len}"
+    if not (out / "results.json").exists():
+        finetune(root / "base", train, 1, 1e-12, args)
+    return response_loss(root / "base", test, out)
 
 
 def main() -> None:
@@ -82,16 +102,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seq-len", type=int, default=128, help="model.max_seq_len (longer rows cut)")
     p.add_argument("--max-rows", type=int, default=0, help="use only this many rows (0 = all)")
+    p.add_argument("--work", default="", help="keep runs in this folder (default: a temporary one)")
     args = p.parse_args()
     real = Path(os.environ.get("LLMTUNE_REAL_DATA", Path(__file__).parents[1] / "../shared/data"))
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(args.work or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         train, test = split(real / "instructions/chat_chatterbot.jsonl", root, args.max_rows)
-        finetune(root / "base", train, 1, 1e-12, args)  # the base model as an sft checkpoint
-        before = response_loss(root / "base", test, root / "eval-base")
-        finetune(root / "lora", train, args.steps, args.lr, args)
-        after = response_loss(root / "lora", test, root / "eval-lora")
+        before = base_loss(root, train, test, args)
+        name = f"lora-s{args.steps}-b{args.batch}-lr{args.lr:g}-seq{args.seq_len}"
+        if (root / name).exists():
+            raise SystemExit(f"{root / name} exists: remove it to fine-tune again")
+        finetune(root / name, train, args.steps, args.lr, args)
+        after = response_loss(root / name, test, root / f"eval-{name}")
     drop = 1 - after["loss"] / before["loss"]
     print(
         f"held-out response loss ({before['n_examples']} pairs, {before['n_targets']} tokens): "

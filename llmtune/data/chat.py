@@ -134,6 +134,20 @@ def encode_chat(
     return ids, targets, overlong
 
 
+def chat_model(tokenizer: TokenizerConfig | None) -> TokenizerConfig | None:
+    """The run's tokenizer settings when they carry a chat template (a chat model), else None:
+    what sft and the preference objectives lay rows out with."""
+    return tokenizer if tokenizer is not None and tokenizer.chat_template else None
+
+
+def exchange(instruction: object, response: object) -> list[dict[str, str]]:
+    """One instruction/response row as a conversation: a user turn and the assistant's answer."""
+    return [
+        {"role": "user", "content": str(instruction)},
+        {"role": "assistant", "content": str(response)},
+    ]
+
+
 def specials(chat: TokenizerConfig) -> dict[str, str | None]:
     """The special-token names a chat template reads, from the run's tokenizer settings."""
     return {"bos_token": chat.bos_token or None, "eos_token": chat.eos_token or None}

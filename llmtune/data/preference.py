@@ -9,7 +9,8 @@ import datasets
 import torch
 from tokenizers import Tokenizer
 
-from llmtune.config.schema import DataConfig
+from llmtune.config.schema import DataConfig, TokenizerConfig
+from llmtune.data.chat import encode_chat, exchange, specials
 from llmtune.data.labelled import (
     IGNORE,
     ROW_COLUMN,
@@ -138,6 +139,32 @@ def encode_pairs(tok: Tokenizer, segments: bool, rows: dict, eos_id: int, max_le
         for prefix, ids, labels in (("", c_ids, c_labels), (REJECTED, r_ids, r_labels)):
             out[prefix + "input_ids"].append(ids)
             out[prefix + "labels"].append(labels)
+    return Encoded(out, overlong, dropped)
+
+
+def encode_chat_pairs(tok: Tokenizer, chat: TokenizerConfig, rows: dict, max_len: int) -> Encoded:
+    """Chosen and rejected rows of each pair (`rows`: raw prompt, chosen, rejected) laid out by
+    a chat model's template, as sft lays out an instruction/response row: the prompt as a user
+    turn, the response as the assistant's, whose tokens (closing markup included) are the
+    targets. A pair with either response cut away entirely by max_len is dropped."""
+    encoded = {}
+    for prefix, column in (("", "chosen"), (REJECTED, "rejected")):
+        conversations = [exchange(p, r) for p, r in zip(rows["prompt"], rows[column])]
+        encoded[prefix] = encode_chat(
+            tok, chat.chat_template, conversations, specials(chat), max_len
+        )
+    out: dict[str, list] = {p + k: [] for p in encoded for k in ("input_ids", "labels")}
+    overlong, dropped = {}, 0
+    for i in range(len(rows["prompt"])):
+        lengths = [long.get(i, 0) for _, _, long in encoded.values()]
+        if max(lengths):  # split position -> full length (data.overlong)
+            overlong[i] = max(lengths)
+        if any(no_target(targets[i]) for _, targets, _ in encoded.values()):
+            dropped += 1
+            continue
+        for prefix, (ids, targets, _) in encoded.items():
+            out[prefix + "input_ids"].append(ids[i])
+            out[prefix + "labels"].append(targets[i])
     return Encoded(out, overlong, dropped)
 
 

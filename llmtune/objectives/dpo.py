@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.config.schema import DataConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
 from llmtune.data.preference import preference_columns
 from llmtune.errors import ConfigError
@@ -57,8 +57,9 @@ class DirectPreference(PairTask):
         data: DataConfig,
         template: str,
         settings: tuple[float, str],
+        chat: TokenizerConfig | None = None,
     ) -> None:
-        super().__init__(info, tokenizer, data, template, Kind.DECODER)
+        super().__init__(info, tokenizer, data, template, Kind.DECODER, chat)
         self.beta, self.kind = settings
         if self.kind not in LOSSES:
             raise ConfigError(f"objective.loss={self.kind!r}: expected one of {', '.join(LOSSES)}")
@@ -85,6 +86,10 @@ class DirectPreference(PairTask):
             "chosen_reward": ((self.beta * chosen.detach()).sum(), n),
             "rejected_reward": ((self.beta * rejected.detach()).sum(), n),
             "logp_margin": ((policy_c - policy_r).detach().sum(), n),
+            # pairwise accuracy by plain log-probability, of the policy and of the reference
+            # (the model as loaded): what tuning changed, measured on the same pairs
+            "logp_accuracy": ((policy_c > policy_r).sum(), n),
+            "reference_logp_accuracy": ((ref_c > ref_r).sum(), n),
         }
         loss = preference_loss(h, self.beta, self.kind).sum()
         return {"dpo": TermResult(loss, (d > 0).sum(), extra=extra)}
@@ -102,7 +107,10 @@ def check(config: RunConfig, kind: Kind | None) -> None:
 def make(ctx: Context, labels: list) -> DirectPreference:
     cfg = ctx.config.objective
     settings = (cfg.beta, cfg.loss)
-    return DirectPreference(ctx.info, ctx.tokenizer, ctx.config.data, cfg.prompt_template, settings)
+    config = ctx.config
+    return DirectPreference(
+        ctx.info, ctx.tokenizer, config.data, cfg.prompt_template, settings, config.tokenizer
+    )
 
 
 def build(ctx: Context) -> Built:

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from llmtune.config.schema import EvaluateConfig, RunConfig
+from llmtune.data.chat import chat_model
 from llmtune.data.labelled import Encoded, load_labelled, padded_batch
 from llmtune.errors import CheckpointError, ConfigError
 from llmtune.models.family import Kind
@@ -32,7 +33,7 @@ from llmtune.objectives.entry import (
 )
 from llmtune.objectives.preference import Reference
 from llmtune.objectives.reward import scores
-from llmtune.objectives.sft import PromptedConfig, check_template, checked_template, fill_template
+from llmtune.objectives.sft import PromptedConfig, check_template, checked_template, layout_prompt
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class ProximalPolicy(ObjectiveBase):
         checked_template(cfg.prompt_template)
         self.info, self.tokenizer, self.data = ctx.info, ctx.tokenizer, ctx.config.data
         self.cfg = cfg
+        self.chat = chat_model(ctx.config.tokenizer)  # a chat model's prompts: its template
         if ctx.load_checkpoint is None:
             raise ConfigError(
                 "objective=ppo scores rollouts with objective.reward_model; "
@@ -101,16 +103,16 @@ class ProximalPolicy(ObjectiveBase):
         self._stats: dict[str, list[float]] = {"reward": [], "kl": [], "response_tokens": []}
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
-        """Templated prompts, cut from the left to leave room for max_new_tokens."""
+        """Prompts laid out as sft lays them out (a chat model's template, else
+        objective.prompt_template), cut from the left to leave room for max_new_tokens."""
         room = seq_len - self.cfg.max_new_tokens
         if room < 2:
             raise ConfigError(
                 f"objective.max_new_tokens={self.cfg.max_new_tokens} leaves no room for a "
                 f"prompt in model.max_seq_len={seq_len}; lower it"
             )
-        texts = [
-            fill_template(self.cfg.prompt_template, t) for t in split[self.data.instruction_column]
-        ]
+        template = self.cfg.prompt_template
+        texts = [layout_prompt(template, self.chat, t) for t in split[self.data.instruction_column]]
         encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         rows = [e.ids[-room:] for e in encoded if e.ids]
         overlong = {i: len(e.ids) for i, e in enumerate(encoded) if len(e.ids) > room}

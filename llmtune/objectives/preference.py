@@ -10,23 +10,32 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from llmtune.adapters.lora import adapters_disabled
-from llmtune.config.schema import DataConfig, RunConfig
+from llmtune.config.schema import DataConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
+from llmtune.data.chat import chat_model
 from llmtune.data.labelled import IGNORE, Encoded
-from llmtune.data.preference import REJECTED, encode_pairs, load_preferences, pair_batch
+from llmtune.data.preference import (
+    REJECTED,
+    encode_chat_pairs,
+    encode_pairs,
+    load_preferences,
+    pair_batch,
+)
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase
 from llmtune.objectives.classification import trim_padding
 from llmtune.objectives.entry import Built, Context, build_rows
 from llmtune.objectives.rollout import action_logps
-from llmtune.objectives.sft import checked_template, fill_template
+from llmtune.objectives.sft import checked_template, layout_prompt
 
 
 class PairTask(ObjectiveBase):
     """Examples and batching of preference pairs; subclasses add `name`, `heads`, `losses`.
 
     A prepared micro-batch of B pairs has 2B rows: the chosen sequences, then the rejected
-    ones in the same order, so one forward scores both and `chunk(2)` splits them again.
+    ones in the same order, so one forward scores both and `chunk(2)` splits them again. A
+    decoder chat model (`chat`: tokenizer settings with a chat template) reads each pair laid
+    out by its template, as sft trains it.
     """
 
     name = "pairs"
@@ -37,22 +46,31 @@ class PairTask(ObjectiveBase):
     packed = False
 
     def __init__(
-        self, info: TokenizerInfo, tokenizer: Tokenizer, data: DataConfig, template: str, kind: Kind
+        self,
+        info: TokenizerInfo,
+        tokenizer: Tokenizer,
+        data: DataConfig,
+        template: str,
+        kind: Kind,
+        chat: TokenizerConfig | None = None,
     ) -> None:
         self.info, self.tokenizer, self.data = info, tokenizer, data
         self.template = checked_template(template)
         # an encoder reads prompt and response as segments A and B; a decoder continues the
-        # filled template with the response, whose tokens are the targets
+        # prompt (sft's layout) with the response, whose tokens are the targets
         self.segments = kind == Kind.ENCODER
+        self.chat = None if self.segments else chat_model(chat)
 
     def prompt(self, text: str) -> str:
-        """A decoder's prompt: the template filled (as sft trains it); an encoder's: the text."""
-        return text if self.segments else fill_template(self.template, text)
+        """A decoder's prompt laid out as sft lays it out; an encoder's: the text."""
+        return text if self.segments else layout_prompt(self.template, self.chat, text)
 
     def encode(self, split, seq_len: int, key: str = "train") -> Encoded:
         """`split`: a Dataset (or dict of lists) with prompt, chosen and rejected columns."""
-        rows = {k: list(split[k]) for k in ("chosen", "rejected")}
-        rows["prompt"] = [self.prompt(p) for p in split["prompt"]]
+        rows = {k: list(split[k]) for k in ("prompt", "chosen", "rejected")}
+        if self.chat is not None:  # the template closes each turn: no EOS appended
+            return encode_chat_pairs(self.tokenizer, self.chat, rows, seq_len)
+        rows["prompt"] = [self.prompt(p) for p in rows["prompt"]]
         return encode_pairs(self.tokenizer, self.segments, rows, self.info.eos_id, seq_len)
 
     def batch(self, encoded: Encoded) -> Batch:

@@ -54,7 +54,10 @@ class RewardModel(PairTask):
 
 def make(ctx: Context, labels: list) -> RewardModel:
     cfg = ctx.config.objective
-    return RewardModel(ctx.info, ctx.tokenizer, ctx.config.data, cfg.prompt_template, ctx.kind)
+    config = ctx.config
+    return RewardModel(
+        ctx.info, ctx.tokenizer, config.data, cfg.prompt_template, ctx.kind, config.tokenizer
+    )
 
 
 def build(ctx: Context) -> Built:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
-from llmtune.data.chat import as_messages, chat_prompt, encode_chat, specials
+from llmtune.data.chat import as_messages, chat_model, chat_prompt, encode_chat, exchange, specials
 from llmtune.data.examples import encoded_splits
 from llmtune.data.labelled import (
     ROW_COLUMN,
@@ -72,6 +72,14 @@ def fill_template(template: str, instruction: object) -> str:
     return template.replace("{instruction}", str(instruction))
 
 
+def layout_prompt(template: str, chat: TokenizerConfig | None, instruction: object) -> str:
+    """What a user's prompt becomes for a decoder: a chat model's user turn and assistant
+    opening (its own template), else objective.prompt_template filled with it."""
+    if chat is not None:
+        return chat_prompt(chat, str(instruction))
+    return fill_template(template, instruction)
+
+
 class InstructionTuning(ObjectiveBase):
     name = "sft"
     heads = ("lm",)
@@ -93,7 +101,7 @@ class InstructionTuning(ObjectiveBase):
         self.data = data
         self.template = checked_template(template)
         # a chat model's template lays rows out as it was trained to read them
-        self.chat = chat if chat is not None and chat.chat_template else None
+        self.chat = chat_model(chat)
         if getattr(data, "messages_column", "") and self.chat is None:
             raise ConfigError(
                 "data.messages_column: the model has no chat template to lay conversations "
@@ -107,11 +115,7 @@ class InstructionTuning(ObjectiveBase):
         return [d.instruction_column, d.response_column]
 
     def prompt(self, instruction: str) -> str:
-        """What a user's prompt becomes: the chat template's user turn and assistant opening,
-        else objective.prompt_template filled with it."""
-        if self.chat is not None:
-            return chat_prompt(self.chat, instruction)
-        return fill_template(self.template, instruction)
+        return layout_prompt(self.template, self.chat, instruction)
 
     def encode(self, split: datasets.Dataset, seq_len: int, key: str = "train") -> Encoded:
         if self.chat is not None:
@@ -126,10 +130,7 @@ class InstructionTuning(ObjectiveBase):
         if getattr(self.data, "messages_column", ""):
             return [as_messages(m, r) for m, r in zip(split[self.data.messages_column], rows)]
         pairs = zip(split[self.data.instruction_column], split[self.data.response_column])
-        return [
-            [{"role": "user", "content": str(i)}, {"role": "assistant", "content": str(r)}]
-            for i, r in pairs
-        ]
+        return [exchange(i, r) for i, r in pairs]
 
     def _encode_chat(self, split: datasets.Dataset, seq_len: int) -> Encoded:
         chat = self.chat

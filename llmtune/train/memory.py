@@ -1,7 +1,8 @@
 """Memory a training run needs per device, estimated from the config alone (for `llmtune plan`).
 
 Weights, gradients and AdamW state follow from the parameter count; activations are the
-tensors autograd saves for backward, counted per layer from B, T, d, heads, d_ff and dtype.
+tensors autograd saves for backward, counted per layer from B, T, d, heads, d_ff and dtype
+(a GELU block for GPT-2/BERT, a SwiGLU block with grouped keys/values for the Llama family).
 """
 
 from __future__ import annotations
@@ -58,20 +59,19 @@ class MemoryEstimate:
 
 
 def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
-    """Bytes one block saves for backward.
+    """Bytes one block saves for backward: per token (GELU or SwiGLU block, below), plus the
+    attention weights when SDPA's fused kernel does not run.
 
-    Per token: the residual input and the LayerNorm input stay fp32 (2d); q, k, v, attention
-    output, the projection input and the MLP input are matmul operands (6d), the MLP hidden
-    twice (before and after GELU, 2 d_ff); dropout keeps two 1-byte masks of d. Without SDPA's
-    fused kernel [B, H, T, T] weights stay too: in fp32 (models/dropout.py) the fp32 softmax and
-    a 1-byte keep mask; in bf16 (SDPA's unfused path) the softmax, mask and dropped weights.
-    bf16 through fp32 products keeps q, k, v in fp32, the fp32 attention path's weights, and
-    with SDPA's fused kernel its fp32 output besides the bf16 copy the projection keeps.
+    Dropout keeps two 1-byte masks of d. Without SDPA's fused kernel [B, H, T, T] weights
+    stay too: in fp32 (models/dropout.py) the fp32 softmax and a 1-byte keep mask; in bf16
+    (SDPA's unfused path) the softmax, mask and dropped weights. bf16 through fp32 products
+    keeps q, k, v in fp32, the fp32 attention path's weights, and with SDPA's fused kernel its
+    fp32 output besides the bf16 copy the projection keeps.
     """
     tokens = shape.batch * shape.seq_len
     act = 2 if shape.half else 4
-    d, ff = cfg.d_model, cfg.d_ff
-    per_token = 2 * d * 4 + 6 * d * act + 2 * ff * act
+    d = cfg.d_model
+    per_token = _swiglu_bytes(cfg, act) if cfg.family == "llama" else _gelu_bytes(cfg, act)
     if shape.half_via_fp32:
         per_token += 3 * d * 2 + (d * 4 if shape.flash else 0)
     if cfg.dropout > 0:
@@ -81,6 +81,32 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
         bytes_per_weight = 3 * 4 if shape.half and not shape.half_via_fp32 else 4 + 1
         scores = bytes_per_weight * shape.batch * cfg.n_heads * shape.seq_len**2
     return tokens * per_token + scores
+
+
+def _gelu_bytes(cfg: ModelConfig, act: int) -> int:
+    """Per token of a GPT-2/BERT block: the residual input and the LayerNorm input stay fp32
+    (2d); q, k, v, attention output, the projection input and the MLP input are matmul
+    operands (6d), the MLP hidden twice (before and after GELU, 2 d_ff)."""
+    return 2 * cfg.d_model * 4 + 6 * cfg.d_model * act + 2 * cfg.d_ff * act
+
+
+def _swiglu_bytes(cfg: ModelConfig, act: int) -> int:
+    """Per token of a Llama block (models/llama.py).
+
+    Each RMSNorm (two) keeps its input and its normalised output in fp32 (it normalises in
+    fp32) and the matmul its scaled output (act). Attention keeps the rotated queries (H*hd),
+    the keys and values as SDPA reads them, and its output (H*hd), which the output
+    projection reads as a view. Grouped keys and values are repeated to H heads by a copy
+    (2 H*hd); with Hkv = H none is made and v, a view, keeps the fused qkv output alive; with
+    Hkv = 1 the repeat is a view of the rotated key and of that output. SwiGLU keeps the fused
+    gate|up output (2 d_ff), silu(gate) (d_ff) and the product the down projection reads (d_ff).
+    """
+    d, heads, kv = cfg.d_model, cfg.n_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
+    # a copy H heads wide each, or (no copy) the rotated key and the qkv output v views
+    grouped = 1 < cfg.kv_heads < cfg.n_heads
+    keys_values = 2 * heads if grouped else kv + heads + 2 * kv
+    norms = 2 * (2 * d * 4 + d * act)
+    return norms + (2 * heads + keys_values) * act + 4 * cfg.d_ff * act
 
 
 def head_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
@@ -98,7 +124,10 @@ def head_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
 def activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     """Saved activations of all blocks plus embeddings and final norm (no head)."""
     tokens = shape.batch * shape.seq_len
-    embeddings = 3 * tokens * cfg.d_model * 4  # embedding sum, its dropout/norm, final norm
+    if cfg.family == "llama":  # no positions to add: the final RMSNorm's input and output
+        embeddings = tokens * (2 * cfg.d_model * 4 + (cfg.d_model if cfg.dropout > 0 else 0))
+    else:  # embedding sum, its dropout/norm, final norm
+        embeddings = 3 * tokens * cfg.d_model * 4
     layer = layer_activation_bytes(cfg, shape)
     if shape.checkpointing:
         # each block keeps only its input; one block's activations exist again in backward

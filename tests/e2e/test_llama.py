@@ -179,6 +179,66 @@ def test_chat_ids_equal_transformers_apply_chat_template(chat_model):
         assert learnt == "ok<|im_end|>\n" * n_turns
 
 
+def test_preference_pairs_and_ppo_prompts_equal_transformers_apply_chat_template(chat_model):
+    """dpo and reward rows of a chat model are sft's layout: [user prompt, assistant response]
+    as apply_chat_template gives it, the assistant turn (closing markup included) the target;
+    ppo's prompts are the user turn with the assistant opening (add_generation_prompt)."""
+    transformers = pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    import datasets
+
+    from llmtune.config.schema import FilesData, RunConfig
+    from llmtune.data import tokenizer_info
+    from llmtune.models.family import Kind
+    from llmtune.objectives import Context, entry
+
+    base = read_base(f"hf:{chat_model['hf']}")
+    info = tokenizer_info(base.tokenizer, "bpe")
+    reference = transformers.AutoTokenizer.from_pretrained(chat_model["hf"])
+    pairs = _pairs(4, 7)
+
+    def layout(prompt: str, response: str) -> list[int]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return list(
+            reference.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        )
+
+    def context(name: str, **objective) -> Context:
+        config = RunConfig(
+            objective=entry(name).config(**objective),
+            data=FilesData(),
+            tokenizer=base.tokenizer_config,
+        )
+        reward = SimpleNamespace(
+            model=build_model(LlamaConfig(vocab_size=info.vocab_size, d_model=32, n_heads=2,
+                                          d_ff=64, n_layers=1), ("reward",)),
+            tokenizer=base.tokenizer,
+            meta={"objective": "reward"},
+        )  # fmt: skip
+        return Context(config, base.tokenizer, info, Kind.DECODER, load_checkpoint=lambda p: reward)
+
+    for name in ("dpo", "reward"):
+        task = entry(name).make(context(name), [])
+        encoded = task.encode(datasets.Dataset.from_list(pairs), 512).rows
+        for i, row in enumerate(pairs):
+            for prefix, column in (("", "chosen"), ("rejected_", "rejected")):
+                assert encoded[prefix + "input_ids"][i] == layout(row["prompt"], row[column])
+                labels = [t for t in encoded[prefix + "labels"][i] if t != -100]
+                learnt = base.tokenizer.decode(labels, skip_special_tokens=False)
+                assert learnt == row[column] + "<|im_end|>\n", (name, learnt)
+    ppo = entry("ppo").make(context("ppo", reward_model="r", max_new_tokens=8), [])
+    prompts = ppo.encode(
+        datasets.Dataset.from_list([{"instruction": p["prompt"]} for p in pairs]), 64
+    )
+    for row, ids in zip(pairs, prompts.rows["input_ids"]):
+        messages = [{"role": "user", "content": row["prompt"]}]
+        expected = reference.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        assert ids == list(expected["input_ids"])
+
+
 METHODS = {
     "full": [],
     "freeze": ["method=freeze", "method.freeze_layers=1"],

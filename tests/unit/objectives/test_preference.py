@@ -103,6 +103,29 @@ def test_dpo_at_init_is_log2_per_pair_and_learns_from_a_step(bpe, method):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
 
 
+def test_dpo_reports_pairwise_logp_accuracy_of_policy_and_reference(bpe):
+    """Pairs whose chosen answer is more likely, under the policy and under the frozen model
+    as loaded (the accuracy before tuning), counted on the same pairs."""
+    model = _gpt(bpe).eval()
+    task = _dpo(bpe, model)
+    batch = task.prepare(task.make_examples(PAIRS, 32, 0), None)
+
+    def hand() -> int:
+        chosen, rejected = sequence_logps(model, batch).detach().chunk(2)
+        return int((chosen > rejected).sum())
+
+    before = hand()
+    torch.manual_seed(1)
+    with torch.no_grad():  # the policy moves, the reference (a frozen copy) does not
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    after = hand()
+    extra = task.losses(model, batch)["dpo"].extra
+    assert int(extra["reference_logp_accuracy"][0]) == before
+    assert int(extra["logp_accuracy"][0]) == after
+    assert int(extra["logp_accuracy"][1]) == 3  # per pair
+
+
 def test_lora_disabled_model_equals_the_base_and_adapters_come_back(bpe):
     model = _gpt(bpe).eval()
     ids = torch.tensor([[5, 9, 14, 3, 7]])

@@ -13,6 +13,7 @@ from llmtune.commands import plan
 from llmtune.config.schema import HardwareConfig
 from llmtune.models import build_model
 from llmtune.models.gpt import GPTConfig
+from llmtune.models.llama import LlamaConfig
 from llmtune.models.registry import model_config
 from llmtune.objectives.clm import CausalLM
 from llmtune.train.hardware import Runtime, prepare_model
@@ -21,6 +22,7 @@ from llmtune.train.memory import (
     activation_bytes,
     available_memory,
     head_activation_bytes,
+    layer_activation_bytes,
 )
 
 TINY = ["model=gpt-tiny", "model.vocab_size=1000", "train.micro_batch_size=4", "hardware=cpu"]
@@ -104,6 +106,33 @@ def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
     shape = ActivationShape(batch=batch, seq_len=64, half=False, flash=dropout == 0)
     estimate = activation_bytes(cfg, shape)
     assert 0.9 < estimate / measured < 1.12
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # multi-head, grouped, multi-query
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_llama_activation_estimate_matches_saved_tensors(kv_heads, dropout):
+    cfg = LlamaConfig(
+        vocab_size=500, d_model=64, n_layers=3, n_heads=4, n_kv_heads=kv_heads, d_ff=160,
+        max_seq_len=64, dropout=dropout, attn_dropout=dropout,
+    )  # fmt: skip
+    model = build_model(cfg, ("lm",))
+    ids = torch.randint(500, (2, 64))
+    measured = _saved_bytes(model, lambda: model.backbone(ids))
+    shape = ActivationShape(batch=2, seq_len=64, half=False, flash=dropout == 0)
+    assert 0.95 < activation_bytes(cfg, shape) / measured < 1.05
+
+
+def test_llama_block_is_counted_by_hand_as_swiglu_with_grouped_keys_and_values():
+    """d 64, 4 heads of 16 sharing 2 key/value heads, SwiGLU d_ff 160, fp32, fused attention,
+    B*T = 128 tokens. Per token, in 4-byte floats:
+      two RMSNorms: input and normalised output (fp32) and the scaled output a matmul reads,
+        2 * 3 * 64 = 384
+      attention: rotated q 64, keys and values repeated to 4 heads 64 + 64, output 64 = 256
+      SwiGLU: gate|up 2 * 160, silu(gate) 160, silu(gate) * up 160 = 640
+    GPT's GELU block of the same widths would count 2*64 + 6*64 + 2*160 = 832, not 1280."""
+    cfg = LlamaConfig(vocab_size=500, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=160)
+    shape = ActivationShape(batch=2, seq_len=64, half=False, flash=True)
+    assert layer_activation_bytes(cfg, shape) == 128 * (384 + 256 + 640) * 4
 
 
 def test_fused_head_estimate_is_far_below_full_logits():
