@@ -148,8 +148,9 @@ def finetune(init: Path, out: Path, name: str, steps: int, lr: float) -> Path:
             f"data.validation={out / 'task_validation.jsonl'}",
             "objective.source_column=source", "objective.target_column=target",
             "objective.source_prefix=unshuffle: ", "objective.target_max_tokens=32",
-            f"train.max_steps={steps}", "train.eval_every=100", "train.save_every=100",
-            f"optim.lr={lr}", "optim.warmup_steps=30", "seed=0", "hardware=cpu",
+            f"train.max_steps={steps}", "train.eval_every=50", "train.save_every=50",
+            "train.global_batch_size=16", "train.micro_batch_size=16",
+            f"optim.lr={lr}", "optim.warmup_steps=15", "seed=0", "hardware=cpu",
             "checkpoint.resume=never", f"hydra.run.dir={run}",
         ],
         out / f"ft_{name}.out",
@@ -203,8 +204,8 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, default=2000)
     parser.add_argument("--pretrain-steps", type=int, default=2000)
     parser.add_argument("--pretrain-time", default="38m", help="train.max_time of pretraining")
-    parser.add_argument("--finetune-steps", type=int, default=400)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--starts", default="pretrained,scratch", help="which to fine-tune")
     args = parser.parse_args()
@@ -216,9 +217,12 @@ def main() -> None:
     if args.stage in ("all", "pretrain"):
         pretrain(args.out, args.pretrain_steps, args.pretrain_time)
     if args.stage in ("all", "compare"):
+        from llmtune import checkpoint
+
         results = {}
         for name in args.starts.split(","):
-            init = args.out / "pretrain"
+            # the last step pretraining saved (it may have stopped at max_time or SIGTERM)
+            init = checkpoint.read_pointer(args.out / "pretrain" / "checkpoints", "latest")
             if name == "scratch":
                 init = make_scratch(init, args.out, args.seed)
             elif name != "pretrained":
