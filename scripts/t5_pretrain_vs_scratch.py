@@ -170,9 +170,11 @@ def evaluate(run: Path, out: Path, name: str) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
-def pretrain_curve(out: Path) -> list[tuple[int, float]]:
+def pretrain_curve(out: Path) -> tuple[float, list[tuple[int, float]]]:
+    """The first logged training loss and (step, val_loss) of every evaluation."""
     rows = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").open()]
-    return [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    first = next(r["loss"] for r in rows if "loss" in r)
+    return first, [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
 
 
 def copy_baseline(out: Path) -> dict[str, float]:
@@ -184,14 +186,13 @@ def copy_baseline(out: Path) -> dict[str, float]:
 
 
 def table(out: Path, results: dict[str, dict]) -> None:
-    curve = pretrain_curve(out)
-    print(f"pretraining val_loss: step {curve[0][0]} {curve[0][1]:.3f} -> step {curve[-1][0]} "
-          f"{curve[-1][1]:.3f}  ({', '.join(f'{s}:{v:.2f}' for s, v in curve)})")  # fmt: skip
-    print(
-        f"{'start':<12} {'rougeL':>7} {'rouge1':>7} {'rouge2':>7} {'EM':>6} {'bleu':>6} {'loss':>6}"
-    )
+    first, curve = pretrain_curve(out)
+    evals = ", ".join(f"step {step} {loss:.3f}" for step, loss in curve)
+    print(f"pretraining: first logged training loss {first:.3f}; val_loss {evals}")
+    heads = ("rougeL", "rouge1", "rouge2", "EM", "bleu", "loss")
+    print(f"{'start':<12} " + " ".join(f"{h:>7}" for h in heads))
     for name, r in results.items():
-        loss = f"{r['loss']:6.3f}" if "loss" in r else "     -"
+        loss = f"{r['loss']:.3f}" if "loss" in r else "-"
         print(f"{name:<12} {r['rougeL']:7.4f} {r['rouge1']:7.4f} {r['rouge2']:7.4f} "
               f"{r['exact_match']:7.3f} {r['bleu']:7.2f} {loss:>7}")  # fmt: skip
 
@@ -207,7 +208,9 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--starts", default="pretrained,scratch", help="which to fine-tune")
+    parser.add_argument(
+        "--starts", default="pretrained,scratch", help="which to fine-tune ('' = table only)"
+    )
     args = parser.parse_args()
     if not WIKI.is_file():
         sys.exit(f"{WIKI} not found: set LLMTUNE_REAL_DATA to the shared data folder")
@@ -220,7 +223,7 @@ def main() -> None:
         from llmtune import checkpoint
 
         results = {}
-        for name in args.starts.split(","):
+        for name in filter(None, args.starts.split(",")):
             # the last step pretraining saved (it may have stopped at max_time or SIGTERM)
             init = checkpoint.read_pointer(args.out / "pretrain" / "checkpoints", "latest")
             if name == "scratch":
