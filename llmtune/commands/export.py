@@ -15,7 +15,7 @@ from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
 from llmtune.disk import share_like_new_files
 from llmtune.errors import ConfigError, UserError
-from llmtune.export import EXTRAS, WRITERS, ExportJob, require
+from llmtune.export import ENCODER_DECODER_WRITERS, EXTRAS, WRITERS, ExportJob, require
 from llmtune.export.inference import InferenceModel, example_inputs, sample_inputs
 from llmtune.loading import folders_of, load_checkpoint
 from llmtune.models import Kind
@@ -47,10 +47,10 @@ def _check_out(config: RunConfig) -> Path:
 
 def _build_job(config: RunConfig, staging: Path) -> ExportJob:
     loaded = load_checkpoint(config.ckpt, torch.device("cpu"))
-    if loaded.model.kind == Kind.ENCODER_DECODER and config.format != "hf":
+    if loaded.model.kind == Kind.ENCODER_DECODER and config.format not in ENCODER_DECODER_WRITERS:
         raise ConfigError(
             f"format={config.format}: {loaded.family} (encoder-decoder) checkpoints export as "
-            "format=hf only (encoder and decoder-with-past graphs are not written yet)"
+            f"format={', '.join(ENCODER_DECODER_WRITERS)} only"
         )
     merge_lora(loaded.model)  # plain Linears: every format (and HF) knows those
     loaded.model.float().eval()
@@ -85,7 +85,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
     staging.mkdir()
     try:
         job = _build_job(config, staging)
-        lines = WRITERS[config.format](job)
+        writers = (
+            WRITERS if job.loaded.model.kind != Kind.ENCODER_DECODER else ENCODER_DECODER_WRITERS
+        )
+        lines = writers[config.format](job)
         _publish(staging, out)
     except UserError as exc:  # name the folder the user asked for, not the staging one
         exc.args = (str(exc).replace(str(staging), str(out)),)

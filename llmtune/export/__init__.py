@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmtune.export import gguf_file, hf, onnx_file, pt2, quantized, torchscript
+from llmtune.export import gguf_file, hf, onnx_file, pt2, quantized, seq2seq_graphs, torchscript
 from llmtune.export.job import EXTRA_HINT, ExportJob, require
 from llmtune.export.verify import VerificationError
 
@@ -21,6 +21,15 @@ WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
     "gguf": gguf_file.write,
 }
 
+# An encoder-decoder's writers: its own Hugging Face layout, and encoder + decoder graphs.
+# TorchScript's tracer, torchao's quantized linears and GGUF are offered for decoders and
+# encoders only (no llama.cpp architecture reads a T5 written by llmtune).
+ENCODER_DECODER_WRITERS: dict[str, Callable[[ExportJob], list[str]]] = {
+    "hf": hf.write,
+    "onnx": seq2seq_graphs.write,
+    "pt2": seq2seq_graphs.write,
+}
+
 # Optional packages per format, checked before the checkpoint is loaded.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "hf": ("transformers",),
@@ -30,4 +39,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "int4wo": ("torchao",),
 }
 
-__all__ = ["EXTRAS", "EXTRA_HINT", "WRITERS", "ExportJob", "VerificationError", "require"]
+__all__ = [
+    "ENCODER_DECODER_WRITERS",
+    "EXTRAS",
+    "EXTRA_HINT",
+    "WRITERS",
+    "ExportJob",
+    "VerificationError",
+    "require",
+]

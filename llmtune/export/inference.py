@@ -38,8 +38,9 @@ def output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
 class InferenceModel(nn.Module):
     """forward(input_ids, attention_mask[, token_type_ids]) -> logits of every head, in order.
     The third input is the family's third (bert: token_type_ids; t5: decoder_input_ids, whose
-    teacher-forced decoder states the lm head projects; only format=hf verifies t5 through
-    this graph, so no exported graph names t5's input after BERT's segments).
+    teacher-forced decoder states the lm head projects; t5's exported graphs are
+    export/seq2seq_graphs.py's, so none names t5's input after BERT's segments; this graph
+    gives the logits they are verified against).
 
     Token heads give [B,T,*] (mlm over every position), sequence heads [B,*]. Rows are right
     padded; gpt's sequence heads read the last real token, as llmtune's seq_cls does.

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from llmtune.config.schema import ModelConfig
+from llmtune.models.family import Kind
+from llmtune.models.registry import family
 from llmtune.objectives.chunked_ce import CHUNK_ELEMENTS
 
 # A CPU process holding torch, tokenizers and datasets, before any model (measured ~0.5 GiB).
@@ -123,6 +125,8 @@ def head_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
 
 def activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     """Saved activations of all blocks plus embeddings and final norm (no head)."""
+    if family(cfg.family).kind is Kind.ENCODER_DECODER:
+        return encoder_decoder_activation_bytes(cfg, shape)
     tokens = shape.batch * shape.seq_len
     if cfg.family == "llama":  # no positions to add: the final RMSNorm's input and output
         embeddings = tokens * (2 * cfg.d_model * 4 + (cfg.d_model if cfg.dropout > 0 else 0))
@@ -133,6 +137,62 @@ def activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
         # each block keeps only its input; one block's activations exist again in backward
         return embeddings + cfg.n_layers * tokens * cfg.d_model * 4 + layer
     return embeddings + cfg.n_layers * layer
+
+
+def _rms_norm_bytes(d: int, act: int) -> int:
+    """Per token, one T5 norm: its fp32 input, 1/rms and normalised input, the output a matmul
+    reads (in the autocast dtype)."""
+    return (2 * d + 1) * 4 + d * act
+
+
+def _t5_block_bytes(cfg: ModelConfig, shape: ActivationShape, decoder: bool) -> int:
+    """Bytes one T5 block saves. Self-attention always keeps its [B,H,T,T] weights: the
+    position bias takes gradients, which SDPA's fused CPU kernel cannot give, so PyTorch runs
+    the unfused path (copies of q, k^T and v, the softmax, and the projection's input). Cross-
+    attention has no trainable mask and runs fused (q, output, log-sum-exp, projection input)
+    except with attention dropout (the unfused path: [B,H,T,S] weights and a keep mask); its
+    keys and values of the S encoder positions stay for every decoder block."""
+    act = 2 if shape.half else 4
+    d, inner, ff = cfg.d_model, cfg.n_heads * cfg.d_kv, cfg.d_ff
+    s = shape.seq_len
+    t = max(1, round(shape.lm_rows_share * s)) if decoder else s
+    # gated: gate, fc, GELU and product outputs; relu: its output, and dropout's if any
+    ff_units = 4 * ff if cfg.feed_forward == "gated-gelu" else ff * (2 if cfg.dropout else 1)
+    per_token = (3 if decoder else 2) * _rms_norm_bytes(d, act) + 4 * inner * act + ff_units * act
+    if cfg.dropout > 0:  # 1-byte keep masks: each sub-layer's output and the feed-forward
+        per_token += (3 if decoder else 2) * d + ff
+    weight_bytes = 4 + (1 if cfg.attn_dropout > 0 else 0)
+    total = shape.batch * t * per_token + weight_bytes * shape.batch * cfg.n_heads * t * t
+    if decoder:
+        total += shape.batch * s * 2 * inner * act  # cross-attention keys and values
+        if cfg.attn_dropout > 0:
+            total += shape.batch * t * 2 * inner * act + 5 * shape.batch * cfg.n_heads * t * s
+        else:
+            total += shape.batch * t * (3 * inner * act + cfg.n_heads * 4)
+    return total
+
+
+def encoder_decoder_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
+    """An encoder-decoder (T5): encoder blocks at the `seq_len` sources, decoder blocks at the
+    targets (`lm_rows_share` of seq_len, as the FLOPs count), each block's cross-attention
+    keys and values of the encoder output, the final norms and the bucket indices."""
+    b, s = shape.batch, shape.seq_len
+    t = max(1, round(shape.lm_rows_share * s))
+    act = 2 if shape.half else 4
+    drop = 2 * cfg.d_model if cfg.dropout > 0 else 0  # embedding and final dropout masks
+    fixed = 8 * (s * s + t * t) + t * t  # int64 position buckets, the bool causal mask
+    # each stack's final norm; the encoder's output is read by every cross-attention
+    fixed += b * s * (_rms_norm_bytes(cfg.d_model, act) + drop) + b * t * (
+        (2 * cfg.d_model + 1) * 4 + drop
+    )
+    encoder = _t5_block_bytes(cfg, shape, decoder=False)
+    decoder = _t5_block_bytes(cfg, shape, decoder=True)
+    if shape.checkpointing:  # blocks keep their inputs; one block's activations come back
+        kept = 4 * cfg.d_model * (cfg.n_layers * b * s + cfg.decoder_layers * b * t)
+        # cross-attention keys and values are made outside the blocks, so they stay too
+        kept += cfg.decoder_layers * b * s * 2 * cfg.n_heads * cfg.d_kv * act
+        return fixed + kept + max(encoder, decoder)
+    return fixed + cfg.n_layers * encoder + cfg.decoder_layers * decoder
 
 
 def estimate_memory(
