@@ -185,7 +185,7 @@ class GPTBackbone(CausalReadout, nn.Module):
         The generation contract (models/generation.py), for every decoder family:
         `forward(input_ids, past=past, use_cache=True, attention_mask=mask)` returns
         (hidden [B,T,D], cache); cache is one entry per layer, each a (k, v) tuple
-        [B,H,positions,Dh] or a `GrowingKV` (attention layers pass `past` through
+        [B,Hkv,positions,hd] or a `GrowingKV` (attention layers pass `past` through
         `blocks.with_past`, which appends to a GrowingKV in place); positions and masking
         follow `attention_mask` as above; a learned prefix or prompt may occupy the first
         cached positions.

@@ -13,6 +13,10 @@ from torch import Tensor
 
 from llmtune.kernels import bf16_via_fp32
 
+# A loss kernel, so it lives with the losses rather than in llmtune/kernels: objectives call it
+# in place of the LM head plus F.cross_entropy, it is no layer of the model that apply_kernels
+# could swap, and it runs on every device (the logits it never holds are as large on a GPU).
+
 # Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
 # (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.
 CHUNK_ELEMENTS = 2**25
