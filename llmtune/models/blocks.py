@@ -114,17 +114,23 @@ class Attention(nn.Module):
     The cache holds the Hkv key/value heads only.
     """
 
-    def __init__(self, config: ModelConfig, bias: bool = True, out_bias: bool = True) -> None:
+    def __init__(
+        self, config: ModelConfig, bias: bool = True, out_bias: bool = True, n_heads: int = 0
+    ) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads = config.n_heads, config.kv_heads
-        self.head_dim = config.head_size
+        # a head-pruned block (llmtune prune) keeps n_heads < config.n_heads heads of the same
+        # size; without grouped-query attention its key/value heads go with them
+        self.n_heads = n_heads or config.n_heads
+        grouped = config.kv_heads != config.n_heads
+        self.n_kv_heads = config.kv_heads if grouped else self.n_heads
+        self.head_size = config.head_size
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
             )
-        width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        width = (self.n_heads + 2 * self.n_kv_heads) * self.head_size
         self.qkv = nn.Linear(config.d_model, width, bias=bias)
-        self.proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=out_bias)
+        self.proj = nn.Linear(self.n_heads * self.head_size, config.d_model, bias=out_bias)
         self.sdpa = DotProductAttention(config.attn_dropout)
 
     def forward(
@@ -146,7 +152,7 @@ class Attention(nn.Module):
         (appended in place).
         """
         b, t, _ = x.shape
-        h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_size
         # [B,T,(H+2Hkv)*hd] -> q [B,T,H*hd], k and v [B,T,Hkv*hd]
         q, k, v = self.qkv(x).split((h * hd, hkv * hd, hkv * hd), dim=2)
         # [B,T,heads*hd] -> [B,heads,T,hd]: SDPA wants heads before time
@@ -207,11 +213,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Attention + MLP with residuals. pre_ln (gpt): x + f(LN(x)); else (bert): LN(x + f(x))."""
 
-    def __init__(self, config: ModelConfig, eps: float, pre_ln: bool, approximate: str) -> None:
+    def __init__(
+        self, config: ModelConfig, eps: float, pre_ln: bool, approximate: str, n_heads: int = 0
+    ) -> None:
         super().__init__()
         self.pre_ln = pre_ln
         self.ln_attn = nn.LayerNorm(config.d_model, eps=eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, n_heads=n_heads)  # 0: config.n_heads
         self.ln_mlp = nn.LayerNorm(config.d_model, eps=eps)
         self.mlp = MLP(config, approximate)
         self.dropout = nn.Dropout(config.dropout)
