@@ -95,8 +95,10 @@ def run(config: RunConfig, run_dir: Path) -> None:
         built = entry(config.objective.name).build(ctx)
         objective, examples, labels = built.objective, built.examples, built.labels
         n_train, n_val = (len(as_rows(examples[s])) for s in ("train", "validation"))
+        # packed rows hold several examples each (data.packing=true): say which is counted
+        unit = "packed rows" if getattr(config.data, "packing", False) else "examples"
         note(
-            f"{n_train:,} train / {n_val:,} validation examples"
+            f"{n_train:,} train / {n_val:,} validation {unit}"
             + (labels and f", {len(labels)} labels" or "")
         )
     model = build_model(config.model, objective.heads, len(labels))
@@ -111,7 +113,7 @@ def run(config: RunConfig, run_dir: Path) -> None:
     adapter = METHODS[config.method.name].adapter
     console.print(
         f"{config.model.family} {objective.name} with method={config.method.name}: "
-        f"{parameter_summary(model)}; {n_train} train / {n_val} validation examples, "
+        f"{parameter_summary(model)}; {n_train} train / {n_val} validation {unit}, "
         f"{runtime.device.type} {runtime.precision} x{runtime.threads} threads"
     )
     meta = {

@@ -164,6 +164,9 @@ class FilesData(DataConfig):
     negative_column: str = ""  # contrastive triplets: a hard negative per row (optional)
     # labelled rows longer than model.max_seq_len: truncate (counted) | drop (counted) | error
     overlong: str = "truncate"
+    # sft: several short examples share a row of model.max_seq_len, each attending only to
+    # itself from position 0 (fewer rows and less padding, the same loss per target token)
+    packing: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,9 @@ class TrainConfig:
     best_metric: str = "val_loss"
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: stop | skip (the step, counted)
     patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = off
+    # stop after this many passes over the training rows (0 = off), resolved into steps
+    # before training; a train.max_steps also given (not the command's default) wins if smaller
+    max_epochs: int = 0
 
 
 @dataclass(frozen=True)

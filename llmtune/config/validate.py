@@ -87,7 +87,25 @@ def _check_objective(config: RunConfig, kind: Kind | None) -> None:
         f"tasks.{next(iter(config.tasks), '')} is set but objective={o.name}; "
         f"add objective={'|'.join(composite)}",
     )
+    _check_packing(config)
     entry.check(config, kind)
+
+
+def _check_packing(config: RunConfig) -> None:
+    """data.packing=true: an objective that packs its rows, a method that keeps rows apart."""
+    if not getattr(config.data, "packing", False):
+        return
+    packs = [n for n, e in OBJECTIVES.items() if e.packing]
+    _require(
+        objective_entry(config.objective.name).packing,
+        f"data.packing=true packs the labelled examples of objective={'|'.join(packs)}, not "
+        f"objective={config.objective.name}'s; drop data.packing",
+    )
+    _require(
+        config.method.positions == 0,
+        f"data.packing=true: method={config.method.name} puts its own positions before each "
+        "row, which packed examples cannot share; drop data.packing or use method=full|freeze|lora",
+    )
 
 
 def _check_training(config: RunConfig) -> None:
@@ -113,6 +131,12 @@ def _check_training(config: RunConfig) -> None:
     ):
         _require(getattr(t, key) > 0, f"train.{key}={getattr(t, key)}: must be positive")
     _require(t.max_tokens >= 0, f"train.max_tokens={t.max_tokens}: must be >= 0")
+    _require(t.max_epochs >= 0, f"train.max_epochs={t.max_epochs}: must be >= 0 (0 = off)")
+    _require(
+        not (t.max_epochs and config.data.streaming),
+        f"train.max_epochs={t.max_epochs}: a stream (data.streaming=true) has no known size to "
+        "count passes over; use train.max_steps or train.max_tokens",
+    )
     per_step = t.micro_batch_size * h.world_size
     _require(
         t.global_batch_size % per_step == 0,
@@ -264,6 +288,7 @@ def check_model_fits(config: RunConfig) -> None:
         f"objective={entry.name} needs a {names_of_kind(*entry.kinds)} model, "
         f"but the checkpoint is a {config.model.family} model",
     )
+    _check_packing(config)
     entry.check(config, kind)
 
 

@@ -283,7 +283,8 @@ def pad_rows(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
 def padded_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     """Tensors of an encoded split: token rows padded to the longest, plus attention_mask.
 
-    Per-token `labels` pad with IGNORE; per-example labels (ints) become a [N] tensor.
+    Per-token `labels` pad with IGNORE; per-example labels (ints) become a [N] tensor;
+    packed rows' `doc_ids` pad with each row's last document id.
     """
     ids = encoded.rows["input_ids"]
     width = max((len(r) for r in ids), default=1)
@@ -293,6 +294,10 @@ def padded_batch(encoded: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     }
     if "token_type_ids" in encoded.rows:
         out["token_type_ids"] = pad_rows(encoded.rows["token_type_ids"], width, 0)
+    if "doc_ids" in encoded.rows:  # packed rows: padding joins the row's last example, which
+        # it follows causally, so a row holding one example keeps the fused causal kernel
+        docs = [r + r[-1:] * (width - len(r)) for r in encoded.rows["doc_ids"]]
+        out["doc_ids"] = pad_rows(docs, width, 0)
     for key in encoded.rows:  # more texts per example (contrastive pos_/neg_ views)
         if key.endswith("_input_ids"):
             rows, view = encoded.rows[key], key.removesuffix("input_ids")

@@ -113,6 +113,8 @@ class ObjectiveEntry:
     # whether that projection is fused with the loss (objectives/chunked_ce.py)
     vocab_share: Callable[[ObjectiveConfig, int], float] = no_vocab
     fused_vocab_loss: bool = False
+    # data.packing=true may put several of its examples in one row (doc_ids keep them apart)
+    packing: bool = False
     # its settings are the union of its tasks' objectives' (multitask)
     composite: bool = False
 

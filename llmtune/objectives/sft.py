@@ -4,6 +4,7 @@ Each example is template(instruction) + response + EOS; only response tokens and
 are targets, so the model learns to answer, not to reproduce prompts. A chat model (one whose
 tokenizer has a chat template) gets its rows laid out by that template instead, and learns its
 assistant turns (closing markup included); `data.messages_column` feeds it whole conversations.
+With data.packing=true several examples share a row, each attending only to itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from llmtune.config.schema import DataConfig, ObjectiveConfig, RunConfig, TokenizerConfig
 from llmtune.data import TokenizerInfo
 from llmtune.data.chat import as_messages, chat_prompt, encode_chat, specials
+from llmtune.data.examples import encoded_splits
 from llmtune.data.labelled import (
     ROW_COLUMN,
     Encoded,
@@ -26,6 +28,7 @@ from llmtune.data.labelled import (
     no_target,
     padded_batch,
 )
+from llmtune.data.row_packing import pack_encoded
 from llmtune.errors import ConfigError
 from llmtune.models.family import Kind
 from llmtune.objectives.base import Batch, ObjectiveBase, TermResult, sum_cross_entropy
@@ -147,7 +150,8 @@ class InstructionTuning(ObjectiveBase):
         return {"sft": (batch["labels"][:, 1:] != -100).sum()}
 
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        hidden = model(batch["input_ids"])  # [B,T,D]; right padding is never attended
+        # right padding is never attended; packed rows' doc_ids keep examples apart
+        hidden = model(batch["input_ids"], doc_ids=batch.get("doc_ids"))  # [B,T,D]
         targets = batch["labels"][:, 1:]  # position t predicts token t+1
         scored = targets != -100
         # project to the vocabulary only where a response token is predicted
@@ -167,7 +171,15 @@ def make(ctx: Context, labels: list) -> InstructionTuning:
 def build(ctx: Context) -> Built:
     config = ctx.config
     raw = load_labelled(config.data, InstructionTuning.columns(config.data), config.seed)
-    return build_rows(ctx, make, raw, [])
+    if not getattr(config.data, "packing", False):
+        return build_rows(ctx, make, raw, [])
+    task = make(ctx, [])
+    examples = {}
+    for split, encoded in encoded_splits(raw, task.encode, config, ctx.console).items():
+        packed, stats = pack_encoded(encoded, config.model.max_seq_len, config.seed)
+        ctx.console.print(stats.describe(split))
+        examples[split] = task.batch(packed)
+    return Built(task, examples)
 
 
 ENTRY = ObjectiveEntry(
@@ -182,4 +194,5 @@ ENTRY = ObjectiveEntry(
     check=check_template,
     columns=lambda cfg, data: InstructionTuning.columns(data),
     target_column=lambda data: data.response_column,
+    packing=True,
 )

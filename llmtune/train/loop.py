@@ -2,7 +2,8 @@
 
 Per step: set the LR; draw targets for every micro-batch and count them; forward and
 backward each micro-batch with its loss terms divided by the step's total counts; clip;
-step; then log, evaluate and checkpoint on their schedules; stop on steps, tokens or time.
+step; then log, evaluate and checkpoint on their schedules; stop on steps (or epochs, resolved
+into steps up front), tokens or time.
 Its collaborators: Progress (what advances; early stopping, the non-finite policy),
 Throughput (tokens/s, MFU), RunCheckpoints (save, resume).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from llmtune.config.validate import parse_duration
 from llmtune.objectives import Objective
 from llmtune.train import distributed, evaluation, parallel, preemption, streams
 from llmtune.train.checkpointing import RunCheckpoints, RunFiles
+from llmtune.train.epochs import resolve_epochs
 from llmtune.train.hardware import Runtime, prepare_model
 from llmtune.train.optim import build_optimizer, lr_at
 from llmtune.train.progress import Progress, skip_nonfinite
@@ -58,6 +60,12 @@ class Trainer:
             cfg.train.micro_batch_size * cfg.hardware.world_size
         )
         self.batches = self.parallel.batches(setup.train_examples, cfg)
+        # train.max_epochs becomes train.max_steps before anything reads the step count
+        cfg, epochs = resolve_epochs(cfg, setup.train_examples)
+        if epochs and self.parallel.is_main:
+            print(epochs)
+        self.s = replace(setup, config=cfg)
+        self.config, self.train = cfg, cfg.train
         self.progress = Progress()
         files = RunFiles(setup.tokenizer_json, setup.meta, setup.trainable_only)
         self.checkpoints = RunCheckpoints(

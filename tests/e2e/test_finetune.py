@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from llmtune.cli import main
 from llmtune.loading import load_checkpoint
-from tests.e2e.helpers import FAST, TINY_BERT, TINY_GPT, metrics, pretrain
+from tests.e2e.helpers import FAST, TINY_BERT, TINY_GPT, evaluate, metrics, pretrain
 
 WORDS = [
     "the",
@@ -208,22 +209,28 @@ def test_token_cls_tags_words(tmp_path, bert_base, capsys):
     assert meta["labels"] == ["B-loc", "O"]
 
 
-def test_sft_lowers_response_loss_on_gpt(tmp_path, corpus):
-    base = tmp_path / "gpt"
+@pytest.fixture(scope="module")
+def gpt_base(tmp_path_factory, corpus) -> Path:
+    base = tmp_path_factory.mktemp("gpt")
     pretrain(
         base, corpus, *TINY_GPT, "train.max_steps=20", "train.eval_every=20", "train.save_every=20"
     )
+    return base
+
+
+def _repeat_rows(n: int) -> list[dict]:
     rng = random.Random(0)
-    rows = [
-        {"instruction": f"repeat {w}", "response": f"{w} {w}"}
-        for w in (rng.choice(WORDS) for _ in range(160))
-    ]
+    words = (rng.choice(WORDS) for _ in range(n))
+    return [{"instruction": f"repeat {w}", "response": f"{w} {w}"} for w in words]
+
+
+def test_sft_lowers_response_loss_on_gpt(tmp_path, gpt_base):
     run = tmp_path / "sft"
     finetune(
         run,
-        base,
+        gpt_base,
         "objective=sft",
-        f"data.train={_write(tmp_path / 'p.jsonl', rows)}",
+        f"data.train={_write(tmp_path / 'p.jsonl', _repeat_rows(160))}",
         "objective.prompt_template='Q: {instruction} A:'",
         "model.max_seq_len=48",
         "train.max_steps=40",
@@ -232,6 +239,36 @@ def test_sft_lowers_response_loss_on_gpt(tmp_path, corpus):
     )
     _, evals = metrics(run)
     assert evals[-1]["val_sft_loss"] < 0.8 * evals[0]["val_sft_loss"], evals
+
+
+def test_packed_sft_trains_for_its_epochs_and_evaluates(tmp_path, gpt_base, capsys):
+    data = _write(tmp_path / "p.jsonl", _repeat_rows(160))
+    run = tmp_path / "sft"
+    finetune(
+        run,
+        gpt_base,
+        "objective=sft",
+        "data.packing=true",
+        f"data.train={data}",
+        "objective.prompt_template='Q: {instruction} A:'",
+        "model.max_seq_len=48",
+        "train.max_epochs=4",
+        "train.eval_every=16",
+        "train.save_every=16",
+    )
+    log = (run / "finetune.log").read_text()
+    packed = re.search(r"data.train: packed 152 examples into (\d+) rows of 48 tokens", log)
+    assert packed and int(packed[1]) < 152 / 2, log
+    per_epoch = int(packed[1]) // 8  # rows // global batch size (8), the rest dropped
+    steps = 4 * per_epoch
+    assert f"train.max_epochs=4: 4 x {per_epoch} steps = {steps} steps" in log
+    assert "data.validation: packed 8 examples into" in log and "padding" in log
+    assert f"{packed[1]} train / " in log and " validation packed rows" in log
+    train, evals = metrics(run)
+    assert train[-1]["step"] == evals[-1]["step"] == steps
+    assert evals[-1]["val_sft_loss"] < evals[0]["val_sft_loss"], evals
+    results = evaluate(run, f"ckpt={run}", f"data.test={data}", "evaluate.max_examples=16")
+    assert results["n_examples"] == 16 and results["loss"] < 2 * evals[-1]["val_sft_loss"]
 
 
 def _tiny_hf_bert(folder: Path, tokenizer_json: Path) -> Path:
