@@ -17,7 +17,6 @@ from torch import nn
 
 from llmtune.config.schema import MethodConfig
 from llmtune.errors import ConfigError
-from llmtune.models.dropout import Dropout
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
         # kaiming-uniform A (as nn.Linear and PEFT); B = 0 makes the update start at zero
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = Dropout(dropout)
+        self.lora_dropout = nn.Dropout(dropout)
         self.enabled = True  # False: compute the base Linear alone (see adapters_disabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ from llmtune.config.schema import RunConfig
 from llmtune.console import console as shared_console
 from llmtune.data import cache_root
 from llmtune.data.footprint import data_rows
+from llmtune.kernels import bf16_via_fp32
 from llmtune.models import build_model
-from llmtune.models.cpu_bf16 import bf16_via_fp32
 from llmtune.objectives import entry
 from llmtune.train.flops import device_peak_flops, model_flops_per_token
 from llmtune.train.hardware import Runtime, resolve_runtime
@@ -115,7 +115,7 @@ def _speed_rows(config: RunConfig, peak: float | None, device: str) -> list[tupl
 
 
 def _note_cpu_bf16(console: Console, runtime: Runtime) -> None:
-    """Say what bf16 buys on a CPU without bf16 units (see models/cpu_bf16.py)."""
+    """Say what bf16 buys on a CPU without bf16 units (see kernels/bf16.py)."""
     if bf16_via_fp32(runtime.device.type, runtime.autocast_dtype):
         console.print(
             "[bold yellow]note:[/] this CPU has no bf16 matmul units: bf16 products run in fp32 "

@@ -15,7 +15,6 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.models.blocks import Block
-from llmtune.models.dropout import Dropout
 from llmtune.models.family import Arch, Entry, Family, HFMapping, Kind, pair, tied_weight
 from llmtune.models.gpt import check_layer_heads, check_position_table, require_hf
 from llmtune.models.heads import MLMHead, NSPHead, task_head
@@ -58,7 +57,7 @@ class BertBackbone(nn.Module):
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model)
         self.emb_ln = nn.LayerNorm(config.d_model, eps=eps)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config, eps, pre_ln=False, approximate="none", n_heads=config.heads_in(i))
             for i in range(config.n_layers)

@@ -1,19 +1,19 @@
-"""Transformer building blocks shared by GPT-2 and BERT: attention, MLP and the residual block.
-
-One block class serves both families; the family passes pre-LN (gpt) or post-LN (bert) wiring
-and its GELU.
+"""Transformer building blocks: the KV cache and attention shared by GPT-2, Llama and BERT, and
+the GELU MLP and LayerNorm residual block of GPT-2 (pre-LN) and BERT (post-LN).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmtune.config.schema import ModelConfig
-from llmtune.models.dropout import Dropout, scaled_dot_product_attention
+from llmtune.models.rope import rotate
 
-# One layer's attention keys and values, each [B, H, positions, D/H].
+# One layer's attention keys and values, each [B, Hkv, positions, hd].
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -68,26 +68,70 @@ def with_past(past: KV | GrowingKV, k: torch.Tensor, v: torch.Tensor) -> tuple[K
     return kv, kv
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused q/k/v projection, computed by SDPA (see dropout.py).
+class DotProductAttention(nn.Module):
+    """softmax(q k^T * scale + mask) v with dropout `p` on the weights while training: SDPA as
+    a layer, so llmtune/kernels can swap in a faster one from outside, as it does nn.Dropout.
+    It holds no parameters, hence no checkpoint keys. `scale` None is 1/sqrt(head width)."""
 
-    The fused `qkv` weight is [3*D, D] with rows ordered q, k, v, so it maps onto GPT-2's
-    `c_attn` (transposed) and onto BERT's separate query/key/value by splitting in three.
+    def __init__(self, p: float = 0.0, scale: float | None = None) -> None:
+        super().__init__()
+        self.p, self.scale = p, scale
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """q [B,H,T,hd]; k, v [B,H,S,hd]; mask boolean (True = may attend) or float (added to
+        the scores), broadcastable to [B,H,T,S]. Returns [B,H,T,hd]."""
+        # dropout only while training: SDPA applies dropout_p unconditionally
+        p = self.p if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=self.scale
+        )
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + ("" if self.scale is None else f", scale={self.scale}")
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B,Hkv,S,hd] -> [B,Hkv*n_rep,S,hd]: key/value head j serves query heads j*n_rep.."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+class Attention(nn.Module):
+    """Self-attention with H query heads sharing Hkv key/value heads (grouped-query attention;
+    Hkv = H for GPT-2 and BERT), optional rotary positions (Llama), computed by SDPA.
+
+    The fused `qkv` weight is [(H + 2*Hkv) * hd, D] with rows q, k, v: it maps onto GPT-2's
+    `c_attn` (transposed), and splits into BERT's query/key/value and Llama's q/k/v_proj.
+    The cache holds the Hkv key/value heads only.
     """
 
-    def __init__(self, config: ModelConfig, n_heads: int = 0) -> None:
+    def __init__(
+        self, config: ModelConfig, bias: bool = True, out_bias: bool = True, n_heads: int = 0
+    ) -> None:
         super().__init__()
-        if config.d_model % config.n_heads:
-            raise ValueError(
-                f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}"
-            )
-        # a head-pruned block keeps n_heads < config.n_heads heads of the same head size
+        # a head-pruned block (llmtune prune) keeps n_heads < config.n_heads heads of the same
+        # size; without grouped-query attention its key/value heads go with them
         self.n_heads = n_heads or config.n_heads
+        grouped = config.kv_heads != config.n_heads
+        self.n_kv_heads = config.kv_heads if grouped else self.n_heads
         self.head_size = config.head_size
-        self.width = self.n_heads * self.head_size
-        self.attn_dropout = config.attn_dropout
-        self.qkv = nn.Linear(config.d_model, 3 * self.width)
-        self.proj = nn.Linear(self.width, config.d_model)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
+        width = (self.n_heads + 2 * self.n_kv_heads) * self.head_size
+        self.qkv = nn.Linear(config.d_model, width, bias=bias)
+        self.proj = nn.Linear(self.n_heads * self.head_size, config.d_model, bias=out_bias)
+        self.sdpa = DotProductAttention(config.attn_dropout)
 
     def forward(
         self,
@@ -96,28 +140,36 @@ class Attention(nn.Module):
         is_causal: bool = False,
         past: KV | GrowingKV | None = None,
         use_cache: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KV | GrowingKV]:
         """x [B,T,D]; mask is boolean, True = may attend, broadcastable to [B,H,T,T].
 
-        `past` = (k, v) [B,H,P,D/H] of P earlier positions (a generation cache, or learned
-        prefixes); `mask` covers either the T new keys (past keys are then visible to every
-        query) or all P+T keys (padded generation batches). With `use_cache` returns
+        `past` = (k, v) [B,Hkv,P,hd] of P earlier positions (a generation cache, or learned
+        prefixes; rotated already); `mask` covers either the T new keys (past keys are then
+        visible to every query) or all P+T keys (padded generation batches). `rope` = (cos,
+        sin) [B|1,1,T,hd] rotates the new queries and keys. With `use_cache` returns
         (y, cache): the (k, v) including `past`, or `past` itself when it is a GrowingKV
         (appended in place).
         """
         b, t, _ = x.shape
-        # [B,T,3W] -> 3 x [B,T,W] -> [B,H,T,W/H] (W = H * head size): heads before time for SDPA
-        q, k, v = self.qkv(x).split(self.width, dim=2)
-        q, k, v = (z.view(b, t, self.n_heads, self.head_size).transpose(1, 2) for z in (q, k, v))
+        h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_size
+        # [B,T,(H+2Hkv)*hd] -> q [B,T,H*hd], k and v [B,T,Hkv*hd]
+        q, k, v = self.qkv(x).split((h * hd, hkv * hd, hkv * hd), dim=2)
+        # [B,T,heads*hd] -> [B,heads,T,hd]: SDPA wants heads before time
+        q = q.view(b, t, h, hd).transpose(1, 2)
+        k = k.view(b, t, hkv, hd).transpose(1, 2)
+        v = v.view(b, t, hkv, hd).transpose(1, 2)
+        if rope is not None:  # keys are cached rotated: a cached key keeps its position
+            q, k = rotate(q, *rope), rotate(k, *rope)
         cache: KV | GrowingKV = (k, v)
         if past is not None:
-            (k, v), cache = with_past(past, k, v)
+            (k, v), cache = with_past(past, k, v)  # [B,Hkv,P+T,hd]
             mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
-        # dropout only while training: SDPA applies dropout_p unconditionally
-        p = self.attn_dropout if self.training else 0.0
-        y = scaled_dot_product_attention(q, k, v, mask, is_causal, p)
-        # [B,H,T,W/H] -> [B,T,H,W/H] -> [B,T,W] -> [B,T,D]
-        y = self.proj(y.transpose(1, 2).reshape(b, t, self.width))
+        # [B,Hkv,S,hd] -> [B,H,S,hd]: each key/value head serves H/Hkv query heads
+        k, v = repeat_kv(k, h // hkv), repeat_kv(v, h // hkv)
+        y = self.sdpa(q, k, v, mask, is_causal)  # [B,H,T,hd]
+        # [B,H,T,hd] -> [B,T,H,hd] -> [B,T,H*hd] -> [B,T,D]
+        y = self.proj(y.transpose(1, 2).reshape(b, t, h * hd))
         return (y, cache) if use_cache else y
 
 
@@ -167,10 +219,10 @@ class Block(nn.Module):
         super().__init__()
         self.pre_ln = pre_ln
         self.ln_attn = nn.LayerNorm(config.d_model, eps=eps)
-        self.attn = Attention(config, n_heads)  # 0: config.n_heads
+        self.attn = Attention(config, n_heads=n_heads)  # 0: config.n_heads
         self.ln_mlp = nn.LayerNorm(config.d_model, eps=eps)
         self.mlp = MLP(config, approximate)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,
@@ -189,3 +241,26 @@ class Block(nn.Module):
             x = self.ln_attn(x + self.dropout(a))
             x = self.ln_mlp(x + self.dropout(self.mlp(x)))
         return (x, kv) if use_cache else x
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    attend: tuple[torch.Tensor | None, bool],
+    past: Sequence[KV | GrowingKV] | None,
+    use_cache: bool,
+    **block_kwargs: object,
+) -> tuple[torch.Tensor, list[KV | GrowingKV]]:
+    """x [B,T,D] through every block with `attend` = (mask, is_causal) and the block's entry
+    of `past`; `block_kwargs` go to every block (Llama's rotary tables). Returns (x [B,T,D],
+    one cache entry per block, empty without `use_cache`)."""
+    mask, is_causal = attend
+    cache: list[KV | GrowingKV] = []
+    for i, block in enumerate(blocks):
+        layer_past = None if past is None else past[i]
+        if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
+            x = block(x, mask, is_causal, layer_past, **block_kwargs)
+            continue
+        x, kv = block(x, mask, is_causal, layer_past, use_cache=True, **block_kwargs)
+        cache.append(kv)
+    return x, cache

@@ -16,8 +16,7 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.errors import CheckpointError, ConfigError
-from llmtune.models.blocks import KV, Block, GrowingKV
-from llmtune.models.dropout import Dropout
+from llmtune.models.blocks import KV, Block, GrowingKV, run_blocks
 from llmtune.models.family import (
     Arch,
     Entry,
@@ -126,6 +125,32 @@ def padded_positions(
     return pos, mask.unsqueeze(1)
 
 
+def positions_and_mask(
+    input_ids: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    start: int,
+) -> tuple[torch.Tensor, tuple[torch.Tensor | None, bool]]:
+    """Positions [B|1,T] of T new tokens after `start` cached ones, and (mask, is_causal) for
+    their attention: a decoder's packed rows (`doc_ids` [B,T]), left-padded generation rows
+    (`attention_mask` [B,S]), or plain causal rows."""
+    t = input_ids.shape[1]
+    if attention_mask is not None:
+        if doc_ids is not None:
+            raise ValueError("pass doc_ids (packed rows) or attention_mask (padding), not both")
+        pos, mask = padded_positions(attention_mask, start, t)
+        return pos, (mask, False)
+    if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
+        # every row lies inside one document (documents are contiguous): the document mask
+        # equals the causal one, and without a mask SDPA takes its fused causal kernel
+        doc_ids = None
+    if doc_ids is None:
+        # no mask tensor lets SDPA take its fused causal kernel
+        pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
+        return pos, (None, True)
+    return document_positions(doc_ids) + start, (document_causal_mask(doc_ids), False)
+
+
 class CausalReadout:
     """What a causal backbone's task heads read: its features and the pooled last token."""
 
@@ -153,7 +178,7 @@ class GPTBackbone(CausalReadout, nn.Module):
         eps = config.layer_norm_eps
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.n_positions, config.d_model)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config, eps, pre_ln=True, approximate="tanh", n_heads=config.heads_in(i))
             for i in range(config.n_layers)
@@ -181,56 +206,21 @@ class GPTBackbone(CausalReadout, nn.Module):
         The generation contract (models/generation.py), for every decoder family:
         `forward(input_ids, past=past, use_cache=True, attention_mask=mask)` returns
         (hidden [B,T,D], cache); cache is one entry per layer, each a (k, v) tuple
-        [B,H,positions,Dh] or a `GrowingKV` (attention layers pass `past` through
+        [B,Hkv,positions,hd] or a `GrowingKV` (attention layers pass `past` through
         `blocks.with_past`, which appends to a GrowingKV in place); positions and masking
         follow `attention_mask` as above; a learned prefix or prompt may occupy the first
         cached positions.
         """
-        t = input_ids.shape[1]
+        t, n_positions = input_ids.shape[1], self.pos_emb.num_embeddings
         start = 0 if past is None else past[0][0].shape[2]
-        if attention_mask is not None:
-            if doc_ids is not None:
-                raise ValueError("pass doc_ids (packed rows) or attention_mask (padding), not both")
-            pos, mask = padded_positions(attention_mask, start, t)
-            if int(pos[:, -1].max()) >= self.pos_emb.num_embeddings:
-                raise ValueError(f"positions exceed n_positions {self.pos_emb.num_embeddings}")
-            return self._blocks(input_ids, pos, (mask, False), past, use_cache)
-        if start + t > self.pos_emb.num_embeddings:
-            raise ValueError(
-                f"sequence length {start + t} exceeds n_positions {self.pos_emb.num_embeddings}"
-            )
-        if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
-            # every row lies inside one document (documents are contiguous): the document mask
-            # equals the causal one, and without a mask SDPA takes its fused causal kernel
-            doc_ids = None
-        if doc_ids is None:
-            # no mask tensor lets SDPA take its fused causal kernel
-            pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
-            mask, is_causal = None, True
-        else:
-            pos = document_positions(doc_ids) + start
-            mask, is_causal = document_causal_mask(doc_ids), False
-        return self._blocks(input_ids, pos, (mask, is_causal), past, use_cache)
-
-    def _blocks(
-        self,
-        input_ids: torch.Tensor,
-        pos: torch.Tensor,
-        attend: tuple[torch.Tensor | None, bool],
-        past: Sequence[KV | GrowingKV] | None,
-        use_cache: bool,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
-        """Embed at positions `pos`, run every block with `attend` = (mask, is_causal)."""
-        mask, is_causal = attend
-        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))
-        cache: list[KV | GrowingKV] = []
-        for i, block in enumerate(self.blocks):
-            layer_past = None if past is None else past[i]
-            if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
-                x = block(x, mask, is_causal, layer_past)
-                continue
-            x, kv = block(x, mask, is_causal, layer_past, use_cache=True)
-            cache.append(kv)
+        if attention_mask is None and start + t > n_positions:
+            raise ValueError(f"sequence length {start + t} exceeds n_positions {n_positions}")
+        pos, attend = positions_and_mask(input_ids, doc_ids, attention_mask, start)
+        # padding takes no position, so padded rows can fit where their length would not
+        if attention_mask is not None and int(pos[:, -1].max()) >= n_positions:
+            raise ValueError(f"positions exceed n_positions {n_positions}")
+        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # [B,T,D]
+        x, cache = run_blocks(self.blocks, x, attend, past, use_cache)
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
 

@@ -12,7 +12,6 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
-from llmtune.models.dropout import Dropout
 
 
 class LMHead(nn.Module):
@@ -69,7 +68,7 @@ class SeqClsHead(nn.Module):
 
     def __init__(self, config: ModelConfig, n_labels: int, bias: bool = True) -> None:
         super().__init__()
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.proj = nn.Linear(config.d_model, n_labels, bias=bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -81,7 +80,7 @@ class TokenClsHead(nn.Module):
 
     def __init__(self, config: ModelConfig, n_labels: int) -> None:
         super().__init__()
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.proj = nn.Linear(config.d_model, n_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

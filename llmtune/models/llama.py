@@ -18,17 +18,11 @@ from torch import nn
 from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
 from llmtune.models import llama_hf
-from llmtune.models.blocks import KV, GrowingKV, _mask_with_past, with_past
-from llmtune.models.dropout import Dropout, scaled_dot_product_attention
+from llmtune.models.blocks import KV, Attention, GrowingKV, run_blocks
 from llmtune.models.family import Family, HFMapping, Kind
-from llmtune.models.gpt import (
-    CausalReadout,
-    document_causal_mask,
-    document_positions,
-    padded_positions,
-)
+from llmtune.models.gpt import CausalReadout, positions_and_mask
 from llmtune.models.gpt import build_head as decoder_head
-from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables, rotate
+from llmtune.models.rope import RopeScaling, inverse_frequencies, rotary_tables
 
 
 @dataclass(frozen=True)
@@ -106,65 +100,6 @@ class RMSNorm(nn.Module):
         return self.weight * y.to(x.dtype)
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B,Hkv,S,hd] -> [B,Hkv*n_rep,S,hd]: key/value head j serves query heads j*n_rep.."""
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
-
-
-class LlamaAttention(nn.Module):
-    """Grouped-query self-attention with rotary positions, computed by SDPA (see dropout.py).
-
-    The fused `qkv` weight is [(H + 2*Hkv) * hd, D]: the q rows, then k, then v, so it splits
-    into Hugging Face's q_proj / k_proj / v_proj. The cache holds the Hkv key/value heads only.
-    """
-
-    def __init__(self, config: LlamaConfig) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv, self.hd = config.n_heads, config.kv_heads, config.head_size
-        self.attn_dropout = config.attn_dropout
-        width = (self.n_heads + 2 * self.n_kv) * self.hd
-        self.qkv = nn.Linear(config.d_model, width, bias=config.attention_bias)
-        self.proj = nn.Linear(self.n_heads * self.hd, config.d_model, config.attention_out_bias)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        past: KV | GrowingKV | None = None,
-        use_cache: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, KV | GrowingKV]:
-        """x [B,T,D]; rope = (cos, sin) for the T new positions; mask as in blocks.Attention.
-
-        `past` = (k, v) [B,Hkv,P,hd] of P earlier positions, already rotated. With
-        `use_cache` returns (y, cache): k, v including `past` (a GrowingKV grows in place).
-        """
-        b, t, _ = x.shape
-        sizes = (self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd)
-        q, k, v = self.qkv(x).split(sizes, dim=2)
-        # [B,T,H*hd] -> [B,H,T,hd]: SDPA wants heads before time
-        q = q.view(b, t, self.n_heads, self.hd).transpose(1, 2)
-        k = k.view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        v = v.view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        q, k = rotate(q, *rope), rotate(k, *rope)
-        cache: KV | GrowingKV = (k, v)
-        if past is not None:
-            (k, v), cache = with_past(past, k, v)
-            mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
-        n_rep = self.n_heads // self.n_kv
-        # dropout only while training: SDPA applies dropout_p unconditionally
-        p = self.attn_dropout if self.training else 0.0
-        k_all, v_all = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # [B,H,S,hd]
-        y = scaled_dot_product_attention(q, k_all, v_all, mask, is_causal, p)
-        # [B,H,T,hd] -> [B,T,H*hd]
-        y = self.proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
-        return (y, cache) if use_cache else y
-
-
 class SwiGLU(nn.Module):
     """proj(silu(gate(x)) * up(x)); `fc` fuses gate and up ([2*d_ff, D], gate rows first), so
     the block's input is read by one matmul instead of two."""
@@ -185,22 +120,22 @@ class LlamaBlock(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.ln_attn = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = LlamaAttention(config)
+        self.attn = Attention(config, config.attention_bias, config.attention_out_bias)
         self.ln_mlp = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         past: KV | GrowingKV | None = None,
         use_cache: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KV | GrowingKV]:
-        """x [B,T,D]; the rest as in `LlamaAttention.forward` (with use_cache: (x, (k, v)))."""
-        a, kv = self.attn(self.ln_attn(x), rope, mask, is_causal, past, True)
+        """x [B,T,D]; the rest as in `blocks.Attention.forward` (with use_cache: (x, (k, v)))."""
+        a, kv = self.attn(self.ln_attn(x), mask, is_causal, past, True, rope=rope)
         x = x + self.dropout(a)
         x = x + self.dropout(self.mlp(self.ln_mlp(x)))
         return (x, kv) if use_cache else x
@@ -218,7 +153,7 @@ class LlamaBackbone(CausalReadout, nn.Module):
         self.rope_scaling, self.n_positions = config.rope_scaling, config.n_positions
         self.sliding_window = config.sliding_window
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
         self.ln_f = RMSNorm(config.d_model, config.norm_eps)
 
@@ -254,41 +189,9 @@ class LlamaBackbone(CausalReadout, nn.Module):
                 f"sequence length {start + t} exceeds the sliding window {self.sliding_window}, "
                 "which llmtune does not implement; use shorter sequences"
             )
-        if attention_mask is not None:
-            if doc_ids is not None:
-                raise ValueError("pass doc_ids (packed rows) or attention_mask (padding), not both")
-            pos, mask = padded_positions(attention_mask, start, t)
-            return self._blocks(input_ids, pos, (mask, False), past, use_cache)
-        if doc_ids is not None and bool((doc_ids[:, 0] == doc_ids[:, -1]).all()):
-            # every row lies inside one document (documents are contiguous): the document mask
-            # equals the causal one, and without a mask SDPA takes its fused causal kernel
-            doc_ids = None
-        if doc_ids is None:
-            pos = torch.arange(start, start + t, device=input_ids.device).unsqueeze(0)  # [1,T]
-            return self._blocks(input_ids, pos, (None, True), past, use_cache)
-        pos = document_positions(doc_ids) + start
-        return self._blocks(input_ids, pos, (document_causal_mask(doc_ids), False), past, use_cache)
-
-    def _blocks(
-        self,
-        input_ids: torch.Tensor,
-        pos: torch.Tensor,
-        attend: tuple[torch.Tensor | None, bool],
-        past: Sequence[KV | GrowingKV] | None,
-        use_cache: bool,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV | GrowingKV]]:
-        """Embed, rotate at positions `pos`, run every block with `attend` = (mask, is_causal)."""
-        mask, is_causal = attend
-        rope = self.rope(pos)
-        x = self.dropout(self.tok_emb(input_ids))
-        cache: list[KV | GrowingKV] = []
-        for i, block in enumerate(self.blocks):
-            layer_past = None if past is None else past[i]
-            if not use_cache:  # training: a block under FSDP returns one fresh tensor, no views
-                x = block(x, rope, mask, is_causal, layer_past)
-                continue
-            x, kv = block(x, rope, mask, is_causal, layer_past, use_cache=True)
-            cache.append(kv)
+        pos, attend = positions_and_mask(input_ids, doc_ids, attention_mask, start)
+        x = self.dropout(self.tok_emb(input_ids))  # [B,T,D]
+        x, cache = run_blocks(self.blocks, x, attend, past, use_cache, rope=self.rope(pos))
         x = self.ln_f(x)
         return (x, cache) if use_cache else x
 

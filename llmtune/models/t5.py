@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmtune.models.dropout import Dropout
 from llmtune.models.family import Family, Kind, tied_weight
 from llmtune.models.t5_convert import HF
 from llmtune.models.t5_layers import (
@@ -79,7 +78,7 @@ class T5Encoder(nn.Module):
         self.rel_bias = RelativePositionBias(config, bidirectional=True)
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layers))
         self.ln_f = RMSNorm(config.d_model, config.norm_eps)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> Memory:
         """Embedded inputs x [B,S,D], attention_mask [B,S] (1 = token) -> Memory. A module of
@@ -102,7 +101,7 @@ class T5Decoder(nn.Module):
         self.rel_bias = RelativePositionBias(config, bidirectional=False)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
         self.ln_f = RMSNorm(config.d_model, config.norm_eps)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Embedded decoder inputs x [B,T,D] at positions cache.length.. -> states [B,T,D]."""
@@ -130,7 +129,7 @@ class T5Backbone(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Encoder(config)
         self.decoder = T5Decoder(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     @property
     def blocks(self) -> list[nn.Module]:

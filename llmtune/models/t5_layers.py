@@ -16,7 +16,7 @@ from torch import nn
 
 from llmtune.config.schema import ModelConfig
 from llmtune.errors import ConfigError
-from llmtune.models.dropout import Dropout, scaled_dot_product_attention
+from llmtune.models.blocks import DotProductAttention
 
 FEED_FORWARDS = ("relu", "gated-gelu")
 
@@ -165,10 +165,10 @@ class SelfAttention(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
         self.n_heads = config.n_heads
-        self.dropout = config.attn_dropout
         inner = config.n_heads * config.d_kv
         self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.proj = nn.Linear(inner, config.d_model, bias=False)
+        self.sdpa = DotProductAttention(config.attn_dropout, scale=1.0)
         # prefix tuning (adapters/prefix.py) sets a function batch_size -> (k, v) [B,H,N,Dk]:
         # N learned keys/values every query sees, with no position bias, kept out of the cache
         self.prefix: Callable[[int], KV] | None = None
@@ -188,8 +188,7 @@ class SelfAttention(nn.Module):
             pk, pv = self.prefix(x.shape[0])
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
             bias = F.pad(bias, (pk.shape[2], 0))  # prefix columns: bias 0, never masked
-        p = self.dropout if self.training else 0.0
-        y = scaled_dot_product_attention(q, k, v, bias, False, p, scale=1.0)
+        y = self.sdpa(q, k, v, bias)
         return self.proj(_merge_heads(y)), kv
 
 
@@ -199,11 +198,11 @@ class CrossAttention(nn.Module):
     def __init__(self, config: T5Config) -> None:
         super().__init__()
         self.n_heads = config.n_heads
-        self.dropout = config.attn_dropout
         inner = config.n_heads * config.d_kv
         self.q = nn.Linear(config.d_model, inner, bias=False)
         self.kv = nn.Linear(config.d_model, 2 * inner, bias=False)
         self.proj = nn.Linear(inner, config.d_model, bias=False)
+        self.sdpa = DotProductAttention(config.attn_dropout, scale=1.0)
 
     def memory_kv(self, memory: torch.Tensor) -> KV:
         """Keys and values [B,H,S,Dk] of the encoder output [B,S,D]: computed once per input."""
@@ -213,8 +212,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: KV, mask: torch.Tensor | None) -> torch.Tensor:
         """x [B,T,D]; mask [B,1,1,S] additive (encoder padding) or None. No position bias."""
         q = _split_heads(self.q(x), self.n_heads)
-        p = self.dropout if self.training else 0.0
-        y = scaled_dot_product_attention(q, kv[0], kv[1], mask, False, p, scale=1.0)
+        y = self.sdpa(q, kv[0], kv[1], mask)
         return self.proj(_merge_heads(y))
 
 
@@ -229,7 +227,7 @@ class FeedForward(nn.Module):
             self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.fc = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.proj = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -248,7 +246,7 @@ class EncoderBlock(nn.Module):
         self.attn = SelfAttention(config)
         self.ln_mlp = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = FeedForward(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.ln_attn(x), bias)[0])
@@ -266,7 +264,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = CrossAttention(config)
         self.ln_mlp = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = FeedForward(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,

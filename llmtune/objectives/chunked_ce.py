@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmtune.models.cpu_bf16 import bf16_via_fp32
+from llmtune.kernels import bf16_via_fp32
+
+# A loss kernel, so it lives with the losses rather than in llmtune/kernels: objectives call it
+# in place of the LM head plus F.cross_entropy, it is no layer of the model that apply_kernels
+# could swap, and it runs on every device (the logits it never holds are as large on a GPU).
 
 # Logit elements per chunk (fp32: 128 MB): big enough that the weight-gradient accumulation
 # (one read-modify-write of the [V, D] matrix per chunk) stays cheap, small enough to matter.
@@ -24,7 +28,7 @@ def _operand_dtypes(device: torch.device, weight: Tensor) -> tuple[torch.dtype, 
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
     if bf16_via_fp32(device.type, dtype):
-        return dtype, torch.float32  # bf16-rounded operands, fp32 arithmetic (see cpu_bf16)
+        return dtype, torch.float32  # bf16-rounded operands, fp32 arithmetic (see kernels/bf16.py)
     return dtype, dtype
 
 

@@ -18,8 +18,8 @@ import torch
 
 from llmtune.config.schema import ModelConfig
 from llmtune.console import note, stage
+from llmtune.kernels import bf16_products, bf16_via_fp32
 from llmtune.models import build_model, family
-from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
 
 # Dense peak FLOP/s by GPU name fragment and precision (vendor datasheets, no sparsity).
 GPU_PEAKS = {
@@ -155,7 +155,7 @@ def _cpu_dtype(precision: str) -> torch.dtype:
 
 def cpu_peak_key(precision: str) -> str:
     """This CPU's entry in the peak cache ("linear": peaks cached before the measurement moved
-    from torch.mm are measured again; "fp32-products": bf16 as cpu_bf16 runs it)."""
+    from torch.mm are measured again; "fp32-products": bf16 as kernels/bf16.py runs it)."""
     how = "linear|fp32-products" if bf16_via_fp32("cpu", _cpu_dtype(precision)) else "linear"
     return f"{_cpu_name()}|threads={torch.get_num_threads()}|{precision}|{how}"
 

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmtune.config.schema import HardwareConfig
 from llmtune.errors import ConfigError
-from llmtune.models.cpu_bf16 import bf16_products, bf16_via_fp32
+from llmtune.kernels import apply_kernels, bf16_products, bf16_via_fp32
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -34,7 +34,7 @@ class Runtime:
             yield
             return
         device, dtype = self.device.type, self.autocast_dtype
-        # on a CPU without bf16 units, products run in fp32 arithmetic (see cpu_bf16)
+        # on a CPU without bf16 units, products run in fp32 arithmetic (see kernels/bf16.py)
         with torch.autocast(device, dtype=dtype), bf16_products(device, dtype):
             yield
 
@@ -74,11 +74,13 @@ def _recompute_contexts():
 
 
 def prepare_model(model: torch.nn.Module, cfg: HardwareConfig) -> torch.nn.Module:
-    """Apply hardware.activation_checkpointing and hardware.compile to a built model, in place.
+    """Make a built model (on its device, adapters applied) ready to train, in place: the CPU
+    kernels (llmtune/kernels), then hardware.activation_checkpointing and hardware.compile.
 
-    Both act on submodules without wrapping them, so parameter names (checkpoint keys)
+    All act on submodules without wrapping them, so parameter names (checkpoint keys)
     stay as they are: no `_orig_mod.` or `_checkpoint_wrapped_module.` prefixes.
     """
+    apply_kernels(model, next(model.parameters()).device)
     backbone = getattr(model, "backbone", None)
     # non-reentrant checkpointing: works with keyword arguments and no-grad evaluation.
     # torch.compile accepts only dispatch modes from a context_fn; resolve_runtime refuses

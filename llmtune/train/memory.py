@@ -30,7 +30,7 @@ class ActivationShape:
     seq_len: int
     half: bool  # bf16/fp16 autocast: matmul outputs stored in 2 bytes
     flash: bool  # SDPA's fused kernel (no [T, T] scores kept); the CPU keeps them with dropout
-    # CPU bf16 without bf16 units (models/cpu_bf16.py): attention runs on fp32 copies of q, k, v
+    # CPU bf16 without bf16 units (kernels/bf16.py): attention runs on fp32 copies of q, k, v
     half_via_fp32: bool = False
     checkpointing: bool = False  # hardware.activation_checkpointing: keep block inputs only
     lm_rows_share: float = 1.0  # share of positions projected onto the vocabulary
@@ -65,7 +65,7 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     attention weights when SDPA's fused kernel does not run.
 
     Dropout keeps two 1-byte masks of d. Without SDPA's fused kernel [B, H, T, T] weights
-    stay too: in fp32 (models/dropout.py) the fp32 softmax and a 1-byte keep mask; in bf16
+    stay too: in fp32 (kernels/dropout.py) the fp32 softmax and a 1-byte keep mask; in bf16
     (SDPA's unfused path) the softmax, mask and dropped weights. bf16 through fp32 products
     keeps q, k, v in fp32, the fp32 attention path's weights, and with SDPA's fused kernel its
     fp32 output besides the bf16 copy the projection keeps.

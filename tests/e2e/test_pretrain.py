@@ -20,7 +20,7 @@ STEP_FILES = ["config.yaml", "meta.json", "model.safetensors", "tokenizer.json",
     [
         ("gpt", TINY_GPT, ["clm"]),
         ("bert", [*TINY_BERT, "objective=mlm_nsp"], ["mlm", "nsp"]),
-        # on a CPU without bf16 units, products run in fp32 arithmetic (models/cpu_bf16.py)
+        # on a CPU without bf16 units, products run in fp32 arithmetic (kernels/bf16.py)
         ("gpt", [*TINY_GPT, "hardware.precision=bf16"], ["clm"]),
     ],
     ids=["gpt", "bert", "gpt-bf16"],

@@ -60,6 +60,7 @@ LAYERS = {
     "data": 3,  # reads the family registry (each family's tokenizer kind)
     "models": 2,
     "adapters": 3,  # methods applied to a built model (freeze, lora, prefix, prompt)
+    "kernels": 3,  # CPU kernels swapped into a built model (dropout masks, bf16 products)
     "objectives": 4,
     "config": 5,  # building and checking a config needs every registry
     "checkpoint": 6,  # the on-disk format (its config.yaml is built like any config)

@@ -3,6 +3,7 @@
 import torch
 
 from llmtune.models import build_model
+from llmtune.models.blocks import Attention
 from llmtune.models.registry import model_config
 
 TINY = dict(
@@ -69,3 +70,21 @@ def test_token_type_ids_change_the_output():
     types = torch.tensor([[0, 0, 0, 1, 1, 1]])
     assert not torch.allclose(model(ids), model(ids, token_type_ids=types))
     torch.testing.assert_close(model(ids), model(ids, token_type_ids=torch.zeros_like(ids)))
+
+
+def test_attention_keeping_fewer_heads_equals_the_full_one_without_them():
+    """blocks.Attention(n_heads=2) of a 4-head config: what the full attention computes when
+    the output projection ignores heads 2 and 3 (the layout head pruning relies on)."""
+    torch.manual_seed(0)
+    config = model_config("gpt", **TINY, attn_dropout=0.0)
+    full, kept = Attention(config).eval(), Attention(config, n_heads=2).eval()
+    assert (kept.n_heads, kept.n_kv_heads, kept.head_size) == (2, 2, 8)
+    with torch.no_grad():
+        q, k, v = full.qkv.weight.split(32)  # [H*hs, D] each, head-major rows
+        kept.qkv.weight.copy_(torch.cat([q[:16], k[:16], v[:16]]))
+        kept.qkv.bias.copy_(torch.cat([b[:16] for b in full.qkv.bias.split(32)]))
+        kept.proj.weight.copy_(full.proj.weight[:, :16])
+        kept.proj.bias.copy_(full.proj.bias)
+        full.proj.weight[:, 16:] = 0
+        x = torch.randn(2, 5, 32)
+        torch.testing.assert_close(kept(x, is_causal=True), full(x, is_causal=True))

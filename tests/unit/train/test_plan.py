@@ -100,7 +100,9 @@ def test_activation_estimate_matches_saved_tensors(family, dropout, batch):
         family, vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
         max_seq_len=64, dropout=dropout, attn_dropout=dropout,
     )  # fmt: skip
-    model = build_model(cfg, ("lm",) if family == "gpt" else ("mlm",))
+    # the model as training runs it: CPU kernels swapped in (their 1-byte dropout masks)
+    heads = ("lm",) if family == "gpt" else ("mlm",)
+    model = prepare_model(build_model(cfg, heads), HardwareConfig())
     ids = torch.randint(500, (batch, 64))
     measured = _saved_bytes(model, lambda: model.backbone(ids))
     shape = ActivationShape(batch=batch, seq_len=64, half=False, flash=dropout == 0)
@@ -115,7 +117,7 @@ def test_llama_activation_estimate_matches_saved_tensors(kv_heads, dropout):
         vocab_size=500, d_model=64, n_layers=3, n_heads=4, n_kv_heads=kv_heads, d_ff=160,
         max_seq_len=64, dropout=dropout, attn_dropout=dropout,
     )  # fmt: skip
-    model = build_model(cfg, ("lm",))
+    model = prepare_model(build_model(cfg, ("lm",)), HardwareConfig())  # as training runs it
     ids = torch.randint(500, (2, 64))
     measured = _saved_bytes(model, lambda: model.backbone(ids))
     shape = ActivationShape(batch=2, seq_len=64, half=False, flash=dropout == 0)

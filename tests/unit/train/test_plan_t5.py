@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmtune.config.schema import HardwareConfig
 from llmtune.models import build_model
 from llmtune.models.registry import model_config
+from llmtune.train.hardware import prepare_model
 from llmtune.train.memory import ActivationShape, activation_bytes
 
 from .test_plan import _saved_bytes
@@ -42,7 +44,7 @@ def test_encoder_decoder_activations_match_a_hand_count():
 def test_encoder_decoder_estimate_matches_saved_tensors(feed_forward, dropout, attn_dropout):
     torch.manual_seed(0)
     cfg = _t5(feed_forward=feed_forward, dropout=dropout, attn_dropout=attn_dropout)
-    model = build_model(cfg, ("lm",))
+    model = prepare_model(build_model(cfg, ("lm",)), HardwareConfig())  # as training runs it
     ids, targets = torch.randint(500, (B, S)), torch.randint(500, (B, T))
     measured = _saved_bytes(model, lambda: model.backbone(ids, None, targets))
     shape = ActivationShape(batch=B, seq_len=S, half=False, flash=True, lm_rows_share=T / S)

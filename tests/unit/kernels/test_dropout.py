@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmtune.models.dropout import Dropout, attention_with_dropout, keep_mask
+from llmtune.kernels.dropout import CpuDropout, attention_with_dropout, keep_mask
 
 
 def test_keep_mask_drops_p_in_every_16_bit_lane():
@@ -28,7 +28,7 @@ def test_keep_mask_follows_the_torch_seed():
 
 
 def test_dropout_zeroes_and_rescales_in_training_and_is_identity_in_eval():
-    drop = Dropout(0.25)
+    drop = CpuDropout(0.25)
     x = torch.randn(64, 512, requires_grad=True)
     y = drop(x)
     kept = y != 0

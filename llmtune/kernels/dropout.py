@@ -1,4 +1,5 @@
-"""Dropout for CPU training: residual dropout and attention with dropout, with a cheap mask.
+"""Dropout for CPU training: residual dropout and attention with dropout, with a cheap mask,
+as layers that `apply_kernels` puts in place of nn.Dropout and blocks.DotProductAttention.
 
 torch draws one float per element for a dropout mask, which on a CPU costs more than the
 attention matmuls it guards; here each element gets 16 bits from a 64-bit random word.
@@ -11,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from llmtune.models.blocks import DotProductAttention
 
 _LEVELS = 1 << 16  # a dropout probability is rounded to a multiple of 1/65536
 
@@ -29,7 +32,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
 
 def cheap_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     """CPU training only (CUDA's dropout kernels are fused). Attention takes this path in
-    fp32; in bf16 it goes through models/cpu_bf16.py, which calls it with fp32 copies."""
+    fp32; in bf16 it goes through kernels/bf16.py, which calls it with fp32 copies."""
     return training and p > 0 and x.device.type == "cpu"
 
 
@@ -41,7 +44,7 @@ def _cheap_attention_applies(q: torch.Tensor, p: float) -> bool:
     )
 
 
-class Dropout(nn.Dropout):
+class CpuDropout(nn.Dropout):
     """nn.Dropout whose CPU mask comes from `keep_mask` (about 3x faster per element)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         return dq, dk, dv, d_bias, None, None
 
 
-def scaled_dot_product_attention(
+def cpu_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -135,3 +138,18 @@ def scaled_dot_product_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=scale
     )
+
+
+class CpuDotProductAttention(DotProductAttention):
+    """blocks.DotProductAttention whose CPU fp32 dropout on the weights uses `keep_mask`."""
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        p = self.p if self.training else 0.0
+        return cpu_sdpa(q, k, v, mask, is_causal, p, self.scale)

@@ -1,4 +1,4 @@
-"""bf16 products through fp32 arithmetic (models/cpu_bf16.py): bf16 numerics, bf16 memory."""
+"""bf16 products through fp32 arithmetic (kernels/bf16.py): bf16 numerics, bf16 memory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from llmtune.cli import main
 from llmtune.config.schema import HardwareConfig
+from llmtune.kernels.bf16 import Bf16ViaFp32, native_bf16_matmul
 from llmtune.models import build_model
-from llmtune.models.cpu_bf16 import Bf16ViaFp32, native_bf16_matmul
 from llmtune.models.gpt import GPTConfig
 from llmtune.objectives.chunked_ce import linear_cross_entropy
 from llmtune.train.hardware import Runtime, prepare_model
@@ -163,6 +163,7 @@ def _plain_and_checkpointed_grads(products) -> list[torch.Tensor]:
     plain = build_model(cfg, ("lm",))
     ckpt = build_model(cfg, ("lm",))
     ckpt.load_state_dict(plain.state_dict())
+    prepare_model(plain, HardwareConfig())  # both with the CPU kernels, as training runs
     prepare_model(ckpt, HardwareConfig(activation_checkpointing=True))
     ids = torch.randint(300, (2, 32))
     grads = []

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from llmtune.models.dropout import scaled_dot_product_attention
+from llmtune.kernels.dropout import cpu_sdpa
 
 BF16 = torch.bfloat16
 
@@ -86,8 +86,8 @@ def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **rest) 
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else _round(attn_mask)
     if any(value not in (None, False) for value in rest.values()):  # scale, enable_gqa
         out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, **rest)
-    else:  # fp32 with autocast off: models/dropout.py's cheaper CPU dropout path applies
-        out = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p)
+    else:  # fp32 with autocast off: kernels/dropout.py's cheaper CPU dropout path applies
+        out = cpu_sdpa(q, k, v, mask, is_causal, dropout_p)
     return out.to(BF16)
 
 
