@@ -1,7 +1,7 @@
 """Token-level distillation end to end on tiny models: `objective=distill_token_cls|distill_mlm`
 (BERT) and `distill_clm|distill_sft` (GPT) students learn from a frozen teacher with the same
-head, save, and `llmtune evaluate` scores them without it; a teacher with another head or
-another vocabulary is a one-line error."""
+head, save, and `llmtune evaluate` scores them without it; a student loaded from its teacher
+starts at zero KL; a teacher with another head or another vocabulary is a one-line error."""
 
 from __future__ import annotations
 
@@ -87,6 +87,17 @@ def test_a_distilled_student_trains_saves_and_evaluates(setup, tmp_path, kind):
     assert loaded.meta["objective"] == f"distill_{kind}"
     results = evaluate(tmp_path / "eval", f"ckpt={run}", f"data.test={setup[test]}")
     assert any(k.startswith(metric) for k in results), results
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_student_loaded_from_its_teacher_starts_at_zero_kl(setup, tmp_path, kind):
+    _, teacher, train, _, extra, _ = KINDS[kind]
+    run, teacher_dir = tmp_path / kind, setup[teacher]
+    finetune(run, teacher_dir, f"objective=distill_{kind}", f"objective.teacher={teacher_dir}",
+             f"data.train={setup[train]}", "objective.alpha=0", "train.max_steps=1",
+             "model.dropout=0", "model.attn_dropout=0", *extra)  # fmt: skip
+    # alpha=0: the loss is the KL alone (without the teacher it would be the hard loss)
+    assert abs(metrics(run)[0][0]["loss"]) < 1e-5
 
 
 @pytest.mark.parametrize(
