@@ -70,6 +70,9 @@ def _batch(kind: str, vocab: int) -> dict[str, torch.Tensor]:
     key = {"token_cls": "labels", "mlm": "mlm_labels", "sft": "labels"}.get(kind)
     if key:
         batch[key] = _targets(kind, ids).masked_fill(mask == 0, -100)
+    if kind in ("clm", "sft"):  # packed rows: two documents in row 0, kept apart for both models
+        batch["doc_ids"] = torch.ones_like(ids)
+        batch["doc_ids"][0, 4:] = 2
     return batch
 
 
@@ -115,7 +118,7 @@ def _full_logits(kind: str, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         return model.heads["token_cls"](model.features(batch)), batch["labels"]
     if kind == "mlm":
         return model.heads["mlm"](model.features(batch)), batch["mlm_labels"]
-    logits = model.heads["lm"](model.backbone(batch["input_ids"]))[:, :-1]
+    logits = model.heads["lm"](model(batch["input_ids"], doc_ids=batch["doc_ids"]))[:, :-1]
     if kind == "clm":
         return logits, batch["input_ids"][:, 1:]
     return logits, batch["labels"][:, 1:]
@@ -137,6 +140,10 @@ def test_the_kl_is_summed_over_the_counted_positions_only(kind, tokenizers):
     if kind != "clm":  # masked positions exist, and would change the KL were they counted
         assert (~counted).any()
         assert abs(float(per_position.sum() * t * t - kl)) > 1e-3
+    if "doc_ids" in batch:  # and the teacher reads packed rows as packed, as the student does
+        with torch.no_grad():
+            unpacked = distilled.teacher.heads["lm"](distilled.teacher(batch["input_ids"]))
+        assert not torch.allclose(unpacked[:, :-1], t_logits, atol=1e-4)
     loss, count = _loss(distilled, student, batch, term)
     assert count == int(counted.sum())
     assert loss == pytest.approx(float(0.25 * hard + 0.75 * kl), rel=1e-4)
