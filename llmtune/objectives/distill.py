@@ -17,6 +17,7 @@ from torch import Tensor
 from llmtune.config.schema import ObjectiveConfig, RunConfig
 from llmtune.errors import CheckpointError, ConfigError
 from llmtune.models.family import Kind
+from llmtune.models.registry import names_of_kind
 from llmtune.objectives import seq_cls
 from llmtune.objectives.base import Batch, TermResult
 from llmtune.objectives.classification import ClassificationConfig, check_classification
@@ -71,6 +72,11 @@ def load_teacher(ctx: Context, head: str, labels: list | None = None) -> Loaded:
         raise CheckpointError(
             f"{where}: has no {head} head (objective={loaded.meta.get('objective')}); "
             f"objective={ctx.config.objective.name} needs a teacher trained with a {head} head"
+        )
+    if head == "lm" and loaded.model.kind != ctx.kind:  # a T5 reads rows otherwise than a GPT
+        raise CheckpointError(
+            f"{where}: its {loaded.model.kind} model cannot teach a {ctx.kind} student; "
+            f"use a {names_of_kind(ctx.kind)} teacher"
         )
     if loaded.tokenizer.get_vocab() != ctx.tokenizer.get_vocab():
         raise CheckpointError(

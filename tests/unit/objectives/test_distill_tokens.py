@@ -5,23 +5,29 @@ positions the plain loss counts (targets of -100 never count)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from llmtune.config.schema import RunConfig
 from llmtune.data import tokenizer_info, train_tokenizer
+from llmtune.errors import CheckpointError
 from llmtune.models import build_model
 from llmtune.models.family import Kind
 from llmtune.models.registry import model_config
 from llmtune.objectives import build_objective
 from llmtune.objectives.clm import CLMConfig
+from llmtune.objectives.distill import load_teacher
 from llmtune.objectives.distill_tokens import (
     DistillCLMConfig,
     DistillMLMConfig,
     DistillSFTConfig,
     DistillTokenClsConfig,
 )
+from llmtune.objectives.entry import Context
 from llmtune.objectives.mlm import MLMConfig
 from llmtune.objectives.sft import SFTConfig
 from llmtune.objectives.token_cls import TokenClsConfig
@@ -147,3 +153,19 @@ def test_the_kl_is_summed_over_the_counted_positions_only(kind, tokenizers):
     loss, count = _loss(distilled, student, batch, term)
     assert count == int(counted.sum())
     assert loss == pytest.approx(float(0.25 * hard + 0.75 * kl), rel=1e-4)
+
+
+def test_an_lm_teacher_of_another_kind_is_refused(tokenizers):
+    """A T5 (encoder-decoder) lm head cannot teach a GPT student: one CheckpointError line."""
+    tokenizer = tokenizers["bpe"]
+    teacher = SimpleNamespace(
+        model=SimpleNamespace(heads={"lm": None}, kind=Kind.ENCODER_DECODER),
+        tokenizer=tokenizer,
+        meta={"objective": "seq2seq"},
+    )
+    config = RunConfig(objective=DistillCLMConfig(teacher="runs/t5"))
+    info = tokenizer_info(tokenizer, "bpe")
+    ctx = Context(config, tokenizer, info, Kind.DECODER, load_checkpoint=lambda ref: teacher)
+    says = "objective.teacher=runs/t5: its encoder_decoder model cannot teach a decoder student"
+    with pytest.raises(CheckpointError, match=says + "; use a gpt/llama teacher"):
+        load_teacher(ctx, "lm")
