@@ -46,20 +46,27 @@ class CausalLM(ObjectiveBase):
         ids = batch["input_ids"]
         return {"clm": torch.tensor(ids.shape[0] * (ids.shape[1] - 1))}
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        ids = batch["input_ids"]
+    def hidden(self, model: torch.nn.Module, batch: Batch) -> Tensor:
+        """[B, T, D] features of packed rows (documents kept apart when asked)."""
         doc_ids = batch.get("doc_ids") if self.separate_documents else None
-        hidden = model.backbone(ids, doc_ids=doc_ids)  # [B, T, D]
-        targets = ids[:, 1:]
+        return model.backbone(batch["input_ids"], doc_ids=doc_ids)
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        return {"clm": self.hard_loss(model, self.hidden(model, batch), batch)}
+
+    @staticmethod
+    def hard_loss(model: torch.nn.Module, hidden: Tensor, batch: Batch) -> TermResult:
+        """Summed next-token cross-entropy of [B, T, D] `hidden` through the lm head."""
+        targets = batch["input_ids"][:, 1:]
         head = model.heads["lm"]
         if isinstance(head, LMHead):
             # projection fused with the loss in chunks: the [B*(T-1), V] logits never exist
             loss, correct = linear_cross_entropy(
                 hidden[:, :-1].flatten(0, 1), head.weight, targets.flatten()
             )
-            return {"clm": TermResult(loss, correct)}
+            return TermResult(loss, correct)
         logits = head(hidden[:, :-1])  # [B, T-1, V]
-        return {"clm": sum_cross_entropy(logits.flatten(0, 1), targets.flatten())}
+        return sum_cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def input_tokens(self, batch: Batch) -> int:
         return batch["input_ids"].numel()

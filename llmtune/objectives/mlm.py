@@ -67,12 +67,19 @@ class MaskedLM(ObjectiveBase):
             counts["nsp"] = torch.tensor(batch["nsp_labels"].numel())
         return counts
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
-        hidden = model.backbone.features(batch)  # [B, T, D]
+    @staticmethod
+    def masked_logits(
+        model: torch.nn.Module, hidden: Tensor, batch: Batch
+    ) -> tuple[Tensor, Tensor]:
+        """([n_masked, V] logits, [n_masked] targets) of [B, T, D] `hidden` at the masked
+        positions, in row order."""
         labels = batch["mlm_labels"]
         at_masks = labels != -100  # [B, T]
-        logits = model.heads["mlm"](hidden[at_masks])  # [n_masked, V]
-        terms = {"mlm": sum_cross_entropy(logits, labels[at_masks])}
+        return model.heads["mlm"](hidden[at_masks]), labels[at_masks]
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        hidden = model.backbone.features(batch)  # [B, T, D]
+        terms = {"mlm": sum_cross_entropy(*self.masked_logits(model, hidden, batch))}
         if self.with_nsp:
             nsp_logits = model.heads["nsp"](model.backbone.pool(hidden))  # [B, 2]
             terms["nsp"] = sum_cross_entropy(nsp_logits, batch["nsp_labels"])

@@ -9,6 +9,7 @@ With data.packing=true several examples share a row, each attending only to itse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -150,14 +151,18 @@ class InstructionTuning(ObjectiveBase):
     def count(self, batch: Batch) -> dict[str, Tensor]:
         return {"sft": (batch["labels"][:, 1:] != -100).sum()}
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+    def scored_logits(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """([n_targets, V] logits, [n_targets] targets) at the positions predicting a response
+        token, in row order."""
         # right padding is never attended; packed rows' doc_ids keep examples apart
         hidden = model(batch["input_ids"], doc_ids=batch.get("doc_ids"))  # [B,T,D]
         targets = batch["labels"][:, 1:]  # position t predicts token t+1
         scored = targets != -100
         # project to the vocabulary only where a response token is predicted
-        logits = model.heads["lm"](hidden[:, :-1][scored])  # [n_targets, V]
-        return {"sft": sum_cross_entropy(logits, targets[scored])}
+        return model.heads["lm"](hidden[:, :-1][scored]), targets[scored]
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        return {"sft": sum_cross_entropy(*self.scored_logits(model, batch))}
 
     def input_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
@@ -169,7 +174,15 @@ def make(ctx: Context, labels: list) -> InstructionTuning:
     return InstructionTuning(ctx.info, ctx.tokenizer, data, template, ctx.config.tokenizer)
 
 
-def build(ctx: Context) -> Built:
+def instruction_build(
+    make_task: Callable[[Context, list], InstructionTuning],
+) -> Callable[[Context], Built]:
+    """The `build` of an instruction-tuning task: sft's rows (packed with data.packing=true),
+    the task `make_task` gives (distill_sft's student reads the same rows as sft)."""
+    return lambda ctx: _build(ctx, make_task)
+
+
+def _build(ctx: Context, make: Callable[[Context, list], InstructionTuning]) -> Built:
     config = ctx.config
     raw = load_labelled(config.data, InstructionTuning.columns(config.data), config.seed)
     if not getattr(config.data, "packing", False):
@@ -182,6 +195,8 @@ def build(ctx: Context) -> Built:
         examples[split] = task.batch(packed)
     return Built(task, examples)
 
+
+build = instruction_build(make)
 
 ENTRY = ObjectiveEntry(
     name="sft",

@@ -6,6 +6,7 @@ word split into many pieces counts once in the loss and in the accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -85,13 +86,17 @@ class TokenClassification(ClassificationTask):
         """[B, T, n_labels] for a prepared batch."""
         return model.heads["token_cls"](hidden_states(model, batch))
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+    def hard_loss(self, logits: Tensor, batch: Batch) -> TermResult:
+        """Cross-entropy (summed over tagged sub-tokens, class-weighted) of [B, T, n_labels]
+        `logits` against the tags."""
         labels = batch["labels"]
-        logits = self.logits(model, batch).flatten(0, 1)
         weight = self.weight_on(labels.device)
-        term = sum_cross_entropy(logits, labels.flatten(), weight, keep=True)
+        term = sum_cross_entropy(logits.flatten(0, 1), labels.flatten(), weight, keep=True)
         term.row_sizes = (labels != -100).sum(1)  # words per sentence, in row order
-        return {"token_cls": term}
+        return term
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
+        return {"token_cls": self.hard_loss(self.logits(model, batch), batch)}
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -117,10 +122,22 @@ def make(ctx: Context, labels: list) -> TokenClassification:
     return TokenClassification(ctx.info, labels, ctx.tokenizer, ctx.config.data)
 
 
-def build(ctx: Context) -> Built:
-    columns = TokenClassification.columns(ctx.config.data)
-    d = ctx.config.data
-    return build_classification(ctx, make, columns, TokenClassification.label_values, d.tags_column)
+def tagger_build(
+    make_task: Callable[[Context, list], TokenClassification],
+) -> Callable[[Context], Built]:
+    """The `build` of a word-tagging task: token_cls's rows and tags, the task `make_task`
+    gives (distill_token_cls's student reads the same rows as token_cls)."""
+
+    def build(ctx: Context) -> Built:
+        d = ctx.config.data
+        columns = TokenClassification.columns(d)
+        label_values = TokenClassification.label_values
+        return build_classification(ctx, make_task, columns, label_values, d.tags_column)
+
+    return build
+
+
+build = tagger_build(make)
 
 
 ENTRY = ObjectiveEntry(

@@ -15,7 +15,7 @@ STREAM = ["pretrain", "data=hub", "data.name=x", "data.streaming=true", "tokeniz
     [
         (
             [*FINETUNE, "objective=seq_cls", "data.packing=true"],
-            "data.packing=true packs the labelled examples of objective=sft, not "
+            "data.packing=true packs the labelled examples of objective=distill_sft|sft, not "
             "objective=seq_cls's; drop data.packing",
         ),
         (
