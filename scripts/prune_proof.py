@@ -10,9 +10,11 @@ CPU latency per batch and test accuracy on rt_sentiment.
 
 Each variant is `llmtune prune` settings joined by commas: `heads=18` removes the 18 least
 important of MiniLM's 72 heads (6 blocks x 12; gradient importance, Michel et al. 2019),
-`heads=18,layers=2` also its 2 least needed blocks. `llmtune prune` measures before and after
-on the same batch and test rows; the recovered checkpoint's latency is the pruned one's
-(same shapes).
+`heads=18,layers=2` also its 2 least needed blocks. `llmtune prune` measures the test rows
+before and after; the latency column is measured at the end, the teacher and every pruned
+model alternating in one process (a busy machine slows them alike), and the recovered
+checkpoint's latency is the pruned one's (same shapes). A variant whose prune and recovery
+results are already in `--out` is not run again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ FOLDER = DATA / "rt_sentiment"
 def prune(teacher: Path, out: Path, variant: str, args: argparse.Namespace) -> dict:
     settings = [f"prune.{kv}" for kv in variant.split(",")]
     run = out.with_name(out.name + ".run")
+    if (run / "results.json").is_file():
+        return json.loads((run / "results.json").read_text())
     cap = [f"evaluate.max_examples={args.max_test}"] if args.max_test else []
     llmtune(
         ["prune", f"ckpt={teacher}", f"out={out}", *settings, "prune.batches=8",
@@ -42,6 +46,9 @@ def prune(teacher: Path, out: Path, variant: str, args: argparse.Namespace) -> d
 
 def recover(pruned: Path, run: Path, args: argparse.Namespace) -> float:
     steps = args.recovery_steps
+    out = run.with_name(run.name + ".eval")
+    if (out / "results.json").is_file():
+        return float(json.loads((out / "results.json").read_text())["accuracy"])
     llmtune(
         ["finetune", f"hydra.run.dir={run}", f"init_from={pruned}",
          "experiment=finetune-rt-sentiment-minilm", f"data.train={FOLDER / 'train.jsonl'}",
@@ -51,12 +58,31 @@ def recover(pruned: Path, run: Path, args: argparse.Namespace) -> float:
          f"hardware.threads={args.threads}"]
     )  # fmt: skip
     cap = [f"evaluate.max_examples={args.max_test}"] if args.max_test else []
-    out = run.with_name(run.name + ".eval")
     llmtune(
         ["evaluate", f"ckpt={run}", f"data.test={FOLDER / 'test.jsonl'}", "hardware=cpu",
          f"hardware.threads={args.threads}", f"hydra.run.dir={out}", *cap]
     )  # fmt: skip
     return float(json.loads((out / "results.json").read_text())["accuracy"])
+
+
+def interleaved_latency(folders: list[Path], batch: int, runs: int, rounds: int = 5) -> list[float]:
+    """Median ms per batch of each checkpoint, the models taking turns `rounds` times."""
+    import statistics
+
+    from llmtune.evaluation.measure import latency_ms, timing_batch
+    from llmtune.export.inference import InferenceModel
+    from llmtune.loading import load_checkpoint
+
+    models = []
+    for folder in folders:
+        loaded = load_checkpoint(folder)
+        inputs = timing_batch(loaded, batch, "token_type_ids" in loaded.model.input_names)
+        models.append((InferenceModel(loaded.model).eval(), inputs))
+    times: list[list[float]] = [[] for _ in folders]
+    for _ in range(rounds):
+        for i, (model, inputs) in enumerate(models):
+            times[i].append(latency_ms(model, inputs, runs))
+    return [statistics.median(t) for t in times]
 
 
 def row(name: str, measured: dict, accuracy: float | None = None) -> dict:
@@ -86,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    table = []
+    table, folders = [], [args.teacher.resolve()]
     for i, variant in enumerate(args.variants):
         name = variant.replace(",", "+").replace("=", "")
         report = prune(args.teacher.resolve(), out / name, variant, args)
@@ -96,9 +122,17 @@ def main() -> None:
         acc = recover(out / name, out / f"{name}-recovered", args)
         steps = f"+{args.recovery_steps} steps"
         table.append(row(f"pruned {variant}, recovered {steps}", report["after"], acc))
+        folders.append(out / name)
+    times = interleaved_latency(folders, table[0]["batch"][0], args.latency_runs)
+    # teacher, then each pruned model's time for its own row and its recovered row
+    for r, ms in zip(table, [times[0]] + [t for t in times[1:] for _ in range(2)], strict=True):
+        r["latency_ms"] = ms
     (out / "prune_proof.json").write_text(json.dumps(table, indent=2) + "\n")
     batch = "x".join(str(n) for n in table[0]["batch"])
-    print(f"\nlatency: median of {args.latency_runs} CPU batches of {batch} tokens")
+    print(
+        f"\nlatency: median of 5 interleaved rounds of {args.latency_runs} CPU batches of "
+        f"{batch} tokens"
+    )
     head = f"{'model':44} {'blocks':>6} {'heads':>5} {'params':>8} {'MB':>6} {'ms':>7} {'acc':>7}"
     print(head)
     for r in table:

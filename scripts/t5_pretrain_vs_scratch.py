@@ -101,10 +101,11 @@ def llmtune(args: list[str], log: Path) -> None:
         sys.exit(f"failed (exit {done.returncode}); see {log}")
 
 
-def pretrain(out: Path, steps: int, max_time: str) -> None:
+def pretrain(out: Path, steps: int, max_time: str, objective: str) -> None:
     llmtune(
         [
-            "pretrain", "model=t5-tiny", "data=files", f"data.train={out / 'pretrain.jsonl'}",
+            "pretrain", "model=t5-tiny", f"objective={objective}", "data=files",
+            f"data.train={out / 'pretrain.jsonl'}",
             "model.dropout=0", "model.attn_dropout=0", f"train.max_steps={steps}",
             "train.eval_every=250", "train.save_every=250", "train.eval_batches=20",
             "optim.lr=3e-3", "optim.warmup_steps=100", f"train.max_time={max_time}",
@@ -205,7 +206,14 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, default=2000)
     parser.add_argument("--pretrain-steps", type=int, default=2000)
     parser.add_argument("--pretrain-time", default="38m", help="train.max_time of pretraining")
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument(
+        "--objective",
+        choices=("span_corruption", "denoising"),
+        default="denoising",
+        help="pretraining objective: denoising's decoder writes the whole text back, so it"
+        " learns the copying the task needs; span corruption's writes only the dropped spans",
+    )
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -218,7 +226,7 @@ def main() -> None:
     if args.stage in ("all", "data"):
         print("task pairs:", build_data(args.out, args.heldout, args.train_pairs, args.seed))
     if args.stage in ("all", "pretrain"):
-        pretrain(args.out, args.pretrain_steps, args.pretrain_time)
+        pretrain(args.out, args.pretrain_steps, args.pretrain_time, args.objective)
     if args.stage in ("all", "compare"):
         from llmtune import checkpoint
 
