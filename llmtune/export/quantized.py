@@ -90,9 +90,16 @@ def _lines(report: dict, quant_diff: float, fmt: str) -> list[str]:
         f"latency per batch of {b[0]} x {b[1]} tokens (median): fp32 {t0:.1f} ms -> "
         f"{fmt} {t1:.1f} ms ({t0 / t1:.2f}x)",
         f"{report['metric']} on data.test: fp32 {m0:.4f} -> {fmt} {m1:.4f} "
-        f"(delta {m1 - m0:+.4f}; worse by {report['relative_drop']:+.2%} relative)",
+        f"(delta {m1 - m0:+.4f}; {_change(report['relative_drop'])})",
         f"quantization error: max |logit difference| {quant_diff:.2e} vs the fp32 model",
     ]
+
+
+def _change(drop: float) -> str:
+    """'worse by +9.50% relative', or 'better by 0.20% relative' when the metric improved."""
+    if drop == 0:
+        return "unchanged"
+    return f"worse by {drop:+.2%} relative" if drop > 0 else f"better by {-drop:.2%} relative"
 
 
 def _usage(job: ExportJob, quantized: Quantized, saver: Saver) -> tuple[str, str]:
