@@ -9,7 +9,8 @@ Workloads (fp32, 2 threads, same batch, optimizer (AdamW, weight decay 0.01, cli
   lora  the same with LoRA r=8 (alpha 16, dropout 0.05) on q, k, v and the attention output:
         llmtune (one rank-8 update of its fused qkv) vs Trainer + PEFT (three).
   sft   gpt-mini (pretrained here for a few steps) on the instruction pairs, batch 16, loss on
-        responses: llmtune vs TRL's SFTTrainer without and with packing (llmtune packing: n/a).
+        responses: llmtune vs TRL's SFTTrainer, both without packing and both with it
+        (`data.packing=true` against SFTTrainer's `packing=True, packing_strategy="wrapped"`).
   gen1, gen8  greedy completion of 128 new tokens with a KV cache, prompts one at a time /
         8 at a time: `llmtune evaluate prompts=` vs `generate` on the same weights (exported
         to Hugging Face format by `llmtune export`).
@@ -46,7 +47,13 @@ SFT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"  # llmtune's
 WORKLOADS = {
     "cls": dict(kind="cls", method="full", batch=32, seq=64, lr=5e-5, arms=["llmtune", "hf"]),
     "lora": dict(kind="cls", method="lora", batch=32, seq=64, lr=1e-3, arms=["llmtune", "hf"]),
-    "sft": dict(kind="sft", batch=16, seq=256, lr=3e-4, arms=["llmtune", "hf", "hf-packed"]),
+    "sft": dict(
+        kind="sft",
+        batch=16,
+        seq=256,
+        lr=3e-4,
+        arms=["llmtune", "hf", "llmtune-packed", "hf-packed"],
+    ),
     "gen1": dict(kind="gen", batch=1, prompts=2, new=128, arms=["llmtune", "hf"]),
     "gen8": dict(kind="gen", batch=8, prompts=8, new=128, arms=["llmtune", "hf"]),
 }
@@ -97,6 +104,7 @@ def llmtune_finetune(args: argparse.Namespace, w: dict) -> dict:
     else:
         chat = real_data() / "instructions" / "chat_chatterbot.jsonl"
         task = [f"init_from={args.gpt}", "objective=sft", f"data.train={chat}"]
+        task += ["data.packing=true"] if args.child == "llmtune-packed" else []
     profiled: dict = {}
     with maybe_profiled(args.profile, profiled):
         main(["finetune", *task, "data=files", *common_overrides(w, steps, run_dir)])
@@ -221,7 +229,11 @@ def hf_sft(args: argparse.Namespace, w: dict, packing: bool) -> dict:
     # the dropout llmtune's finetune trains with (model.dropout, model.attn_dropout = 0.1)
     drop = dict(embd_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1)
     model = AutoModelForCausalLM.from_pretrained(args.hf_gpt, **drop)
-    config = training_arguments(SFTConfig, args, w, max_length=w["seq"], packing=packing)
+    # "wrapped": rows cut from the concatenated examples. TRL's default ("bfd") turns on its
+    # padding-free collator, which joins the whole batch into one row: without FlashAttention's
+    # varlen kernel (any CPU) attention then spans all 16 x 256 tokens, ~20x slower here
+    packed = dict(packing=True, packing_strategy="wrapped") if packing else {}
+    config = training_arguments(SFTConfig, args, w, max_length=w["seq"], **packed)
     marks, counts = [], []
     trainer = SFTTrainer(
         model=model,
@@ -293,7 +305,7 @@ def child(args: argparse.Namespace) -> dict:
     if args.child == "prepare-gpt":
         return child_prepare_gpt(args)
     w = WORKLOADS[args.workload]
-    if args.child == "llmtune":
+    if args.child in ("llmtune", "llmtune-packed"):
         return llmtune_generate(args, w) if w["kind"] == "gen" else llmtune_finetune(args, w)
     if w["kind"] == "cls":
         return hf_classification(args, w)
@@ -338,21 +350,18 @@ def rows_of(workload: str, results: dict) -> list[dict]:
         return [{**row, "ratio": row["llmtune"] / row["hf"]}]
     measured = {arm: throughput(runs, w["batch"]) for arm, runs in results.items()}
     key, unit = ("examples_s", "examples/s") if w["kind"] == "cls" else ("tokens_s", "real tok/s")
-    ours = measured["llmtune"]
+    # each llmtune arm against the HF arm that batches the same way (padded or packed)
+    pairs = [("llmtune", "hf", workload)]
+    if w["kind"] == "sft":
+        pairs.append(("llmtune-packed", "hf-packed", f"{workload} packed"))
     rows = []
-    for arm in w["arms"][1:]:
-        theirs = measured[arm]
-        name = {"hf": workload, "hf-packed": f"{workload} vs packed"}[arm]
+    for ours_arm, their_arm, name in pairs:
+        ours, theirs = measured[ours_arm], measured[their_arm]
         row = {"workload": name, "unit": unit, "llmtune": ours[key], "hf": theirs[key]}
         row.update(
             ratio=ours[key] / theirs[key], llmtune_mib=ours["rss_mib"], hf_mib=theirs["rss_mib"]
         )
         rows.append(row)
-    if w["kind"] == "sft":  # llmtune packs fine-tuning data in a later release
-        packed = measured["hf-packed"]
-        rows.append(
-            {"workload": "sft packed", "unit": unit, "hf": packed[key], "hf_mib": packed["rss_mib"]}
-        )
     return rows
 
 
