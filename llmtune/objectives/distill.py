@@ -50,7 +50,9 @@ def check_teacher(config: RunConfig, head: str) -> None:
             f"objective={cfg.name} trains a student from init_from; use `llmtune finetune`"
         )
     if not cfg.teacher:
-        raise ConfigError(f"objective.teacher is required: a {head} checkpoint to learn from")
+        raise ConfigError(
+            f"objective.teacher is required: a checkpoint with a {head} head to learn from"
+        )
     if cfg.temperature <= 0:
         raise ConfigError(f"objective.temperature={cfg.temperature}: must be positive")
     if not 0 <= cfg.alpha <= 1:

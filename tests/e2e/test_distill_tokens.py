@@ -131,4 +131,4 @@ def test_distill_objectives_need_finetune_and_a_teacher(setup, tmp_path, capsys)
     assert "use `llmtune finetune`" in err
     err = fails(capsys, "finetune", f"hydra.run.dir={tmp_path / 'f'}", f"init_from={setup['gpt']}",
                 "data=files", f"data.train={setup['corpus']}", "objective=distill_clm")  # fmt: skip
-    assert "objective.teacher is required: a lm checkpoint" in err
+    assert "objective.teacher is required: a checkpoint with a lm head" in err
