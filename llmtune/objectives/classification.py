@@ -99,3 +99,19 @@ def build_classification(
         labels = built.examples["train"]["labels"].flatten()
         built.objective.class_weight = balanced_weights(labels, len(built.labels))
     return built
+
+
+def labelled_build(
+    task: type,
+    target: Callable[[DataConfig], str],
+    make_task: Callable[[Context, list], ClassificationTask],
+) -> Callable[[Context], Built]:
+    """The `build` of a classifier: the rows of `task`'s columns and the classes of its
+    `target` column (`task.columns`, `task.label_values`), the task `make_task` gives (a
+    distilled student reads the same rows as the plain task)."""
+
+    def build(ctx: Context) -> Built:
+        d = ctx.config.data
+        return build_classification(ctx, make_task, task.columns(d), task.label_values, target(d))
+
+    return build

@@ -19,8 +19,8 @@ from llmtune.objectives.base import Batch, TermResult, pooled_features, sum_cros
 from llmtune.objectives.classification import (
     ClassificationConfig,
     ClassificationTask,
-    build_classification,
     check_classification,
+    labelled_build,
 )
 from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
 
@@ -86,16 +86,8 @@ def make(ctx: Context, labels: list) -> SequenceClassification:
 def classifier_build(
     make_task: Callable[[Context, list], SequenceClassification],
 ) -> Callable[[Context], Built]:
-    """The `build` of a one-label-per-row task: seq_cls's rows and labels, the task
-    `make_task` gives (distill's student reads the same rows as seq_cls)."""
-
-    def build(ctx: Context) -> Built:
-        d = ctx.config.data
-        columns = SequenceClassification.columns(d)
-        label_values = SequenceClassification.label_values
-        return build_classification(ctx, make_task, columns, label_values, d.label_column)
-
-    return build
+    """The `build` of a one-label-per-row task: seq_cls's rows and labels."""
+    return labelled_build(SequenceClassification, lambda d: d.label_column, make_task)
 
 
 ENTRY = ObjectiveEntry(

@@ -20,8 +20,8 @@ from llmtune.objectives.base import Batch, TermResult, hidden_states, sum_cross_
 from llmtune.objectives.classification import (
     ClassificationConfig,
     ClassificationTask,
-    build_classification,
     check_classification,
+    labelled_build,
 )
 from llmtune.objectives.entry import ANY_KIND, Built, Context, ObjectiveEntry, Scoring
 from llmtune.objectives.metrics import entity_report
@@ -125,16 +125,8 @@ def make(ctx: Context, labels: list) -> TokenClassification:
 def tagger_build(
     make_task: Callable[[Context, list], TokenClassification],
 ) -> Callable[[Context], Built]:
-    """The `build` of a word-tagging task: token_cls's rows and tags, the task `make_task`
-    gives (distill_token_cls's student reads the same rows as token_cls)."""
-
-    def build(ctx: Context) -> Built:
-        d = ctx.config.data
-        columns = TokenClassification.columns(d)
-        label_values = TokenClassification.label_values
-        return build_classification(ctx, make_task, columns, label_values, d.tags_column)
-
-    return build
+    """The `build` of a word-tagging task: token_cls's rows and tags."""
+    return labelled_build(TokenClassification, lambda d: d.tags_column, make_task)
 
 
 build = tagger_build(make)
