@@ -121,6 +121,12 @@ class Taught:
         if self.teacher is not None:
             self.teacher.to(next(model.parameters()).device)
 
+    def teaching(self, model: torch.nn.Module) -> bool:
+        """Whether the teacher's term applies: while the student trains. Validation reports
+        the task's own loss (a loss, perplexity and accuracy comparable with the plain
+        objective's), and evaluate has no teacher."""
+        return self.teacher is not None and model.training
+
     def mixed(self, hard: TermResult, student: Tensor, teacher: Tensor) -> TermResult:
         """`hard` with its loss_sum replaced by alpha x hard + (1 - alpha) x T^2 x KL of the
         [N, C] `student` and `teacher` logits of the N targets the hard loss counts."""
@@ -139,7 +145,7 @@ class Distillation(Taught, SequenceClassification):
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         logits = self.logits(model, batch)
         hard = self.hard_loss(logits, batch)
-        if self.teacher is None:
+        if not self.teaching(model):
             return {"seq_cls": hard}
         with torch.no_grad():  # the teacher read through the same seq_cls head and pooling
             target = self.logits(self.teacher, batch)

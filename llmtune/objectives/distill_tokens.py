@@ -63,7 +63,7 @@ class DistilledTagger(Taught, token_cls.TokenClassification):
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         logits = self.logits(model, batch)  # [B, T, n_labels]
         hard = self.hard_loss(logits, batch)
-        if self.teacher is None:
+        if not self.teaching(model):
             return {"token_cls": hard}
         with torch.no_grad():
             target = self.logits(self.teacher, batch)
@@ -83,7 +83,7 @@ class DistilledMaskedLM(Taught, mlm.MaskedLM):
         # the vocabulary projection runs only at masked positions, for both models
         logits, targets = self.masked_logits(model, model.backbone.features(batch), batch)
         hard = sum_cross_entropy(logits, targets)
-        if self.teacher is None:
+        if not self.teaching(model):
             return {"mlm": hard}
         with torch.no_grad():  # the teacher reads the same masked input
             hidden = self.teacher.backbone.features(batch)
@@ -101,7 +101,7 @@ class DistilledCausalLM(Taught, clm.CausalLM):
     def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, TermResult]:
         hidden = self.hidden(model, batch)
         hard = self.hard_loss(model, hidden, batch)  # clm's own (chunked, fused) loss
-        if self.teacher is None:
+        if not self.teaching(model):
             return {"clm": hard}
         # clm counts every position but the last, so nothing is gathered: the KL needs the full
         # [B*(T-1), V] logits of both models, which the chunked loss never makes (objectives/
@@ -124,7 +124,7 @@ class DistilledInstructions(Taught, sft.InstructionTuning):
         # both models project to the vocabulary only at the response positions sft counts
         logits, targets = self.scored_logits(model, batch)
         hard = sum_cross_entropy(logits, targets)
-        if self.teacher is None:
+        if not self.teaching(model):
             return {"sft": hard}
         with torch.no_grad():
             target, _ = self.scored_logits(self.teacher, batch)

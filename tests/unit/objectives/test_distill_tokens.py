@@ -55,7 +55,8 @@ def _model(kind: str, vocab: int, seed: int) -> torch.nn.Module:
     family = KINDS[kind][2]
     keys = dict(vocab_size=vocab, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=16)
     config = model_config(family, dropout=0.0, attn_dropout=0.0, **keys)
-    return build_model(config, (HEADS[kind],), len(LABELS)).eval()
+    # training mode, as a student is when the teacher's term applies (no dropout: deterministic)
+    return build_model(config, (HEADS[kind],), len(LABELS))
 
 
 def _targets(kind: str, ids: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,15 @@ def test_alpha_one_is_exactly_the_plain_objective(kind, tokenizers):
     student, batch, term = _model(kind, vocab, 0), _batch(kind, vocab), KINDS[kind][4]
     assert _loss(distilled, student, batch, term) == _loss(plain, student, batch, term)
     assert distilled.name == f"distill_{kind}" and distilled.lm_term == term
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_validation_reports_the_plain_objective_loss(kind, tokenizers):
+    """In eval mode (validation) the loss is the task's own, so its perplexity and accuracy
+    compare with a plain run's; the teacher's KL would make exp(loss) meaningless."""
+    distilled, plain, vocab = _objective(kind, tokenizers, teacher_seed=1, alpha=0.5)
+    student, batch, term = _model(kind, vocab, 0).eval(), _batch(kind, vocab), KINDS[kind][4]
+    assert _loss(distilled, student, batch, term) == _loss(plain, student, batch, term)
 
 
 @pytest.mark.parametrize("kind", KINDS)
