@@ -32,16 +32,19 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
 
 def cheap_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     """CPU training only (CUDA's dropout kernels are fused). Attention takes this path in
-    fp32; in bf16 it goes through kernels/bf16.py, which calls it with fp32 copies."""
+    fp32, and in bf16: under autocast on a CPU with bf16 units (its products in bf16), and
+    through kernels/bf16.py elsewhere, which calls it with fp32 copies and autocast off."""
     return training and p > 0 and x.device.type == "cpu"
 
 
+def _autocast_dtype() -> torch.dtype | None:
+    """The CPU autocast dtype in force, or None."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+
 def _cheap_attention_applies(q: torch.Tensor, p: float) -> bool:
-    return (
-        cheap_dropout_applies(q, p, True)
-        and q.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
+    dtype = _autocast_dtype() or q.dtype
+    return cheap_dropout_applies(q, p, True) and dtype in (torch.float32, torch.bfloat16)
 
 
 class CpuDropout(nn.Dropout):
@@ -130,11 +133,19 @@ def cpu_sdpa(
     p: float,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """SDPA, except CPU fp32 attention with dropout, which goes through the cheaper mask.
+    """SDPA, except CPU attention with dropout (fp32, or bf16 under autocast), which goes
+    through the cheaper mask.
 
     `scale` multiplies q k^T (default 1/sqrt(Dh)); T5 passes 1.0, its init absorbs it."""
     if _cheap_attention_applies(q, p):
-        return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
+        dtype = _autocast_dtype()
+        if dtype is None:
+            return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
+        # what autocast does for SDPA (its operands in the autocast dtype), without SDPA's
+        # unfused dropout path: a float per weight from bernoulli_, and three saved copies
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=scale
     )

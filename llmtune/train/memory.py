@@ -65,8 +65,8 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     attention weights when SDPA's fused kernel does not run.
 
     Dropout keeps two 1-byte masks of d. Without SDPA's fused kernel [B, H, T, T] weights
-    stay too: in fp32 (kernels/dropout.py) the fp32 softmax and a 1-byte keep mask; in bf16
-    (SDPA's unfused path) the softmax, mask and dropped weights. bf16 through fp32 products
+    stay too (kernels/dropout.py): the softmax and a 1-byte keep mask, the softmax in fp32,
+    or in bf16 under bf16 autocast on a CPU with bf16 units. bf16 through fp32 products
     keeps q, k, v in fp32, the fp32 attention path's weights, and with SDPA's fused kernel its
     fp32 output besides the bf16 copy the projection keeps.
     """
@@ -80,7 +80,7 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
         per_token += 2 * d
     scores = 0
     if not shape.flash:
-        bytes_per_weight = 3 * 4 if shape.half and not shape.half_via_fp32 else 4 + 1
+        bytes_per_weight = (2 if shape.half and not shape.half_via_fp32 else 4) + 1
         scores = bytes_per_weight * shape.batch * cfg.n_heads * shape.seq_len**2
     return tokens * per_token + scores
 

@@ -226,6 +226,32 @@ def test_memory_estimate_of_bf16_through_fp32(dropout):
     assert 0.9 < activation_bytes(cfg, shape) / sum(seen.values()) < 1.12
 
 
+@pytest.mark.skipif(not native_bf16_matmul(), reason="needs a CPU with bf16 matmul units")
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_memory_estimate_of_native_bf16(dropout):
+    """bf16 autocast on bf16 units, the kernels swapped in as training runs: with attention
+    dropout the [B,H,T,T] weights stay as bf16 softmax plus a 1-byte keep mask."""
+    cfg = GPTConfig(vocab_size=500, d_model=64, n_layers=3, n_heads=4, d_ff=256,
+                      max_seq_len=64, dropout=dropout, attn_dropout=dropout)  # fmt: skip
+    model = prepare_model(build_model(cfg, ("lm",)), HardwareConfig(precision="bf16"))
+    ids = torch.randint(500, (5, 64))  # 320 tokens: no activation has a weight's shape
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    # the bf16 casts of weights (and their transposes) are weights to the plan
+    weight_shapes = {s for p in model.parameters() for s in (tuple(p.shape), tuple(p.shape)[::-1])}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and tuple(t.shape) not in weight_shapes:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _bf16_autocast():
+        model.backbone(ids)
+    shape = ActivationShape(batch=5, seq_len=64, half=True, flash=dropout == 0)
+    assert 0.9 < activation_bytes(cfg, shape) / sum(seen.values()) < 1.12
+
+
 def test_plan_says_what_bf16_buys_on_this_cpu(capsys):
     main(["plan", "model=gpt-tiny", "model.vocab_size=1000", "hardware=cpu",
           "hardware.precision=bf16"])  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmtune.kernels.dropout import CpuDropout, attention_with_dropout, keep_mask
+from llmtune.kernels.dropout import CpuDropout, attention_with_dropout, cpu_sdpa, keep_mask
 
 
 def test_keep_mask_drops_p_in_every_16_bit_lane():
@@ -98,3 +98,23 @@ def test_attention_with_dropout_takes_a_float_bias_and_a_scale():
         return attention_with_dropout(q, k, v, bias, False, 0.5, scale=1.0)
 
     assert torch.autograd.gradcheck(attend, (q, k, v, bias))
+
+
+def test_attention_with_dropout_under_bf16_autocast_takes_the_cheap_mask_in_bf16():
+    """CPU bf16 autocast (a CPU with bf16 units trains so): the weights are dropped by
+    `keep_mask`, not by SDPA's unfused path, and the products run in bf16."""
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 8, 16, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        ours = cpu_sdpa(q, k, v, None, True, 0.25)
+    assert ours.dtype == torch.bfloat16
+    torch.manual_seed(5)
+    keep, scale = keep_mask((2, 3, 8, 8), 0.25)
+    qb, kb, vb = (x.detach().bfloat16() for x in (q, k, v))
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    scores = ((qb * 0.25) @ kb.transpose(-1, -2)).masked_fill(~causal, float("-inf"))
+    expected = (torch.where(keep, scores.softmax(-1), 0.0) @ vb) * scale
+    torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)
+    ours.float().square().sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v))
