@@ -118,3 +118,19 @@ def test_attention_with_dropout_under_bf16_autocast_takes_the_cheap_mask_in_bf16
     torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)
     ours.float().square().sum().backward()
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_attention_with_dropout_stays_with_sdpa():
+    """On a GPU the CPU mask is never taken: SDPA's own (fused) dropout runs, in bf16."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    q, k, v = (torch.randn(2, 3, 8, 16, device="cuda", requires_grad=True) for _ in range(3))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        ours = cpu_sdpa(q, k, v, None, True, 0.25)
+        torch.manual_seed(5)
+        ref = F.scaled_dot_product_attention(q, k, v, dropout_p=0.25, is_causal=True)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+    ours.float().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
