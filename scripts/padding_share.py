@@ -69,7 +69,7 @@ def main() -> None:
         lengths = lengths_of(path, tokenizer, args.max_length)
         fixed = 1 - float(lengths.sum()) / (len(lengths) * args.max_length)
         print(
-            f"{str(path)[-40:]:40s} {len(lengths):6d} {float(lengths.float().mean()):8.1f} "
+            f"{str(path)[-40:]:40s} {len(lengths):7d} {float(lengths.float().mean()):8.1f} "
             f"{padding(lengths, args.batch, False):7.1%} {padding(lengths, args.batch, True):7.1%} "
             f"{fixed:7.1%}"
         )
