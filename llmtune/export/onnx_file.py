@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -33,34 +35,57 @@ def usage(names: tuple[str, ...]) -> str:
     return _USAGE.format(feeds=", ".join(feeds), artifact=ARTIFACT)
 
 
-def _export(job: ExportJob) -> None:
-    names = tuple(job.sample)  # the graph's inputs, in order
-    # the exporter reports progress on stdout and warns about its own internals
-    failing = external(job, "torch.onnx could not export the model", "try format=torchscript")
+# what to tell a user whose onnxruntime cannot run a graph torch.onnx wrote
+_RUNTIME_HINT = "upgrade onnxruntime (pip install -U onnxruntime) or use format=pt2"
+
+
+def export_graph(
+    job: ExportJob,
+    module: torch.nn.Module,
+    example: tuple,
+    path: Path,
+    names: tuple[str, ...],
+    outputs: list[str],
+    dynamic: dict,
+    fallback: str,
+) -> None:
+    """torch.onnx's torch.export-based exporter, quietly: it reports progress on stdout and
+    warns about its own internals. A failure is one line suggesting `fallback` (a format)."""
+    require("onnx", "onnx", "onnxscript", "onnxruntime")
+    failing = external(job, "torch.onnx could not export the model", f"try format={fallback}")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), failing:
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            job.inference,
-            tuple(job.example.values()),
-            str(job.out / ARTIFACT),
-            dynamo=True,  # torch.export-based; needs onnxscript
-            input_names=list(names),
-            output_names=list(output_names(job.inference.heads)),
-            dynamic_shapes=dynamic_shapes(names, job.max_positions),
+            module, example, str(path), dynamo=True,  # torch.export-based; needs onnxscript
+            input_names=list(names), output_names=outputs, dynamic_shapes=dynamic,
             external_data=False,  # one self-contained file (fine below 2 GB)
             verbose=False,
-        )
+        )  # fmt: skip
+
+
+def graph_runner(job: ExportJob, path: Path) -> Callable[[dict, list[str] | None], list]:
+    """A function running the graph at `path` in onnxruntime on numpy feeds; a failure to load
+    or run it is one line."""
+    onnxruntime = require("onnx", "onnx", "onnxscript", "onnxruntime")[2]
+    failing = lambda: external(job, f"onnxruntime could not run {path}", _RUNTIME_HINT)  # noqa: E731
+    with failing():
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(feeds: dict, outputs: list[str] | None = None) -> list:
+        with failing():
+            return session.run(outputs, feeds)
+
+    return run
 
 
 def write(job: ExportJob) -> list[str]:
-    _, _, onnxruntime = require("onnx", "onnx", "onnxscript", "onnxruntime")
-    _export(job)
+    names = tuple(job.sample)  # the graph's inputs, in order
+    outputs = list(output_names(job.inference.heads))
     path = job.out / ARTIFACT
-    feeds = {name: t.numpy() for name, t in job.sample.items()}
-    hint = "upgrade onnxruntime (pip install -U onnxruntime) or use format=pt2"
-    with external(job, f"onnxruntime could not run {path}", hint):
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(list(output_names(job.inference.heads)), feeds)
+    dynamic = dynamic_shapes(names, job.max_positions)
+    example = tuple(job.example.values())
+    export_graph(job, job.inference, example, path, names, outputs, dynamic, "torchscript")
+    got = graph_runner(job, path)({n: t.numpy() for n, t in job.sample.items()}, outputs)
     line = verify(job, got, "onnxruntime")
     runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."
     write_readme(job, "ONNX export", runs, usage(tuple(job.sample)))

@@ -7,16 +7,15 @@ The decoder graph takes no past keys and values: it reruns the target prefix at 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmtune.export.job import ExportJob, external, require
+from llmtune.export.job import ExportJob, external
 from llmtune.export.manifest import write_manifest, write_readme
+from llmtune.export.onnx_file import export_graph, graph_runner
 from llmtune.export.verify import verify
 from llmtune.models import LanguageModel
 from llmtune.models.t5 import DECODER_START_ID, DecoderCache, padding_bias
@@ -113,24 +112,13 @@ def _dynamic(names: tuple[str, ...]) -> dict[str, dict[int, object]]:
 
 def _onnx(module: nn.Module, example: tuple, names: tuple[str, ...], out: str, job) -> Callable:
     """Export `module` to `out`; a function running it in onnxruntime."""
-    onnxruntime = require("onnx", "onnx", "onnxscript", "onnxruntime")[2]
     output = "encoder_hidden_states" if isinstance(module, EncoderGraph) else "lm_logits"
-    failing = external(job, "torch.onnx could not export the model", "try format=pt2")
-    # the exporter reports progress on stdout and warns about its own internals
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), failing:
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, example, out, dynamo=True, input_names=list(names),
-            output_names=[output], dynamic_shapes=_dynamic(names), external_data=False,
-        )  # fmt: skip
-    hint = "upgrade onnxruntime (pip install -U onnxruntime) or use format=pt2"
-    with external(job, f"onnxruntime could not run {out}", hint):
-        session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    export_graph(job, module, example, Path(out), names, [output], _dynamic(names), "pt2")
+    run_graph = graph_runner(job, Path(out))
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        with external(job, f"onnxruntime could not run {out}", hint):
-            feeds = {name: t.numpy() for name, t in zip(names, inputs)}
-            return torch.from_numpy(session.run(None, feeds)[0])
+        feeds = {name: t.numpy() for name, t in zip(names, inputs)}
+        return torch.from_numpy(run_graph(feeds)[0])
 
     return run
 
