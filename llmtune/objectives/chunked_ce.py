@@ -55,7 +55,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             grad_h = torch.empty_like(hidden) if needs_grad else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+            # fp32 products accumulate the weight gradient in place (addmm_). bf16 products make
+            # a bf16 [V, D] per chunk: the first becomes the fp32 gradient, later ones add to it
+            fp32 = dtype == torch.float32
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad and fp32 else None
+            g_buf = torch.empty_like(buf, dtype=dtype) if needs_grad and not fp32 else None
             # packed LM rows: every position has a target. Asked once per call, not per chunk
             # (on a GPU each answer is a host sync)
             all_valid = bool((targets != -100).all())
@@ -79,17 +83,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     correct += (hits if all_valid else hits & valid).sum()
                     continue
                 # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows
-                grad = logp.exp_()
-                grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
+                at = (torch.arange(len(t), device=t.device), safe_t)
+                if fp32:
+                    g = logp.exp_()
+                    g[at] -= 1.0
+                else:  # exp written straight in bf16: one pass, not exp, then a bf16 copy
+                    g = torch.exp(logp, out=g_buf[: h.shape[0]])
+                    g[at] = (picked.exp() - 1.0).to(dtype)  # as fp32 softmax - 1, rounded
                 if not all_valid:
-                    grad.mul_(valid[:, None])
-                g = grad.to(dtype)
-                if dtype == torch.float32:
+                    g.mul_(valid[:, None])
+                if fp32:
                     torch.mm(g, w, out=grad_h[start : start + rows])
                     grad_w.addmm_(g.t(), h)
                 else:
                     grad_h[start : start + rows] = g @ w
-                    grad_w += g.t() @ h
+                    part = g.t() @ h
+                    grad_w = part.float() if grad_w is None else grad_w.add_(part)
+            if needs_grad and grad_w is None:  # no rows at all
+                grad_w = torch.zeros_like(weight, dtype=torch.float32)
         # intermediates, not inputs or outputs: kept on ctx, scaled in place by backward
         ctx.grads = (grad_h, grad_w)
         ctx.mark_non_differentiable(correct)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmtune.kernels.bf16 import native_bf16_matmul
 from llmtune.objectives import chunked_ce
 from llmtune.objectives.chunked_ce import linear_cross_entropy
 
@@ -67,3 +68,30 @@ def test_cuda_bf16_matches_reference():
     ref, _ = _reference(h.detach(), w.detach(), t)
     assert loss.item() == pytest.approx(ref.item(), rel=0.02)
     assert w.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not native_bf16_matmul(), reason="needs a CPU with bf16 matmul units")
+@pytest.mark.parametrize("ignored", [[3, 10], []])
+def test_bf16_units_gradients_are_the_bf16_products_of_the_fp32_softmax(monkeypatch, ignored):
+    """Under bf16 autocast on bf16 units: per chunk, the fp32 softmax of the bf16 logits
+    minus one-hot (zero on ignored rows) rounded to bf16 once, multiplied in bf16; the
+    weight gradient sums the chunks' bf16 products in fp32."""
+    monkeypatch.setattr(chunked_ce, "CHUNK_ELEMENTS", 97 * 5)  # 5 chunks of 5 rows, one of 3
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(23, 16, generator=gen, requires_grad=True)
+    w = torch.randn(97, 16, generator=gen, requires_grad=True)
+    t = torch.randint(97, (23,), generator=gen)
+    t[ignored] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(h, w, t)
+    loss.backward()
+    hb, wb = h.detach().bfloat16(), w.detach().bfloat16()
+    valid = t != -100
+    logp = (hb @ wb.T).float().log_softmax(-1)
+    grad = logp.exp()
+    grad[valid.nonzero().squeeze(1), t[valid]] -= 1.0
+    g = (grad * valid[:, None]).bfloat16()
+    ref_w = sum((g[i : i + 5].T @ hb[i : i + 5]).float() for i in range(0, 23, 5))
+    assert loss.item() == pytest.approx(-logp[valid, t[valid]].sum().item(), rel=1e-6)
+    assert torch.equal(h.grad, (g @ wb).float())
+    torch.testing.assert_close(w.grad, ref_w, rtol=1e-6, atol=0)
