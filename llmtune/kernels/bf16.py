@@ -11,23 +11,16 @@ bf16 numerics at fp32 speed. Linear layers keep their saved inputs in bf16, as a
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from llmtune.kernels.cpu_features import native_bf16_matmul
 from llmtune.kernels.dropout import cpu_sdpa
 
 BF16 = torch.bfloat16
-
-
-@functools.cache  # a fact of the machine, asked on every forward pass
-def native_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def bf16_via_fp32(device_type: str, dtype: torch.dtype | None) -> bool:
@@ -81,14 +74,14 @@ def _product(func):
     return run
 
 
-def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **rest) -> Tensor:
+def _attention(
+    q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+) -> Tensor:
     q, k, v = _round(q), _round(k), _round(v)
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else _round(attn_mask)
-    if any(value not in (None, False) for value in rest.values()):  # scale, enable_gqa
-        out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, **rest)
-    else:  # fp32 with autocast off: kernels/dropout.py's cheaper CPU dropout path applies
-        out = cpu_sdpa(q, k, v, mask, is_causal, dropout_p)
-    return out.to(BF16)
+    # fp32 with autocast off: kernels/dropout.py's cheaper CPU dropout path applies; it reads
+    # grouped keys and values from their head counts, as enable_gqa asks
+    return cpu_sdpa(q, k, v, mask, is_causal, dropout_p, scale).to(BF16)
 
 
 _HANDLERS = {

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from llmtune.models.blocks import DotProductAttention
+from llmtune.kernels.cpu_features import native_bf16_matmul
+from llmtune.models.blocks import DotProductAttention, repeat_kv, sdpa
 
 _LEVELS = 1 << 16  # a dropout probability is rounded to a multiple of 1/65536
 
@@ -43,8 +43,13 @@ def _autocast_dtype() -> torch.dtype | None:
 
 
 def _cheap_attention_applies(q: torch.Tensor, p: float) -> bool:
-    dtype = _autocast_dtype() or q.dtype
-    return cheap_dropout_applies(q, p, True) and dtype in (torch.float32, torch.bfloat16)
+    if not cheap_dropout_applies(q, p, True):
+        return False
+    autocast = _autocast_dtype()
+    if autocast is None:
+        return q.dtype == torch.float32
+    # without bf16 units kernels/bf16.py sends SDPA here again, in fp32 with autocast off
+    return autocast == torch.bfloat16 and native_bf16_matmul()
 
 
 class CpuDropout(nn.Dropout):
@@ -133,11 +138,14 @@ def cpu_sdpa(
     p: float,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """SDPA, except CPU attention with dropout (fp32, or bf16 under autocast), which goes
-    through the cheaper mask.
+    """SDPA, except CPU attention with dropout (fp32, or bf16 under autocast on bf16 units),
+    which goes through the cheaper mask. k and v may have fewer heads than q (grouped).
 
     `scale` multiplies q k^T (default 1/sqrt(Dh)); T5 passes 1.0, its init absorbs it."""
+    grouped = k.shape[1] != q.shape[1]  # key/value heads shared by groups of query heads
     if _cheap_attention_applies(q, p):
+        if grouped:  # the cheap path multiplies head by head
+            k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
         dtype = _autocast_dtype()
         if dtype is None:
             return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
@@ -146,9 +154,7 @@ def cpu_sdpa(
         with torch.autocast("cpu", enabled=False):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=scale
-    )
+    return sdpa(q, k, v, mask, p, is_causal, scale)
 
 
 class CpuDotProductAttention(DotProductAttention):

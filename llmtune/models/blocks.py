@@ -85,16 +85,31 @@ class DotProductAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """q [B,H,T,hd]; k, v [B,H,S,hd]; mask boolean (True = may attend) or float (added to
-        the scores), broadcastable to [B,H,T,S]. Returns [B,H,T,hd]."""
+        """q [B,H,T,hd]; k, v [B,Hkv,S,hd] (Hkv divides H); mask boolean (True = may attend)
+        or float (added to the scores), broadcastable to [B,H,T,S]. Returns [B,H,T,hd]."""
         # dropout only while training: SDPA applies dropout_p unconditionally
-        p = self.p if self.training else 0.0
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=self.scale
-        )
+        return sdpa(q, k, v, mask, self.p if self.training else 0.0, is_causal, self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + ("" if self.scale is None else f", scale={self.scale}")
+
+
+def sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    p: float,
+    is_causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention; k, v [B,Hkv,S,hd] may have fewer heads than q
+    [B,H,T,hd] (grouped-query attention), which SDPA's kernels read in place of a copy
+    repeated to H heads."""
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}  # GPT/BERT graphs unchanged
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=scale, **gqa
+    )
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -165,8 +180,7 @@ class Attention(nn.Module):
         if past is not None:
             (k, v), cache = with_past(past, k, v)  # [B,Hkv,P+T,hd]
             mask, is_causal = _mask_with_past(mask, is_causal, t, k.shape[2] - t, x.device)
-        # [B,Hkv,S,hd] -> [B,H,S,hd]: each key/value head serves H/Hkv query heads
-        k, v = repeat_kv(k, h // hkv), repeat_kv(v, h // hkv)
+        # each key/value head serves H/Hkv query heads, read in place (no copy to H heads)
         y = self.sdpa(q, k, v, mask, is_causal)  # [B,H,T,hd]
         # [B,H,T,hd] -> [B,T,H,hd] -> [B,T,H*hd] -> [B,T,D]
         y = self.proj(y.transpose(1, 2).reshape(b, t, h * hd))

@@ -73,7 +73,10 @@ def layer_activation_bytes(cfg: ModelConfig, shape: ActivationShape) -> int:
     tokens = shape.batch * shape.seq_len
     act = 2 if shape.half else 4
     d = cfg.d_model
-    per_token = _swiglu_bytes(cfg, act) if cfg.family == "llama" else _gelu_bytes(cfg, act)
+    if cfg.family == "llama":
+        per_token = _swiglu_bytes(cfg, act, shape.flash)
+    else:
+        per_token = _gelu_bytes(cfg, act)
     if shape.half_via_fp32:
         per_token += 3 * d * 2 + (d * 4 if shape.flash else 0)
     if cfg.dropout > 0:
@@ -92,20 +95,21 @@ def _gelu_bytes(cfg: ModelConfig, act: int) -> int:
     return 2 * cfg.d_model * 4 + 6 * cfg.d_model * act + 2 * cfg.d_ff * act
 
 
-def _swiglu_bytes(cfg: ModelConfig, act: int) -> int:
+def _swiglu_bytes(cfg: ModelConfig, act: int, flash: bool) -> int:
     """Per token of a Llama block (models/llama.py).
 
     Each RMSNorm (two) keeps its input and its normalised output in fp32 (it normalises in
     fp32) and the matmul its scaled output (act). Attention keeps the rotated queries (H*hd),
     the keys and values as SDPA reads them, and its output (H*hd), which the output
-    projection reads as a view. Grouped keys and values are repeated to H heads by a copy
-    (2 H*hd); with Hkv = H none is made and v, a view, keeps the fused qkv output alive; with
-    Hkv = 1 the repeat is a view of the rotated key and of that output. SwiGLU keeps the fused
-    gate|up output (2 d_ff), silu(gate) (d_ff) and the product the down projection reads (d_ff).
+    projection reads as a view. SDPA's fused kernel reads grouped keys and values in place: it
+    keeps the rotated key (Hkv*hd), and v, a view, keeps the fused qkv output alive. Attention
+    with dropout (kernels/dropout.py, unfused) repeats grouped keys and values to H heads by a
+    copy (2 H*hd); with Hkv = 1 the repeat is a view. SwiGLU keeps the fused gate|up output
+    (2 d_ff), silu(gate) (d_ff) and the product the down projection reads (d_ff).
     """
     d, heads, kv = cfg.d_model, cfg.n_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     # a copy H heads wide each, or (no copy) the rotated key and the qkv output v views
-    grouped = 1 < cfg.kv_heads < cfg.n_heads
+    grouped = 1 < cfg.kv_heads < cfg.n_heads and not flash
     keys_values = 2 * heads if grouped else kv + heads + 2 * kv
     norms = 2 * (2 * d * 4 + d * act)
     return norms + (2 * heads + keys_values) * act + 4 * cfg.d_ff * act

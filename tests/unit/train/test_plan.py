@@ -129,12 +129,13 @@ def test_llama_block_is_counted_by_hand_as_swiglu_with_grouped_keys_and_values()
     B*T = 128 tokens. Per token, in 4-byte floats:
       two RMSNorms: input and normalised output (fp32) and the scaled output a matmul reads,
         2 * 3 * 64 = 384
-      attention: rotated q 64, keys and values repeated to 4 heads 64 + 64, output 64 = 256
+      attention: rotated q 64, rotated k 32 (SDPA reads the 2 key/value heads in place), the
+        fused q|k|v output 64 + 32 + 32 that v views, output 64 = 288
       SwiGLU: gate|up 2 * 160, silu(gate) 160, silu(gate) * up 160 = 640
-    GPT's GELU block of the same widths would count 2*64 + 6*64 + 2*160 = 832, not 1280."""
+    GPT's GELU block of the same widths would count 2*64 + 6*64 + 2*160 = 832, not 1312."""
     cfg = LlamaConfig(vocab_size=500, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=160)
     shape = ActivationShape(batch=2, seq_len=64, half=False, flash=True)
-    assert layer_activation_bytes(cfg, shape) == 128 * (384 + 256 + 640) * 4
+    assert layer_activation_bytes(cfg, shape) == 128 * (384 + 288 + 640) * 4
 
 
 def test_fused_head_estimate_is_far_below_full_logits():
