@@ -271,3 +271,21 @@ def test_compiled_checkpointing_in_bf16_is_refused_in_one_line(capsys, tmp_path)
     assert exit_info.value.code == 2
     assert len(err.splitlines()) == 1 and "hardware.activation_checkpointing=true" in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_attention_dropout_without_bf16_units_stays_in_fp32_arithmetic(monkeypatch):
+    """On a CPU without bf16 units, attention with dropout under bf16 autocast is the fp32
+    cheap-mask path on bf16-rounded operands (fp32 softmax), not bf16 arithmetic."""
+    from llmtune.kernels import dropout
+
+    monkeypatch.setattr(dropout, "native_bf16_matmul", lambda: False)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]  # grouped: 2 key/value heads for 4 query heads
+    with _bf16_autocast(), Bf16ViaFp32():
+        torch.manual_seed(3)
+        ours = dropout.cpu_sdpa(q, k, v, None, True, 0.25)
+    rounded = [t.to(BF16).float() for t in (q, dropout.repeat_kv(k, 2), dropout.repeat_kv(v, 2))]
+    torch.manual_seed(3)
+    expected = dropout.attention_with_dropout(*rounded, None, True, 0.25).to(BF16)
+    assert ours.dtype == BF16 and torch.equal(ours, expected)
