@@ -258,6 +258,17 @@ def test_plan_says_what_bf16_buys_on_this_cpu(capsys):
     out = capsys.readouterr().out
     assert "cpu bf16" in out
     assert ("no bf16 matmul units" in out) == (not native_bf16_matmul())
+    assert ("multiplies bf16 on its" in out) == native_bf16_matmul()
+
+
+def test_plan_names_the_bf16_units(monkeypatch, capsys):
+    from llmtune.commands import plan
+
+    monkeypatch.setattr(plan, "bf16_via_fp32", lambda device, dtype: False)
+    monkeypatch.setattr(plan, "bf16_units", lambda: "AMX")
+    main(["plan", "model=gpt-tiny", "model.vocab_size=1000", "hardware=cpu",
+          "hardware.precision=bf16"])  # fmt: skip
+    assert "this CPU multiplies bf16 on its AMX units" in capsys.readouterr().out
 
 
 @NO_BF16_UNITS
