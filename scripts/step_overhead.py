@@ -1,23 +1,26 @@
 """Per-step overhead of llmtune's training loop on a tiny model, against a bare torch loop.
 
-    python scripts/step_overhead.py --steps 60 --rounds 3
+    python scripts/step_overhead.py --blocks 20
 
-One process, one thread. Arms interleave A B B A ...: A is `llmtune pretrain model=bert-tiny`
-run in-process; B is a hand-written loop (forward, backward, fused AdamW step, zero_grad) on
-the same model (llmtune's builder, same kernels) and batches drawn and masked beforehand.
-A's phases are timed by wrapping the functions the loop calls (each wrapper costs about a
-microsecond); "other" is the rest of each iteration of the loop. The steps/s ratio of the
-arms is what to compare across code versions: absolute times drift on a shared machine.
+One process, one thread, one `llmtune pretrain model=bert-tiny` run (in-process). Its steps
+come in blocks of --block-steps; between two blocks a block of the bare arm runs: a
+hand-written loop (forward with the masked-LM loss written out, backward, fused AdamW step,
+zero_grad) on its own copy of the same model (llmtune's builder, same CPU kernels) and the
+same batches, drawn and masked beforehand. Interleaving blocks of a few hundred milliseconds
+lets both arms see the same machine: on a shared one, whole runs minutes apart differ by 50%.
+
+Steps/s is wall clock; the split is this thread's CPU time (time.thread_time). llmtune's
+phases are timed by wrapping the functions the loop calls (each wrapper costs about a
+microsecond); "other" is the rest of each iteration. The ratio of the arms is what to compare
+across code versions, not absolute times.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -51,34 +54,127 @@ PHASES = {
     "logging (record, jsonl, console)": ("Trainer._train_record", "Reporter.log"),
     "stop checks": ("Trainer._should_stop",),
 }
+OTHER = "other Python in the loop"
+
+
+def stamp() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
 
 
 class Clock:
-    """Seconds per wrapped function, and the start time of every loop iteration."""
+    """CPU seconds per wrapped function."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = defaultdict(float)
-        self.iterations: list[float] = []  # perf_counter at each _should_stop call
-        self.marks: list[dict[str, float]] = []  # `spent` as it stood at each of those
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         spent = self.spent
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - start
+                spent[name] += time.thread_time() - start
 
         return timed
 
 
+class Bare:
+    """The bare arm: the minimum loop on its own copy of the model and the same batches."""
+
+    def __init__(self, trainer: loop.Trainer, n_batches: int) -> None:
+        config, objective = trainer.config, trainer.objective
+        assert objective.heads == ("mlm",), "the bare loop writes out the mlm loss only"
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, objective.heads)
+        self.model = prepare_model(model, config.hardware).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr, fused=True)
+        batches = train_batches(trainer.s.train_examples, config, (0, 1), grouped=False)
+        self.batches = []  # (batch, positions with a target, their targets, their count)
+        for step in range(n_batches):
+            rng = streams.micro_batch_rng(config.seed, step, 0)
+            batch = objective.prepare(next(batches), rng)
+            at = batch["mlm_labels"] != -100
+            self.batches.append((batch, at, batch["mlm_labels"][at], max(1, int(at.sum()))))
+        self.done = 0
+        self.spent: dict[str, float] = defaultdict(float)
+
+    def run(self, steps: int) -> tuple[float, float]:
+        """`steps` steps; their (wall, CPU) seconds."""
+        began = stamp()
+        for _ in range(steps):
+            batch, at, targets, n = self.batches[self.done % len(self.batches)]
+            self.done += 1
+            t0 = time.thread_time()
+            hidden = self.model.backbone.features(batch)  # [B, T, D]
+            logits = self.model.heads["mlm"](hidden[at])  # [n, V]: only where masked
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            loss = loss / n
+            t1 = time.thread_time()
+            torch.autograd.backward(loss)  # not Tensor.backward: llmtune's arm wraps that
+            t2 = time.thread_time()
+            self.optimizer.step()
+            t3 = time.thread_time()
+            self.optimizer.zero_grad(set_to_none=True)
+            t4 = time.thread_time()
+            for phase, seconds in (
+                ("forward", t1 - t0),
+                ("backward", t2 - t1),
+                ("optimizer step", t3 - t2),
+                ("zero_grad", t4 - t3),
+            ):
+                self.spent[phase] += seconds
+        ended = stamp()
+        return ended[0] - began[0], ended[1] - began[1]
+
+
+class Interleaved:
+    """Wraps llmtune's loop for timing and runs a bare block between its blocks."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.clock = args, Clock()
+        self.bare: Bare | None = None
+        self.iteration = 0  # loop iterations begun (the step about to run)
+        self.left: tuple[float, float] | None = None  # when llmtune's current block began
+        self.mark: dict[str, float] = {}
+        self.blocks: list[dict] = []  # one per pair of blocks: both arms' times
+
+    def should_stop(self, trainer: loop.Trainer) -> None:
+        """Called as each loop iteration begins: close and open blocks here."""
+        args, step = self.args, self.iteration
+        self.iteration += 1
+        arrived = stamp()
+        if step < args.warmup or (step - args.warmup) % args.block_steps:
+            return
+        if self.left is not None:  # llmtune's block ends: its times, then the bare block
+            spent = self.clock.spent
+            phases = {
+                p: sum(spent[n] - self.mark.get(n, 0.0) for n in names)
+                for p, names in PHASES.items()
+            }
+            wall, cpu = arrived[0] - self.left[0], arrived[1] - self.left[1]
+            phases[OTHER] = cpu - sum(phases.values())
+            self.blocks.append({"llmtune": (wall, cpu, phases)})
+        if self.bare is None:
+            self.bare = Bare(trainer, args.warmup + args.block_steps * (args.blocks + 1))
+            self.bare.run(args.warmup)
+        with trainer.throughput.paused():  # not llmtune's time in its own tokens/s
+            self.bare.spent.clear()
+            wall, cpu = self.bare.run(args.block_steps)
+        phases = dict(self.bare.spent)
+        phases[OTHER] = cpu - sum(phases.values())
+        if self.blocks and "bare" not in self.blocks[-1]:
+            self.blocks[-1]["bare"] = (wall, cpu, phases)  # paired with the block before
+        else:
+            self.blocks.append({"bare": (wall, cpu, phases)})
+        self.mark, self.left = dict(self.clock.spent), stamp()
+
+
 @contextlib.contextmanager
-def patched(clock: Clock) -> Iterator[list]:
-    """Wrap the loop's collaborators with `clock`; yields the list the Trainer lands in."""
-    trainers: list = []
-    undo: list[tuple[Any, str, Any]] = []
+def patched(timing: Interleaved) -> Iterator[None]:
+    """Wrap the loop's collaborators with timing.clock, and its stop check with `timing`."""
+    clock, undo = timing.clock, []
 
     def patch(owner: Any, attr: str, name: str) -> None:
         original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
@@ -96,28 +192,22 @@ def patched(clock: Clock) -> Iterator[list]:
     patch(loop, "lr_at", "lr_at")
     patch(loop.Trainer, "_train_record", "Trainer._train_record")
     patch(Reporter, "log", "Reporter.log")
-
-    original_stop = loop.Trainer._should_stop
+    original_stop, original_init = loop.Trainer._should_stop, loop.Trainer.__init__
 
     def should_stop(self: loop.Trainer, start: float) -> bool:
-        clock.iterations.append(time.perf_counter())
-        clock.marks.append(dict(clock.spent))
-        began = time.perf_counter()
+        timing.should_stop(self)
+        began = time.thread_time()
         try:
             return original_stop(self, start)
         finally:
-            clock.spent["Trainer._should_stop"] += time.perf_counter() - began
-
-    original_init = loop.Trainer.__init__
+            clock.spent["Trainer._should_stop"] += time.thread_time() - began
 
     def init(self: loop.Trainer, setup: loop.TrainSetup) -> None:
         original_init(self, setup)
-        trainers.append(self)
-        # per instance: the bare arm's optimizer and objective stay unwrapped
+        # on the instances: the bare arm's optimizer and objective calls stay unwrapped
         for attr in ("step", "zero_grad"):
-            setattr(
-                self.optimizer, attr, clock.wrap(f"optimizer.{attr}", getattr(self.optimizer, attr))
-            )
+            wrapped = clock.wrap(f"optimizer.{attr}", getattr(self.optimizer, attr))
+            setattr(self.optimizer, attr, wrapped)
         for attr in ("prepare", "count", "input_tokens"):
             setattr(self.objective, attr, clock.wrap(attr, getattr(self.objective, attr)))
 
@@ -127,20 +217,13 @@ def patched(clock: Clock) -> Iterator[list]:
     ]
     loop.Trainer._should_stop, loop.Trainer.__init__ = should_stop, init
     try:
-        yield trainers
+        yield
     finally:
         for owner, attr, original in reversed(undo):
             setattr(owner, attr, original)
-        for trainer in trainers:  # instance attributes: back to the class's methods
-            for obj, attrs in (
-                (trainer.optimizer, ("step", "zero_grad")),
-                (trainer.objective, ("prepare", "count", "input_tokens")),
-            ):
-                for attr in attrs:
-                    obj.__dict__.pop(attr, None)
 
 
-def llmtune_args(args: argparse.Namespace, run_dir: Path, steps: int) -> list[str]:
+def llmtune_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
     never = 10**9  # evaluation and saving happen once, after the loop, outside the timing
     return [
         "pretrain",
@@ -149,7 +232,7 @@ def llmtune_args(args: argparse.Namespace, run_dir: Path, steps: int) -> list[st
         f"model.max_seq_len={args.seq}",
         "hardware=cpu",
         f"hardware.threads={args.threads}",
-        f"train.max_steps={steps}",
+        f"train.max_steps={args.warmup + args.block_steps * args.blocks}",
         f"train.micro_batch_size={args.micro_batch}",
         f"train.global_batch_size={args.micro_batch}",
         f"train.log_every={args.log_every}",
@@ -161,120 +244,64 @@ def llmtune_args(args: argparse.Namespace, run_dir: Path, steps: int) -> list[st
     ]
 
 
-def run_llmtune(args: argparse.Namespace, scratch: Path, name: str) -> dict:
-    """One llmtune run; per-step seconds of the iterations after warm-up, and their phases."""
-    clock = Clock()
-    run_dir = scratch / name
-    with patched(clock) as trainers, contextlib.redirect_stdout(open(os.devnull, "w")):
-        llmtune_main(llmtune_args(args, run_dir, args.warmup + args.steps))
-    # iteration i runs from _should_stop call i to call i+1; the last call ends the loop
-    first, last = args.warmup, args.warmup + args.steps
-    seconds = clock.iterations[last] - clock.iterations[first]
-    before, after = clock.marks[first], clock.marks[last]
-    phases = {}
-    for phase, names in PHASES.items():
-        phases[phase] = sum(after.get(n, 0.0) - before.get(n, 0.0) for n in names) / args.steps
-    phases["other Python in the loop"] = seconds / args.steps - sum(phases.values())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if "loss" in r]
-    # windows wholly after warm-up, with the tokens each of their steps took
-    own = [
-        (r["tokens_per_s"] * (r["step"] - p["step"]) / (r["tokens"] - p["tokens"]), r)
-        for p, r in zip(train, train[1:])
-        if p["step"] >= args.warmup
-    ]
-    return {
-        "steps_per_s": args.steps / seconds,
-        "phases": phases,
-        "trainer": trainers[0],
-        # the loop's own throughput records (tokens/s over each logging window) as steps/s
-        "own_steps_per_s": statistics.median(s for s, _ in own) if own else None,
-        "data_wait_share": statistics.median(r["data_wait_share"] for _, r in own) if own else None,
-    }
-
-
-def run_bare(args: argparse.Namespace, trainer: loop.Trainer) -> dict:
-    """The minimum loop on the same model and batches: forward, backward, step, zero_grad."""
-    config, objective = trainer.config, trainer.objective
-    torch.manual_seed(config.seed)
-    model = prepare_model(build_model(config.model, objective.heads), config.hardware).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, fused=True)
-    batches = train_batches(trainer.s.train_examples, config, (0, 1), grouped=False)
-    prepared = []
-    for step in range(args.warmup + args.steps):
-        batch = objective.prepare(next(batches), streams.micro_batch_rng(config.seed, step, 0))
-        total = sum(objective.count(batch).values()).clamp(min=1).float()
-        prepared.append((batch, total))
-    stamps = []
-    for batch, total in prepared:
-        stamps.append(time.perf_counter())
-        terms = objective.losses(model, batch)
-        loss = sum(t.loss_sum for t in terms.values()) / total
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    stamps.append(time.perf_counter())
-    seconds = stamps[-1] - stamps[args.warmup]
-    return {"steps_per_s": args.steps / seconds}
-
-
-def report(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
-    a, b = results["llmtune"], results["bare"]
+def report(args: argparse.Namespace, blocks: list[dict]) -> None:
+    n = args.block_steps
+    pairs = [b for b in blocks if "llmtune" in b and "bare" in b]
+    wall_ratios = [b["bare"][0] / b["llmtune"][0] for b in pairs]  # steps/s ratio
+    cpu_ratios = [b["bare"][1] / b["llmtune"][1] for b in pairs]
+    steps_a = statistics.median(n / b["llmtune"][0] for b in pairs)
+    steps_b = statistics.median(n / b["bare"][0] for b in pairs)
+    ms_a = statistics.median(1e3 * b["llmtune"][1] / n for b in pairs)
+    ms_b = statistics.median(1e3 * b["bare"][1] / n for b in pairs)
     print(
-        f"\nbert-tiny, micro-batch {args.micro_batch} x {args.seq}, {args.threads} thread(s), "
-        f"{args.steps} steps after {args.warmup} warm-up, log_every {args.log_every}"
+        f"bert-tiny, micro-batch {args.micro_batch} x {args.seq}, {args.threads} thread(s), "
+        f"{len(pairs)} pairs of {n}-step blocks after {args.warmup} warm-up steps, "
+        f"log_every {args.log_every}"
     )
-    print("round  llmtune steps/s  bare steps/s  ratio  (llmtune's own tokens/s as steps/s)")
-    ratios = []
-    for i, (x, y) in enumerate(zip(a, b, strict=True)):
-        ratios.append(x["steps_per_s"] / y["steps_per_s"])
-        own = f"({x['own_steps_per_s']:.1f})" if x["own_steps_per_s"] else "-"
-        print(
-            f"{i:5d}  {x['steps_per_s']:15.1f}  {y['steps_per_s']:12.1f}  {ratios[-1]:.3f}  {own}"
-        )
-    ms_a = statistics.median(1e3 / x["steps_per_s"] for x in a)
-    ms_b = statistics.median(1e3 / y["steps_per_s"] for y in b)
-    print(f"median ratio llmtune/bare steps/s: {statistics.median(ratios):.3f}")
+    print(f"steps/s (median of blocks): llmtune {steps_a:.1f}, bare {steps_b:.1f}")
     print(
-        f"llmtune {ms_a:.2f} ms/step, bare {ms_b:.2f} ms/step: "
+        f"llmtune/bare steps/s, median of block pairs: {statistics.median(wall_ratios):.3f} "
+        f"wall clock, {statistics.median(cpu_ratios):.3f} CPU time "
+        f"(quartiles {statistics.quantiles(cpu_ratios, n=4)[0]:.3f}-"
+        f"{statistics.quantiles(cpu_ratios, n=4)[2]:.3f})"
+    )
+    print(
+        f"CPU time per step: llmtune {ms_a:.2f} ms, bare {ms_b:.2f} ms: llmtune spends "
         f"{ms_a - ms_b:.2f} ms/step beyond the bare loop"
     )
-    print("\nllmtune per step (median over rounds), ms:")
-    for phase in a[0]["phases"]:
-        print(f"  {phase:34s} {1e3 * statistics.median(x['phases'][phase] for x in a):7.3f}")
+    print("\nCPU ms per step (median of blocks)     llmtune     bare")
+    for phase in [*PHASES, OTHER]:
+        ours = statistics.median(1e3 * b["llmtune"][2][phase] / n for b in pairs)
+        theirs = [1e3 * b["bare"][2][phase] / n for b in pairs if phase in b["bare"][2]]
+        shown = f"{statistics.median(theirs):8.3f}" if theirs else "       -"
+        print(f"  {phase:34s} {ours:8.3f} {shown}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per arm and round")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=20, help="timed blocks per arm")
+    parser.add_argument("--block-steps", type=int, default=10, help="steps per block")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first, each arm")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--log-every", type=int, default=10, help="train.log_every (default's)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--terminal",
+        action="store_true",
+        help="leave stdout alone: on a terminal llmtune draws its live progress bar",
+    )
     parser.add_argument("overrides", nargs="*", help="more llmtune overrides, key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results: dict[str, list[dict]] = {"llmtune": [], "bare": []}
-    with tempfile.TemporaryDirectory(prefix="step-overhead-") as scratch:
-        # a first, untimed run builds the tokenizer and token stores and gives the bare arm
-        # its model config, objective and examples
-        trainer = run_llmtune(args, Path(scratch), "prepare")["trainer"]
-        for r in range(args.rounds):
-            # A B, then B A: neither arm always runs first after the other
-            for name in ("llmtune", "bare") if r % 2 == 0 else ("bare", "llmtune"):
-                if name == "llmtune":
-                    results[name].append(run_llmtune(args, Path(scratch), f"round-{r}"))
-                else:
-                    results[name].append(run_bare(args, trainer))
-            print(
-                f"round {r}: llmtune {results['llmtune'][-1]['steps_per_s']:.1f} steps/s, "
-                f"bare {results['bare'][-1]['steps_per_s']:.1f}",
-                file=sys.stderr,
-            )
-    report(args, results)
+    timing = Interleaved(args)
+    with tempfile.TemporaryDirectory(prefix="step-overhead-") as scratch, patched(timing):
+        quiet = open(os.devnull, "w")  # noqa: SIM115  (closed with the redirect below)
+        with contextlib.nullcontext() if args.terminal else contextlib.redirect_stdout(quiet):
+            llmtune_main(llmtune_args(args, Path(scratch) / "run"))
+        quiet.close()
+    report(args, timing.blocks)
 
 
 if __name__ == "__main__":
