@@ -1,11 +1,13 @@
 """The loop's optimizer step equals torch's clip_grad_norm_ over the trainable parameters
-followed by AdamW, bit for bit: the trainable list is taken once, when the Trainer is built,
-and frozen parameters never move."""
+followed by AdamW, bit for bit, whether the norm is clipped, within the limit (the loop then
+skips the scaling by 1.0) or clipping is off: the trainable list is taken once, when the
+Trainer is built, and frozen parameters never move."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from llmtune.config.schema import HardwareConfig, OptimConfig, RunConfig, TrainConfig
@@ -17,12 +19,13 @@ from llmtune.train.optim import build_optimizer
 from tests.unit.train.test_accumulation import BERT_INFO, examples, tiny_model
 
 
-def test_optimizer_step_matches_torch_clipping_and_leaves_frozen_weights(tmp_path):
+@pytest.mark.parametrize("grad_clip", [0.05, 1e3, 0.0])  # clips every step, never, off
+def test_optimizer_step_matches_torch_clipping_and_leaves_frozen_weights(tmp_path, grad_clip):
     config = RunConfig(
         model=tiny_model("bert"),
         objective=entry("mlm").config(),
         train=TrainConfig(global_batch_size=8, micro_batch_size=8),
-        optim=OptimConfig(grad_clip=0.05),  # small enough that clipping scales every step
+        optim=OptimConfig(grad_clip=grad_clip),
         hardware=HardwareConfig(device="cpu", precision="fp32"),
     )
     objective = build_objective(config.objective, BERT_INFO)
@@ -43,8 +46,9 @@ def test_optimizer_step_matches_torch_clipping_and_leaves_frozen_weights(tmp_pat
         for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
             theirs.grad = None if mine.grad is None else mine.grad.clone()
         trained = [p for p in reference.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(trained, config.optim.grad_clip)
-        assert norm > config.optim.grad_clip
+        limit = grad_clip or float("inf")  # 0 turns clipping off
+        norm = torch.nn.utils.clip_grad_norm_(trained, limit)
+        assert (norm > limit) == (grad_clip == 0.05)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         t._optimizer_step()
