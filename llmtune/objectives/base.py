@@ -110,7 +110,7 @@ def sum_cross_entropy(
 
     `weight` rescales each class's terms (class weights); `keep` also returns predictions.
     The count right is a validation metric: with gradients on (a training step) it is 0, as
-    the argmax over a vocabulary costs a tenth of a tiny model's forward and nothing reads it.
+    the argmax over a vocabulary costs ~5% of bert-tiny's forward and nothing reads it.
     """
     logits = logits.float()
     loss = torch.nn.functional.cross_entropy(
