@@ -56,6 +56,9 @@ class Trainer:
         # DDP/FSDP wrap the model before the optimizer sees its (possibly sharded) parameters.
         self.parallel = parallel.Parallel(self.model, setup.objective, cfg.hardware.strategy)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        # What trains is settled before the loop (LoRA, freezing, FSDP's sharded parameters):
+        # listed once, not by walking every module at each step (~0.1 ms a step on bert-tiny)
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
         self.accum = cfg.train.global_batch_size // (
             cfg.train.micro_batch_size * cfg.hardware.world_size
         )
@@ -172,9 +175,8 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         clip = self.config.optim.grad_clip or math.inf
-        params = [p for p in self.model.parameters() if p.requires_grad]
         # Gradients are already reduced across ranks, so every rank sees the same norm.
-        norm = self.parallel.clip_grad_norm(params, clip)
+        norm = self.parallel.clip_grad_norm(self.trained, clip)
         if not torch.isfinite(norm):
             skip_nonfinite(self.train.on_nonfinite, self.progress)
             self.optimizer.zero_grad(set_to_none=True)  # skipped: the parameters never see NaN

@@ -108,8 +108,16 @@ class Parallel:
             # losses are already divided by the global count, so undo the average.
             grads = [p.grad for p in params if p.grad is not None]
             torch._foreach_mul_(grads, self.info.world_size)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        # clip_grad_norm_ is these two calls, except that it always scales, by exactly 1.0 when
+        # the norm is within max_norm (or clipping is off): a pass over every gradient that
+        # changes nothing (0.3 ms a step on bert-tiny). Skipping it costs a host sync, which
+        # the loop's non-finite check makes right after anyway.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if max_norm / (norm + 1e-6) < 1:  # torch's coefficient; a NaN norm skips the step
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
 
     # ---- state dicts ------------------------------------------------------------------------
     def model_weights(self, trainable_only: bool) -> dict[str, Tensor]:
