@@ -47,12 +47,12 @@ def export_graph(
     names: tuple[str, ...],
     outputs: list[str],
     dynamic: dict,
-    fallback: str,
 ) -> None:
     """torch.onnx's torch.export-based exporter, quietly: it reports progress on stdout and
-    warns about its own internals. A failure is one line suggesting `fallback` (a format)."""
+    warns about its own internals. A failure is one line suggesting format=pt2, which every
+    model exports to."""
     require("onnx", "onnx", "onnxscript", "onnxruntime")
-    failing = external(job, "torch.onnx could not export the model", f"try format={fallback}")
+    failing = external(job, "torch.onnx could not export the model", "try format=pt2")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), failing:
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -84,7 +84,7 @@ def write(job: ExportJob) -> list[str]:
     path = job.out / ARTIFACT
     dynamic = dynamic_shapes(names, job.max_positions)
     example = tuple(job.example.values())
-    export_graph(job, job.inference, example, path, names, outputs, dynamic, "torchscript")
+    export_graph(job, job.inference, example, path, names, outputs, dynamic)
     got = graph_runner(job, path)({n: t.numpy() for n, t in job.sample.items()}, outputs)
     line = verify(job, got, "onnxruntime")
     runs = "Runs with `onnxruntime` (or any ONNX runtime); batch and sequence axes are dynamic."

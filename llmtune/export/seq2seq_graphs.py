@@ -113,7 +113,7 @@ def _dynamic(names: tuple[str, ...]) -> dict[str, dict[int, object]]:
 def _onnx(module: nn.Module, example: tuple, names: tuple[str, ...], out: str, job) -> Callable:
     """Export `module` to `out`; a function running it in onnxruntime."""
     output = "encoder_hidden_states" if isinstance(module, EncoderGraph) else "lm_logits"
-    export_graph(job, module, example, Path(out), names, [output], _dynamic(names), "pt2")
+    export_graph(job, module, example, Path(out), names, [output], _dynamic(names))
     run_graph = graph_runner(job, Path(out))
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:

@@ -74,14 +74,13 @@ def _product(func):
     return run
 
 
-def _attention(
-    q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-) -> Tensor:
+def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **rest) -> Tensor:
+    """SDPA's arguments; `rest` holds scale, and enable_gqa, which cpu_sdpa reads from the
+    head counts of q and k."""
     q, k, v = _round(q), _round(k), _round(v)
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else _round(attn_mask)
-    # fp32 with autocast off: kernels/dropout.py's cheaper CPU dropout path applies; it reads
-    # grouped keys and values from their head counts, as enable_gqa asks
-    return cpu_sdpa(q, k, v, mask, is_causal, dropout_p, scale).to(BF16)
+    # fp32 with autocast off: kernels/dropout.py's cheaper CPU dropout path applies
+    return cpu_sdpa(q, k, v, mask, is_causal, dropout_p, rest.get("scale")).to(BF16)
 
 
 _HANDLERS = {

@@ -55,9 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             grad_h = torch.empty_like(hidden) if needs_grad else None
-            # fp32 products accumulate the weight gradient in place (addmm_). bf16 products make
-            # a bf16 [V, D] per chunk: the first becomes the fp32 gradient, later ones add to it
-            fp32 = dtype == torch.float32
+            fp32 = dtype == torch.float32  # else the weight gradient starts as chunk 1's
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad and fp32 else None
             g_buf = torch.empty_like(buf, dtype=dtype) if needs_grad and not fp32 else None
             # packed LM rows: every position has a target. Asked once per call, not per chunk
@@ -82,23 +80,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     hits = logits.argmax(dim=1) == t
                     correct += (hits if all_valid else hits & valid).sum()
                     continue
-                # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows
-                at = (torch.arange(len(t), device=t.device), safe_t)
-                if fp32:
-                    g = logp.exp_()
-                    g[at] -= 1.0
-                else:  # exp written straight in bf16: one pass, not exp, then a bf16 copy
-                    g = torch.exp(logp, out=g_buf[: h.shape[0]])
-                    g[at] = (picked.exp() - 1.0).to(dtype)  # as fp32 softmax - 1, rounded
-                if not all_valid:
-                    g.mul_(valid[:, None])
-                if fp32:
-                    torch.mm(g, w, out=grad_h[start : start + rows])
-                    grad_w.addmm_(g.t(), h)
-                else:
-                    grad_h[start : start + rows] = g @ w
-                    part = g.t() @ h
-                    grad_w = part.float() if grad_w is None else grad_w.add_(part)
+                g = _logit_gradient(logp, picked, safe_t, valid, g_buf)
+                grad_w = _backpropagate(g, h, w, grad_h[start : start + rows], grad_w)
             if needs_grad and grad_w is None:  # no rows at all
                 grad_w = torch.zeros_like(weight, dtype=torch.float32)
         # intermediates, not inputs or outputs: kept on ctx, scaled in place by backward
@@ -113,6 +96,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = grad_h.mul_(grad_loss) if ctx.needs_input_grad[0] else None
         grad_weight = grad_w.mul_(grad_loss) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None
+
+
+def _logit_gradient(
+    logp: Tensor, picked: Tensor, targets: Tensor, valid: Tensor | None, g_buf: Tensor | None
+) -> Tensor:
+    """d(sum of losses)/d(logits) of a chunk = softmax - one-hot, zero on ignored rows: in
+    place of the fp32 `logp`, or (bf16 products) written straight into `g_buf`, one pass
+    instead of an fp32 exp and a bf16 copy, the targets' entries as fp32 softmax - 1 rounded."""
+    at = (torch.arange(len(targets), device=targets.device), targets)
+    if g_buf is None:
+        g = logp.exp_()
+        g[at] -= 1.0
+    else:
+        g = torch.exp(logp, out=g_buf[: logp.shape[0]])
+        g[at] = (picked.exp() - 1.0).to(g.dtype)
+    return g if valid is None else g.mul_(valid[:, None])
+
+
+def _backpropagate(
+    g: Tensor, h: Tensor, w: Tensor, grad_h: Tensor, grad_w: Tensor | None
+) -> Tensor:
+    """Write the chunk's hidden-state gradient into `grad_h` and add its weight gradient to
+    `grad_w`, which it returns: fp32 in place (addmm_); bf16 products make a bf16 [V, D], the
+    first chunk's becoming the fp32 gradient (None before it) and later ones added to it."""
+    if g.dtype == torch.float32:
+        torch.mm(g, w, out=grad_h)
+        return grad_w.addmm_(g.t(), h)
+    grad_h.copy_(g @ w)
+    part = g.t() @ h
+    return part.float() if grad_w is None else grad_w.add_(part)
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
