@@ -114,7 +114,9 @@ def _check_key(command: str, key: str, dirs: tuple[Path, ...]) -> None:
         fields = _fields(command, prefix, cls) if prefix else section_fields(RunConfig)
         if part not in fields:
             where = f"'{prefix}'" if prefix else "the top level"
-            valid = fields if prefix else [*fields, *layout.command_groups(command)]
+            # at the top level: this command's own keys and groups ("command" is not a key)
+            top = [*sections, *layout.command_groups(command)]
+            valid = fields if prefix else [k for k in dict.fromkeys(top) if k != "command"]
             raise ConfigError(f"unknown key '{key}' in {where}{suggestion(part, valid)}")
         cls = first_class(fields[part])
         path = ".".join(parts[: depth + 1])

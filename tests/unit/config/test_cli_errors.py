@@ -146,3 +146,12 @@ def test_a_users_own_group_can_be_added(capsys, tmp_path):
     assert code == 2 and "did you mean 'short'" in err, err
     main(["pretrain", search, "+recipe=short", "--cfg", "job"])
     assert "max_steps: 7" in capsys.readouterr().out
+
+
+def test_an_unknown_top_level_key_lists_this_commands_keys_once(capsys):
+    code, err = run_cli(capsys, "pretrain", "typo.key=1")
+    assert code == 2 and len(err.splitlines()) == 1
+    listed = err.split("valid keys: ")[1].split(", ")
+    assert len(listed) == len(set(listed))  # groups that are also sections appear once
+    assert {"train", "model", "experiment", "seed"} <= set(listed)
+    assert not {"command", "ckpt", "prompts", "serve"} & set(listed)  # not pretrain's keys
