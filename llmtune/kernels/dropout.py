@@ -158,7 +158,8 @@ def cpu_sdpa(
 
 
 class CpuDotProductAttention(DotProductAttention):
-    """blocks.DotProductAttention whose CPU fp32 dropout on the weights uses `keep_mask`."""
+    """blocks.DotProductAttention whose CPU dropout on the weights uses `keep_mask` (fp32,
+    and bf16 on CPUs with bf16 units)."""
 
     def forward(
         self,
