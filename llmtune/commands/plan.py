@@ -118,14 +118,15 @@ def _note_cpu_bf16(console: Console, runtime: Runtime) -> None:
     """Say which path bf16 products take on this CPU, and what it buys (see kernels/)."""
     if runtime.device.type != "cpu" or runtime.autocast_dtype != torch.bfloat16:
         return
-    if bf16_via_fp32(runtime.device.type, runtime.autocast_dtype):
+    units = bf16_units()
+    if units is None:
         console.print(
             "[bold yellow]note:[/] this CPU has no bf16 matmul units: bf16 products run in fp32 "
             "arithmetic on bf16-rounded operands, so bf16 saves activation memory, not time"
         )
     else:
         console.print(
-            f"[bold]note:[/] this CPU multiplies bf16 on its {bf16_units()} units: bf16 products "
+            f"[bold]note:[/] this CPU multiplies bf16 on its {units} units: bf16 products "
             "run in hardware, faster than fp32, and activations take half the memory"
         )
 

@@ -142,10 +142,10 @@ def cpu_sdpa(
     which goes through the cheaper mask. k and v may have fewer heads than q (grouped).
 
     `scale` multiplies q k^T (default 1/sqrt(Dh)); T5 passes 1.0, its init absorbs it."""
-    grouped = k.shape[1] != q.shape[1]  # key/value heads shared by groups of query heads
     if _cheap_attention_applies(q, p):
-        if grouped:  # the cheap path multiplies head by head
-            k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
+        # grouped key/value heads repeated to every query head: the cheap path goes head by head
+        groups = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # a no-op for 1 group
         dtype = _autocast_dtype()
         if dtype is None:
             return attention_with_dropout(q, k, v, mask, is_causal, p, scale)
