@@ -37,6 +37,7 @@ from bench_harness import (
     maybe_profiled,
     print_table,
     real_data,
+    required_real_data,
     run_child,
     throughput,
     trainer_clock,
@@ -420,6 +421,7 @@ def bench(args: argparse.Namespace, workload: str) -> list[dict]:
 
 def main() -> None:
     args = parse_args()
+    required_real_data()  # every workload reads the shared data
     if args.child:
         args.workload = args.workload[0]
         finish_child(args.out, child(args))

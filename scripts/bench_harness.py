@@ -24,6 +24,16 @@ def real_data() -> Path:
     return Path(os.environ.get("LLMTUNE_REAL_DATA", REPO.parent / "shared" / "data"))
 
 
+def required_real_data() -> Path:
+    """real_data(), or one line and exit when the folder is missing (a workload reads it)."""
+    root = real_data()
+    if not root.is_dir():
+        raise SystemExit(
+            f"bench: no real data at {root}; set LLMTUNE_REAL_DATA to the shared data folder"
+        )
+    return root
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (VmHWM), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -61,7 +71,9 @@ def run_child(script: str, child_args: list[str], scratch: Path, quiet: bool) ->
     env.setdefault("LLMTUNE_CACHE", str(scratch / "cache"))
     env.update(TMPDIR=str(scratch), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if quiet else None)
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if quiet else None)
+    if done.returncode:  # the child's own error is on stderr, above
+        raise SystemExit(f"bench: the {child_args[1]} run exited {done.returncode} (see above)")
     return json.loads(out.read_text())
 
 
